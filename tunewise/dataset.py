@@ -1,0 +1,291 @@
+"""Reading labelled examples and documents, the deterministic split, and data checks.
+
+Every read error names the file and line, because the first thing a user does with a new
+tool is point it at a slightly broken export.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunewise.errors import TunewiseError
+from tunewise.task import TaskSpec
+
+MIN_EXAMPLES_FINE_TUNE = 100
+WARN_EXAMPLES_FINE_TUNE = 200
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled example; ``extra`` keeps the row's other fields (e.g. ``source_id``)."""
+
+    id: str
+    input: str
+    output: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Document:
+    """One corpus document."""
+
+    id: str
+    text: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a JSONL or CSV file with their 1-based line numbers.
+
+    Raises:
+        TunewiseError: missing file, non-UTF-8 bytes, a line that is not a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TunewiseError("file not found", path=path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise TunewiseError("not UTF-8 text", path=path, line=line) from None
+    rows: list[tuple[int, dict[str, Any]]] = []
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames:
+            raise TunewiseError("CSV file has no header row", path=path, line=1)
+        for row in reader:
+            if None in row:
+                raise TunewiseError(
+                    "more values than header columns", path=path, line=reader.line_num
+                )
+            rows.append((reader.line_num, dict(row)))
+        return rows
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TunewiseError(
+                f"not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=number
+            ) from None
+        if not isinstance(obj, dict):
+            raise TunewiseError("each line must be a JSON object", path=path, line=number)
+        rows.append((number, obj))
+    return rows
+
+
+def _text_field(row: dict[str, Any], name: str, path: Path, line: int) -> str:
+    if name not in row or row[name] is None:
+        raise TunewiseError(f"field '{name}' is missing", path=path, line=line, field=name)
+    value = row[name]
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, ensure_ascii=False)
+    value = str(value)
+    if not value.strip():
+        raise TunewiseError(f"field '{name}' is empty", path=path, line=line, field=name)
+    return value
+
+
+def load_examples(task: TaskSpec) -> list[Example]:
+    """The task's labelled examples, validated row by row."""
+    spec = task.data
+    rows = read_rows(spec.path)
+    if not rows:
+        raise TunewiseError("no examples in the data file", path=spec.path)
+    examples: list[Example] = []
+    seen_ids: dict[str, int] = {}
+    for line, row in rows:
+        inp = _text_field(row, spec.input, spec.path, line)
+        out = _text_field(row, spec.output, spec.path, line)
+        ex_id = str(row[spec.id]) if spec.id and row.get(spec.id) is not None else f"L{line}"
+        if ex_id in seen_ids:
+            raise TunewiseError(
+                f"duplicate id '{ex_id}' (first on line {seen_ids[ex_id]})",
+                path=spec.path,
+                line=line,
+                field=spec.id,
+            )
+        seen_ids[ex_id] = line
+        extra = {k: v for k, v in row.items() if k not in (spec.input, spec.output)}
+        examples.append(Example(ex_id, inp, out.strip(), extra))
+    if task.kind == "classification" and task.labels:
+        allowed = set(task.labels)
+        for line, row in rows:
+            label = str(row[spec.output]).strip()
+            if label not in allowed:
+                raise TunewiseError(
+                    f"label '{label}' is not in the task's labels",
+                    path=spec.path,
+                    line=line,
+                    field=spec.output,
+                )
+    return examples
+
+
+def load_corpus(task: TaskSpec) -> list[Document]:
+    """The task's documents; empty documents and an empty corpus are errors."""
+    if task.corpus is None:
+        return []
+    spec = task.corpus
+    rows = read_rows(spec.path)
+    if not rows:
+        raise TunewiseError("the corpus has no documents", path=spec.path)
+    docs: list[Document] = []
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        doc_id = _text_field(row, spec.id, spec.path, line)
+        text = _text_field(row, spec.text, spec.path, line)
+        if doc_id in seen:
+            raise TunewiseError(
+                f"duplicate document id '{doc_id}' (first on line {seen[doc_id]})",
+                path=spec.path,
+                line=line,
+                field=spec.id,
+            )
+        seen[doc_id] = line
+        extra = {k: v for k, v in row.items() if k not in (spec.id, spec.text)}
+        docs.append(Document(doc_id, text, extra))
+    return docs
+
+
+def normalise(text: str) -> str:
+    """Text folded for near-duplicate detection: case, accents, punctuation, spacing."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    text = re.sub(r"[^\w\s]", " ", text.lower())
+    return " ".join(text.split())
+
+
+@dataclass
+class Split:
+    """A deterministic train/dev/test partition of the examples."""
+
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example]
+
+    def ids(self) -> dict[str, list[str]]:
+        """Example ids per part, saved with the run so the split can be reproduced."""
+        return {part: [e.id for e in getattr(self, part)] for part in ("train", "dev", "test")}
+
+    def fingerprint(self) -> str:
+        """Hash of the split's ids: two runs with the same split share it."""
+        return hashlib.sha256(json.dumps(self.ids()).encode()).hexdigest()[:16]
+
+
+def make_split(examples: list[Example], task: TaskSpec) -> Split:
+    """Shuffle with the task's seed, then take test, dev, and the rest as train.
+
+    Raises:
+        TunewiseError: the requested test + dev sizes leave fewer than one training example.
+    """
+    n_test, n_dev = task.split.test, task.split.dev
+    if n_test + n_dev >= len(examples):
+        raise TunewiseError(
+            f"split asks for test={n_test} + dev={n_dev} but the data has only "
+            f"{len(examples)} examples (at least one must remain for training)",
+            path=task.source,
+            field="split",
+        )
+    order = np.random.default_rng(task.split.seed).permutation(len(examples))
+    shuffled = [examples[i] for i in order]
+    return Split(
+        test=shuffled[:n_test],
+        dev=shuffled[n_test : n_test + n_dev],
+        train=shuffled[n_test + n_dev :],
+    )
+
+
+@dataclass
+class DataReport:
+    """Findings shown before anything runs; ``problems`` are worth stopping for."""
+
+    n_examples: int
+    sizes: dict[str, int]
+    duplicate_inputs: int
+    leakage_exact: int
+    leakage_normalised: int
+    label_counts: dict[str, int]
+    unseen_test_labels: list[str]
+    notes: list[str]
+    rung_blocks: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for result.json."""
+        return asdict(self)
+
+
+def check_data(examples: list[Example], split: Split, task: TaskSpec) -> DataReport:
+    """Duplicates, train/test leakage, label balance and size limits of each rung."""
+    counts = Counter(normalise(e.input) for e in examples)
+    dupes = sum(c - 1 for c in counts.values() if c > 1)
+    train_exact = {e.input.strip() for e in split.train + split.dev}
+    train_norm = {normalise(e.input) for e in split.train + split.dev}
+    leak_exact = sum(e.input.strip() in train_exact for e in split.test)
+    leak_norm = sum(normalise(e.input) in train_norm for e in split.test)
+    labels: Counter[str] = Counter()
+    unseen: list[str] = []
+    notes: list[str] = []
+    if task.kind == "classification":
+        labels = Counter(e.output for e in examples)
+        train_labels = {e.output for e in split.train}
+        unseen = sorted({e.output for e in split.test} - train_labels)
+        if labels:
+            most, least = max(labels.values()), min(labels.values())
+            if least and most / least > 3:
+                notes.append(
+                    f"labels are imbalanced: the most common has {most} examples, "
+                    f"the rarest {least}; accuracy may flatter a majority-class guess"
+                )
+        if unseen:
+            notes.append(f"test labels never seen in train: {', '.join(unseen)}")
+    if dupes:
+        notes.append(f"{dupes} examples repeat another example's input (after normalising)")
+    if leak_norm:
+        notes.append(
+            f"leakage: {leak_norm} of {len(split.test)} test inputs also occur in train/dev "
+            f"({leak_exact} exactly); scores will be optimistic"
+        )
+    blocks: dict[str, str] = {}
+    n_train = len(split.train)
+    if n_train < MIN_EXAMPLES_FINE_TUNE:
+        reason = (
+            f"only {n_train} training examples; fine-tuning needs at least "
+            f"{MIN_EXAMPLES_FINE_TUNE} and is not offered (collect more, keep prompting)"
+        )
+        blocks.update(dict.fromkeys(("lora", "lora_rag", "lora_system_prompt"), reason))
+    elif n_train < WARN_EXAMPLES_FINE_TUNE:
+        notes.append(
+            f"{n_train} training examples: enough to try fine-tuning, but results under "
+            f"{WARN_EXAMPLES_FINE_TUNE} examples are fragile"
+        )
+    if task.corpus is None:
+        blocks.update(dict.fromkeys(("rag", "lora_rag"), "the task has no corpus"))
+    return DataReport(
+        n_examples=len(examples),
+        sizes={"train": n_train, "dev": len(split.dev), "test": len(split.test)},
+        duplicate_inputs=dupes,
+        leakage_exact=leak_exact,
+        leakage_normalised=leak_norm,
+        label_counts=dict(sorted(labels.items())),
+        unseen_test_labels=unseen,
+        notes=notes,
+        rung_blocks=blocks,
+    )
+
+
+def task_labels(task: TaskSpec, examples: list[Example]) -> list[str]:
+    """The label set: declared in the task, else every label seen in the data, sorted."""
+    if task.labels:
+        return list(task.labels)
+    return sorted({e.output for e in examples})

@@ -1,0 +1,256 @@
+"""Orchestration: load a task, check its data, climb the rungs cheapest first, keep it all.
+
+Each rung is prepared, predicts the test split through the cached backend, and is scored
+by ``evaluate``; its result and per-example rows are stored before the next rung starts,
+so an interrupted run loses nothing that finished (re-running reuses every stored call).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunewise.backends import make_backend
+from tunewise.backends.base import Backend, CachedBackend
+from tunewise.dataset import (
+    DataReport,
+    check_data,
+    load_corpus,
+    load_examples,
+    make_split,
+    task_labels,
+)
+from tunewise.errors import BudgetExceeded
+from tunewise.evaluate import compare, evaluate, expected_calibration_error
+from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable, get_rung
+from tunewise.store import Store
+from tunewise.task import RUNG_ORDER, TaskSpec
+
+@dataclass
+class Hooks:
+    """How the ladder talks to its caller (the CLI draws progress bars with these)."""
+
+    log: Callable[[str], None] = lambda msg: None
+    start_rung: Callable[[str, int], None] = lambda name, total: None
+    advance: Callable[[int], None] = lambda n: None
+    end_rung: Callable[[dict[str, Any]], None] = lambda result: None
+
+
+@dataclass
+class Plan:
+    """A loaded task ready to run: data, split, checks and the rungs to climb."""
+
+    task: TaskSpec
+    ctx: RunContext
+    report: DataReport
+    rungs: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def default_rungs(task: TaskSpec) -> list[str]:
+    """Every rung in ladder order (requirements are checked per rung later)."""
+    return [r for r in RUNG_ORDER if r in (task.rungs or RUNG_ORDER)]
+
+
+def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
+             run_id: str = "", out_dir: Path | None = None,
+             rungs: list[str] | None = None) -> Plan:
+    """Load data, split it, check it, and decide which rungs can run (no model calls)."""
+    examples = load_examples(task)
+    split = make_split(examples, task)
+    report = check_data(examples, split, task)
+    corpus = load_corpus(task)
+    labels = task_labels(task, examples) if task.kind == "classification" else None
+    inner = backend or make_backend(task.backend)
+    ctx = RunContext(
+        task=task, examples=examples, split=split, labels=labels,
+        backend=CachedBackend(inner, store, run_id or None), store=store,
+        run_id=run_id, work_dir=out_dir or Path("runs") / (run_id or "preview"),
+        corpus=corpus,
+    )
+    wanted = rungs or default_rungs(task)
+    chosen, skipped = [], {}
+    for name in wanted:
+        try:
+            reason = report.rung_blocks.get(name) or get_rung(name).requires(ctx)
+        except RungUnavailable as exc:
+            reason = exc.message
+        if reason:
+            skipped[name] = reason
+        else:
+            chosen.append(name)
+    return Plan(task, ctx, report, chosen, skipped)
+
+
+def estimate_calls(plan: Plan) -> int:
+    """Upper bound on model calls: test items per rung plus dev items scored in selection."""
+    n_test, n_dev = len(plan.ctx.split.test), len(plan.ctx.split.dev)
+    total = 0
+    for name in plan.rungs:
+        total += n_test
+        if name == "few_shot_best":
+            total += n_dev * 4
+    return total
+
+
+def check_budget(plan: Plan) -> None:
+    """Stop before any model call when the run would exceed ``budget.max_calls``."""
+    limit = plan.task.budget.max_calls
+    estimate = estimate_calls(plan)
+    if limit is not None and estimate > limit:
+        raise BudgetExceeded(
+            f"this run needs up to {estimate} model calls but the budget allows {limit}; "
+            "raise budget.max_calls, lower split.test, or choose fewer rungs",
+            path=plan.task.source, field="budget.max_calls",
+        )
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else 0.0
+
+
+def _shared_prefix_tokens(ctx: RunContext, prompts: list[Any]) -> int:
+    """Tokens at the start of every prompt: what a provider's prefix cache can reuse."""
+    texts = [ctx.backend.render(p) for p in prompts[:50]]
+    if len(texts) < 2:
+        return 0
+    n = 0
+    for chars in zip(*texts, strict=False):
+        if any(c != chars[0] for c in chars):
+            break
+        n += 1
+    return ctx.backend.count_tokens(texts[0][:n])
+
+
+def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None
+             ) -> tuple[dict[str, Any], list[float]]:
+    """Prepare, predict and score one rung; store it; return its summary and per-item scores."""
+    ctx, task = plan.ctx, plan.task
+    rung = get_rung(name)
+    base = ctx.backend
+    ctx.backend = base.for_rung(name)
+    ctx.backend.progress = hooks.advance
+    try:
+        started = time.perf_counter()
+        prepared = rung.prepare(ctx)
+        prep_s = time.perf_counter() - started
+        test = ctx.split.test
+        hooks.start_rung(name, len(test))
+        if prepared.backend is not None:
+            prepared.backend.progress = hooks.advance
+        preds: list[Prediction] = rung.predict(prepared, test, ctx)
+        prompts = [prepared.prompt_for(e) for e in test[:50]]
+        shared = _shared_prefix_tokens(ctx, prompts)
+    finally:
+        ctx.backend = base
+    gold = [e.output for e in test]
+    score = evaluate([p.text for p in preds], gold, task.metric)
+    result: dict[str, Any] = {
+        "name": name, "family": FAMILY[name], "status": "done", "reason": "",
+        **score.to_dict(),
+        "tokens": {
+            "prompt_mean": float(np.mean([p.prompt_tokens for p in preds])),
+            "completion_mean": float(np.mean([p.completion_tokens for p in preds])),
+            "shared_prefix": shared,
+        },
+        "latency_ms": {
+            "p50": _percentile([p.latency_s * 1000 for p in preds], 50),
+            "p95": _percentile([p.latency_s * 1000 for p in preds], 95),
+        },
+        "upfront_s": prepared.upfront_s or prep_s,
+        "info": prepared.info,
+        "calls_made": sum(not p.cached for p in preds),
+        "cache_hits": sum(p.cached for p in preds),
+    }
+    if ctx.labels:
+        conf = [max(p.probs.values()) for p in preds if p.probs]
+        result["ece"] = expected_calibration_error(conf, score.per_example)
+    if baseline is not None and name != "zero_shot":
+        result["vs_zero_shot"] = compare(baseline, score.per_example)
+    rows = [
+        {"example_id": e.id, "input": e.input, "gold": e.output, "prediction": p.text,
+         "score": s, "details": {"probs": p.probs, **p.details} if p.probs else p.details}
+        for e, p, s in zip(test, preds, score.per_example, strict=True)
+    ]
+    ctx.store.save_rung(ctx.run_id, name, "done", result, result, rows)
+    return result, score.per_example
+
+
+def meets_target(result: dict[str, Any], target: float) -> bool:
+    """A rung meets the target when its measured score reaches it."""
+    return result.get("status") == "done" and result["value"] >= target
+
+
+def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
+               hooks: Hooks | None = None, out_dir: Path | None = None,
+               climb_all: bool = False, rungs: list[str] | None = None) -> dict[str, Any]:
+    """Run a task's ladder and return the result (also stored, and written as JSON).
+
+    Args:
+        task: the loaded task.
+        store: where calls, predictions and results go.
+        backend: a ready backend (tests pass a dummy); default from the task.
+        hooks: progress callbacks.
+        out_dir: where ``result.json`` and run artefacts go (default ``runs/RUN_ID``).
+        climb_all: run every rung even after one meets the target (for comparisons).
+        rungs: override the task's rung list.
+    """
+    hooks = hooks or Hooks()
+    plan = plan_run(task, store, backend, rungs=rungs)
+    for note in plan.report.notes:
+        hooks.log(f"data check: {note}")
+    check_budget(plan)
+    run_id = store.create_run(task.name, str(task.source) if task.source else None,
+                              task.fingerprint(), task.model_dump(mode="json"),
+                              plan.ctx.split.ids())
+    out_dir = Path(out_dir) if out_dir else Path("runs") / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan.ctx.run_id, plan.ctx.work_dir = run_id, out_dir
+    plan.ctx.backend = CachedBackend(plan.ctx.backend.inner, store, run_id)
+    plan.ctx.log = hooks.log
+    results: list[dict[str, Any]] = []
+    baseline: list[float] | None = None
+    stopped_at: str | None = None
+    for name in default_rungs(task) if rungs is None else rungs:
+        if name in plan.skipped:
+            results.append({"name": name, "family": FAMILY[name], "status": "skipped",
+                            "reason": plan.skipped[name]})
+            continue
+        if stopped_at and not climb_all:
+            results.append({"name": name, "family": FAMILY[name], "status": "not_needed",
+                            "reason": f"{stopped_at} already meets the target"})
+            continue
+        result, per = run_rung(plan, name, hooks, baseline)
+        results.append(result)
+        hooks.end_rung(result)
+        if name == "zero_shot" and per is not None:
+            baseline = per
+        if per is not None and meets_target(result, task.target) and not stopped_at:
+            stopped_at = name
+    from tunewise.verdict import decide
+
+    result = {
+        "run_id": run_id,
+        "task": {"name": task.name, "kind": task.kind, "metric": task.metric,
+                 "target": task.target, "source": str(task.source or ""),
+                 "fingerprint": task.fingerprint(),
+                 "requests_per_day": task.volume.requests_per_day,
+                 "latency_ms": task.latency_ms},
+        "backend": plan.ctx.backend.id,
+        "data": plan.report.to_dict(),
+        "split": {"seed": task.split.seed, **plan.report.sizes},
+        "labels": plan.ctx.labels,
+        "rungs": results,
+    }
+    result["verdict"] = decide(result, task)
+    result["usage"] = store.usage(run_id)
+    store.finish_run(run_id, result)
+    (out_dir / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    result["result_path"] = str(out_dir / "result.json")
+    return result

@@ -1,0 +1,1 @@
+"""Retrieval: chunking, BM25, dense embeddings, hybrid fusion, and a persisted index."""

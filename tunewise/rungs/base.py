@@ -1,0 +1,158 @@
+"""The Rung protocol, the registry, and the prediction step every rung shares.
+
+A rung is one way of doing the task. ``prepare`` does the upfront work (choose shots, build
+an index, train an adapter) and ``predict`` answers examples. Rungs never compute metrics.
+A new rung is one file plus one line in :data:`REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tunewise.backends.base import CachedBackend, Messages
+from tunewise.dataset import Document, Example, Split
+from tunewise.errors import TunewiseError
+from tunewise.store import Store
+from tunewise.task import TaskSpec
+
+# Rung name -> "module:Class", imported only when the rung is used (keeps the CLI fast).
+REGISTRY: dict[str, str] = {
+    "zero_shot": "tunewise.rungs.prompting:ZeroShot",
+    "system_prompt": "tunewise.rungs.prompting:SystemPrompt",
+    "few_shot_random": "tunewise.rungs.few_shot:FewShotRandom",
+    "few_shot_knn": "tunewise.rungs.few_shot:FewShotKNN",
+    "few_shot_best": "tunewise.rungs.few_shot:FewShotBest",
+    "rag": "tunewise.rungs.rag:Rag",
+    "lora": "tunewise.rungs.lora:Lora",
+    "lora_rag": "tunewise.rungs.lora:LoraRag",
+    "lora_system_prompt": "tunewise.rungs.lora:LoraSystemPrompt",
+}
+FAMILY: dict[str, str] = {
+    "zero_shot": "prompting", "system_prompt": "prompting", "few_shot_random": "prompting",
+    "few_shot_knn": "prompting", "few_shot_best": "prompting", "rag": "retrieval",
+    "lora": "fine_tuning", "lora_rag": "fine_tuning", "lora_system_prompt": "fine_tuning",
+}
+
+
+@dataclass
+class Prediction:
+    """One answer. ``probs`` is the distribution over labels for classification."""
+
+    example_id: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    cached: bool
+    probs: dict[str, float] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    """Everything a rung may use; built once per run by the ladder."""
+
+    task: TaskSpec
+    examples: list[Example]
+    split: Split
+    labels: list[str] | None
+    backend: CachedBackend
+    store: Store
+    run_id: str
+    work_dir: Path
+    corpus: list[Document] = field(default_factory=list)
+    log: Callable[[str], None] = print
+    shared: dict[str, Any] = field(default_factory=dict)  # lazily built helpers (embedder)
+
+
+@dataclass
+class Prepared:
+    """The outcome of ``prepare``: how to prompt, and what the preparation cost."""
+
+    rung: str
+    prompt_for: Callable[[Example], Messages]
+    info: dict[str, Any] = field(default_factory=dict)
+    upfront_s: float = 0.0
+    backend: CachedBackend | None = None  # a rung-specific model (e.g. a LoRA adapter)
+
+
+class Rung(Protocol):
+    """One rung of the ladder."""
+
+    name: str
+
+    def requires(self, ctx: RunContext) -> str | None:
+        """Why this rung cannot run for this task (None when it can)."""
+        ...
+
+    def prepare(self, ctx: RunContext) -> Prepared:
+        """Upfront work; must not read the test split."""
+        ...
+
+    def predict(self, prepared: Prepared, examples: list[Example], ctx: RunContext
+                ) -> list[Prediction]:
+        """Answers for ``examples``."""
+        ...
+
+
+class RungUnavailable(TunewiseError):
+    """The rung is registered but its implementation is not in this version."""
+
+
+def get_rung(name: str) -> Rung:
+    """Instantiate a registered rung by name."""
+    if name not in REGISTRY:
+        raise TunewiseError(f"unknown rung '{name}'", field="rungs")
+    module, cls = REGISTRY[name].split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)()
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("tunewise"):
+            raise RungUnavailable(f"rung '{name}' is not implemented in this version",
+                                  field="rungs") from None
+        raise
+
+
+def softmax(logps: list[float]) -> list[float]:
+    """Normalise log-probs over the label set."""
+    top = max(logps)
+    exps = [math.exp(x - top) for x in logps]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def answer(ctx: RunContext, backend: CachedBackend, examples: list[Example],
+           prompts: list[Messages]) -> list[Prediction]:
+    """The prediction step all rungs share: label scoring or greedy generation."""
+    if ctx.labels:
+        scored = backend.score(prompts, [ctx.labels] * len(prompts))
+        out = []
+        for ex, s in zip(examples, scored, strict=True):
+            probs = dict(zip(ctx.labels, softmax(s.logprobs), strict=True))
+            best = max(probs, key=probs.__getitem__)
+            out.append(Prediction(ex.id, best, s.prompt_tokens, 1, s.latency_s, s.cached,
+                                  probs, {"method": s.method}))
+        return out
+    stop = None if ctx.task.kind == "generation" else ["\n"]
+    done = backend.generate(prompts, ctx.task.backend.max_new_tokens, stop)
+    return [Prediction(ex.id, c.text, c.prompt_tokens, c.completion_tokens, c.latency_s,
+                       c.cached) for ex, c in zip(examples, done, strict=True)]
+
+
+class PromptRung:
+    """Base for rungs whose prediction is 'render a prompt, ask the shared backend'."""
+
+    name = ""
+
+    def requires(self, ctx: RunContext) -> str | None:
+        return None
+
+    def predict(self, prepared: Prepared, examples: list[Example], ctx: RunContext
+                ) -> list[Prediction]:
+        backend = prepared.backend or ctx.backend  # the ladder attributes it to this rung
+        return answer(ctx, backend, examples, [prepared.prompt_for(e) for e in examples])

@@ -1,0 +1,31 @@
+"""The two cheapest rungs: the bare input, and a system prompt that states the task."""
+
+from __future__ import annotations
+
+from tunewise.dataset import Example
+from tunewise.prompts import build_messages
+from tunewise.rungs.base import Prepared, PromptRung, RunContext
+
+
+class ZeroShot(PromptRung):
+    """The input alone, as a user would paste it: the baseline every rung is compared to."""
+
+    name = "zero_shot"
+
+    def prepare(self, ctx: RunContext) -> Prepared:
+        def prompt_for(ex: Example):
+            return build_messages(ctx.task, ctx.labels, ex.input, system=False)
+
+        return Prepared(self.name, prompt_for)
+
+
+class SystemPrompt(PromptRung):
+    """Instructions: what the task is, the label set or output format, the user's rules."""
+
+    name = "system_prompt"
+
+    def prepare(self, ctx: RunContext) -> Prepared:
+        def prompt_for(ex: Example):
+            return build_messages(ctx.task, ctx.labels, ex.input)
+
+        return Prepared(self.name, prompt_for)

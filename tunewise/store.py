@@ -1,0 +1,315 @@
+"""SQLite store: runs, rung results, per-example predictions, and every model call.
+
+Every model call is keyed by a hash of (backend id, call kind, request, params) so an
+identical call anywhere, in any run, is served from here for free. Writes happen in
+transactions, and the database runs in WAL mode with a busy timeout so a killed process
+never leaves half a row and two processes can share one store.
+
+Migrations are append-only and numbered (simonw/llm style): never edit one that shipped,
+add the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_data_dir
+
+from tunewise.errors import TunewiseError
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "001_initial",
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            task_name TEXT NOT NULL,
+            task_path TEXT,
+            task_fingerprint TEXT NOT NULL,
+            config_json TEXT NOT NULL,
+            split_json TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            finished_at REAL,
+            result_json TEXT
+        );
+        CREATE TABLE rung_results (
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            rung TEXT NOT NULL,
+            status TEXT NOT NULL,
+            metric TEXT,
+            score REAL,
+            ci_low REAL,
+            ci_high REAL,
+            details_json TEXT NOT NULL,
+            PRIMARY KEY (run_id, rung)
+        );
+        CREATE TABLE predictions (
+            run_id TEXT NOT NULL,
+            rung TEXT NOT NULL,
+            example_id TEXT NOT NULL,
+            input TEXT NOT NULL,
+            gold TEXT NOT NULL,
+            prediction TEXT NOT NULL,
+            score REAL NOT NULL,
+            details_json TEXT NOT NULL,
+            PRIMARY KEY (run_id, rung, example_id)
+        );
+        CREATE TABLE calls (
+            key TEXT PRIMARY KEY,
+            backend_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            request_json TEXT NOT NULL,
+            response_json TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            latency_s REAL NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE call_uses (
+            run_id TEXT NOT NULL,
+            rung TEXT NOT NULL,
+            key TEXT NOT NULL,
+            cached INTEGER NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE INDEX call_uses_run ON call_uses(run_id, rung);
+        """,
+    ),
+]
+
+
+def default_store_path() -> Path:
+    """``$TUNEWISE_HOME/tunewise.db``, else the per-user data dir."""
+    home = os.environ.get("TUNEWISE_HOME")
+    base = Path(home) if home else Path(user_data_dir("tunewise", appauthor=False))
+    return base / "tunewise.db"
+
+
+def call_key(backend_id: str, kind: str, request: Any, params: dict[str, Any]) -> str:
+    """The cache key of one model call."""
+    blob = json.dumps([backend_id, kind, request, params], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class Store:
+    """A tunewise database. Cheap to open; one connection per instance."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else default_store_path()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise TunewiseError(f"cannot open the store ({exc})", path=self.path) from None
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)"
+            )
+            done = {r[0] for r in db.execute("SELECT name FROM _migrations")}
+            for name, sql in MIGRATIONS:
+                if name in done:
+                    continue
+                for statement in filter(str.strip, sql.split(";")):
+                    db.execute(statement)
+                db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+
+    # ---- calls and cache -------------------------------------------------------------
+    def get_calls(self, keys: list[str]) -> dict[str, sqlite3.Row]:
+        """Cached calls among ``keys``."""
+        found: dict[str, sqlite3.Row] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(f"SELECT * FROM calls WHERE key IN ({marks})", chunk):
+                found[row["key"]] = row
+        return found
+
+    def put_calls(self, rows: list[dict[str, Any]]) -> None:
+        """Record finished calls; a call already present is left as it was."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO calls VALUES (:key, :backend_id, :kind, :request_json, "
+                ":response_json, :prompt_tokens, :completion_tokens, :latency_s, :created_at)",
+                rows,
+            )
+
+    def log_uses(self, run_id: str, rung: str, uses: list[tuple[str, bool]]) -> None:
+        """Note which calls a rung used and whether each came from the cache."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO call_uses VALUES (?, ?, ?, ?, ?)",
+                [(run_id, rung, key, int(cached), now) for key, cached in uses],
+            )
+
+    def usage(self, run_id: str) -> dict[str, dict[str, int]]:
+        """Calls made and cache hits per rung of a run."""
+        out: dict[str, dict[str, int]] = {}
+        for row in self.db.execute(
+            "SELECT rung, SUM(cached) hits, SUM(1 - cached) made FROM call_uses "
+            "WHERE run_id = ? GROUP BY rung",
+            (run_id,),
+        ):
+            out[row["rung"]] = {"cache_hits": row["hits"], "calls_made": row["made"]}
+        return out
+
+    def cache_stats(self) -> dict[str, Any]:
+        """Number of cached calls and their tokens, for `tunewise cache`."""
+        row = self.db.execute(
+            "SELECT COUNT(*) n, COALESCE(SUM(prompt_tokens), 0) p, "
+            "COALESCE(SUM(completion_tokens), 0) c FROM calls"
+        ).fetchone()
+        return {"calls": row["n"], "prompt_tokens": row["p"], "completion_tokens": row["c"]}
+
+    def clear_cache(self) -> int:
+        """Forget every cached call; returns how many were removed."""
+        with self.transaction() as db:
+            return db.execute("DELETE FROM calls").rowcount
+
+    # ---- runs --------------------------------------------------------------------------
+    def create_run(self, task_name: str, task_path: str | None, fingerprint: str,
+                   config: dict[str, Any], split: dict[str, Any]) -> str:
+        """Start a run and return its id."""
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO runs (id, task_name, task_path, task_fingerprint, config_json, "
+                "split_json, status, created_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
+                (run_id, task_name, task_path, fingerprint, json.dumps(config),
+                 json.dumps(split), time.time()),
+            )
+        return run_id
+
+    def finish_run(self, run_id: str, result: dict[str, Any], status: str = "done") -> None:
+        """Mark a run finished and keep its result."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, result_json = ? WHERE id = ?",
+                (status, time.time(), json.dumps(result), run_id),
+            )
+
+    def save_rung(self, run_id: str, rung: str, status: str, score: dict[str, Any] | None,
+                  details: dict[str, Any], predictions: list[dict[str, Any]]) -> None:
+        """Store a rung's outcome and its per-example rows in one transaction."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM predictions WHERE run_id = ? AND rung = ?", (run_id, rung))
+            db.execute(
+                "INSERT OR REPLACE INTO rung_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, rung, status,
+                 score and score["metric"], score and score["value"],
+                 score and score["ci_low"], score and score["ci_high"],
+                 json.dumps(details)),
+            )
+            db.executemany(
+                "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, rung, p["example_id"], p["input"], p["gold"], p["prediction"],
+                  p["score"], json.dumps(p.get("details", {}))) for p in predictions],
+            )
+
+    def runs(self, limit: int = 50) -> list[sqlite3.Row]:
+        """Most recent runs first."""
+        return list(self.db.execute(
+            "SELECT id, task_name, task_path, status, created_at, finished_at FROM runs "
+            "ORDER BY created_at DESC LIMIT ?", (limit,)))
+
+    def run(self, run_id: str) -> sqlite3.Row:
+        """One run; ``latest`` means the most recent."""
+        if run_id == "latest":
+            row = self.db.execute("SELECT * FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()
+        else:
+            row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise TunewiseError(f"no run '{run_id}' in the store", path=self.path)
+        return row
+
+    def latest_run_for(self, fingerprint: str) -> sqlite3.Row | None:
+        """The newest finished run of a task with this fingerprint."""
+        return self.db.execute(
+            "SELECT * FROM runs WHERE task_fingerprint = ? AND status = 'done' "
+            "ORDER BY created_at DESC LIMIT 1", (fingerprint,)).fetchone()
+
+    def predictions(self, run_id: str, rung: str | None = None) -> list[sqlite3.Row]:
+        """Per-example rows of a run (optionally one rung)."""
+        sql, args = "SELECT * FROM predictions WHERE run_id = ?", [run_id]
+        if rung:
+            sql, args = sql + " AND rung = ?", [*args, rung]
+        return list(self.db.execute(sql + " ORDER BY rung, example_id", args))
+
+
+def cached_map(store: Store, backend_id: str, kind: str, requests: list[Any],
+               params: dict[str, Any], compute: Callable[[list[int]], list[dict[str, Any]]],
+               *, run_id: str | None = None, rung: str = "") -> list[dict[str, Any]]:
+    """Answer each request from the cache, computing only the misses.
+
+    ``compute(indices)`` returns, for the requests at those indices, dicts with ``response``
+    (JSON-able), ``prompt_tokens``, ``completion_tokens`` and ``latency_s``. Results are
+    written in one transaction per batch, so work survives an interruption between batches.
+    Returned dicts carry those keys plus ``cached``.
+    """
+    keys = [call_key(backend_id, kind, r, params) for r in requests]
+    hits = store.get_calls(keys)
+    missing = [i for i, k in enumerate(keys) if k not in hits]
+    fresh: dict[int, dict[str, Any]] = {}
+    if missing:
+        results = compute(missing)
+        now = time.time()
+        rows = []
+        for i, res in zip(missing, results, strict=True):
+            fresh[i] = res
+            rows.append({
+                "key": keys[i], "backend_id": backend_id, "kind": kind,
+                "request_json": json.dumps({"request": requests[i], "params": params},
+                                           ensure_ascii=False),
+                "response_json": json.dumps(res["response"], ensure_ascii=False),
+                "prompt_tokens": res["prompt_tokens"],
+                "completion_tokens": res["completion_tokens"],
+                "latency_s": res["latency_s"], "created_at": now,
+            })
+        store.put_calls(rows)
+    out: list[dict[str, Any]] = []
+    for i, key in enumerate(keys):
+        if i in fresh:
+            out.append({**fresh[i], "cached": False})
+        else:
+            row = hits[key]
+            out.append({
+                "response": json.loads(row["response_json"]),
+                "prompt_tokens": row["prompt_tokens"],
+                "completion_tokens": row["completion_tokens"],
+                "latency_s": row["latency_s"], "cached": True,
+            })
+    if run_id:
+        store.log_uses(run_id, rung, [(k, o["cached"]) for k, o in zip(keys, out, strict=True)])
+    return out

@@ -1,0 +1,255 @@
+"""The task file (`task.yaml`): schema, loading, and one-line errors that point at the line.
+
+The schema is the truth about what a task file may say. Every model forbids unknown keys so a
+typo is caught and answered with the closest valid key instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunewise.errors import TunewiseError
+
+Kind = Literal["classification", "extraction", "generation", "qa"]
+Metric = Literal["accuracy", "macro_f1", "exact_match", "token_f1", "field_f1"]
+RungName = Literal[
+    "zero_shot",
+    "system_prompt",
+    "few_shot_random",
+    "few_shot_knn",
+    "few_shot_best",
+    "rag",
+    "lora",
+    "lora_rag",
+    "lora_system_prompt",
+]
+RUNG_ORDER: tuple[str, ...] = RungName.__args__  # type: ignore[attr-defined]
+
+DEFAULT_METRIC: dict[str, str] = {
+    "classification": "accuracy",
+    "extraction": "exact_match",
+    "generation": "token_f1",
+    "qa": "token_f1",
+}
+
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys are errors, fields are immutable-ish."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(Strict):
+    """Where the labelled examples are and which fields hold input and expected output."""
+
+    path: Path = Field(description="JSONL or CSV file, relative to the task file.")
+    input: str = Field("input", description="Field (column) holding the model input.")
+    output: str = Field("output", description="Field (column) holding the expected output.")
+    id: str | None = Field(None, description="Optional field with a stable example id.")
+
+
+class CorpusSpec(Strict):
+    """Documents the retrieval rungs search; one JSON object (or CSV row) per document."""
+
+    path: Path = Field(description="JSONL or CSV file of documents, relative to the task file.")
+    id: str = Field("id", description="Field holding the document id cited in answers.")
+    text: str = Field("text", description="Field holding the document text.")
+
+
+class SplitSpec(Strict):
+    """How labelled examples are divided; the split is deterministic for a given seed."""
+
+    test: int = Field(100, ge=1, description="Held-out examples scored for every rung.")
+    dev: int = Field(50, ge=0, description="Examples used to choose shots and stop training.")
+    seed: int = Field(0, description="Seed of the shuffle that makes the split.")
+
+
+class VolumeSpec(Strict):
+    """Expected production traffic, used for daily cost and break-even."""
+
+    requests_per_day: int = Field(10_000, ge=0, description="Requests per day in production.")
+
+
+class BackendSpec(Strict):
+    """Where the model runs."""
+
+    kind: Literal["local", "openai", "dummy"] = Field(
+        "local", description="local (transformers), openai (any compatible server), dummy."
+    )
+    model: str = Field(
+        "smollm2-135m",
+        description="smollm2-135m (bundled), a local HF model folder, or a hub id (needs network).",
+    )
+    base_url: str | list[str] | None = Field(
+        None, description="openai backend: server URL(s); several are used round-robin."
+    )
+    api_key_env: str | None = Field(
+        None, description="openai backend: NAME of the environment variable holding the key."
+    )
+    batch_size: int = Field(8, ge=1, description="Prompts per forward pass (local backend).")
+    max_new_tokens: int = Field(48, ge=1, description="Cap on generated tokens per answer.")
+    timeout_s: float = Field(60.0, gt=0, description="openai backend: request timeout.")
+    concurrency: int = Field(8, ge=1, description="openai backend: requests in flight.")
+    seed: int = Field(0, description="Seed of the dummy backend's deterministic choices.")
+
+
+class BudgetSpec(Strict):
+    """Hard limits checked against an estimate before any model call is made."""
+
+    max_calls: int | None = Field(None, ge=0, description="Maximum uncached model calls.")
+    max_usd: float | None = Field(None, ge=0, description="Maximum estimated spend in USD.")
+
+
+class FewShotSpec(Strict):
+    """How many examples the few-shot rungs put in the prompt."""
+
+    k: int = Field(8, ge=1, le=64, description="Shots for few_shot_random and few_shot_knn.")
+    best_max: int = Field(20, ge=1, le=64, description="Most shots few_shot_best may choose.")
+
+
+class TaskSpec(Strict):
+    """A task: labelled data, what good looks like, and the traffic it must serve."""
+
+    name: str = Field(description="Short name shown in tables and reports.")
+    kind: Kind = Field(description="classification | extraction | generation | qa.")
+    description: str = Field(
+        "", description="One or two sentences saying what the task is; used by system prompts."
+    )
+    instructions: str = Field(
+        "", description="Extra rules for the system prompt (format, tone, edge cases)."
+    )
+    labels: list[str] | None = Field(
+        None, description="classification: the label set; default: labels seen in the data."
+    )
+    data: DataSpec = Field(description="The labelled examples.")
+    corpus: CorpusSpec | None = Field(None, description="Optional documents; enables RAG rungs.")
+    metric: Metric | None = Field(None, description="Quality metric; default depends on kind.")
+    target: float = Field(ge=0, le=1, description="Quality the task must reach, in [0, 1].")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Train/dev/test split.")
+    volume: VolumeSpec = Field(default_factory=VolumeSpec, description="Production traffic.")
+    latency_ms: float | None = Field(None, gt=0, description="Optional p95 latency target.")
+    backend: BackendSpec = Field(default_factory=BackendSpec, description="Where the model runs.")
+    rungs: list[RungName] | None = Field(
+        None, description="Rungs to climb, cheapest first; default: every rung that applies."
+    )
+    budget: BudgetSpec = Field(default_factory=BudgetSpec, description="Spend limits.")
+    few_shot: FewShotSpec = Field(default_factory=FewShotSpec, description="Few-shot settings.")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> TaskSpec:
+        if self.metric is None:
+            object.__setattr__(self, "metric", DEFAULT_METRIC[self.kind])
+        if self.labels is not None and len(set(self.labels)) < 2:
+            raise ValueError("labels needs at least two distinct labels")
+        return self
+
+    # Set by load_task: the file this spec came from (not part of the YAML).
+    _source: Path | None = None
+
+    @property
+    def source(self) -> Path | None:
+        """The task file this spec was loaded from, if any."""
+        return self._source
+
+    def fingerprint(self) -> str:
+        """A short hash of the resolved spec; identical tasks share it."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """Line (1-based) of the YAML node at ``loc``, or of its deepest existing parent."""
+    node, line = root, (root.start_mark.line + 1 if root is not None else None)
+    for part in loc:
+        nxt = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    nxt, line = value, key.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part < len(node.value):
+                nxt = node.value[part]
+                line = nxt.start_mark.line + 1
+        if nxt is None:
+            break
+        node = nxt
+    return line
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (for did-you-mean)."""
+    model: type[BaseModel] = TaskSpec
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return model if isinstance(part, str) else None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        sub = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if sub is None:
+            return None
+        model = sub
+    return model
+
+
+def _explain(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        owner = _model_at(loc[:-1]) or TaskSpec
+        close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown key '{loc[-1]}'{hint}"
+    return err["msg"].replace("Value error, ", "")
+
+
+def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
+    """Validate YAML text as a task, raising a one-line :class:`TunewiseError` on any problem."""
+    path = Path(path)
+    try:
+        root = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise TunewiseError(
+            f"not valid YAML: {problem}", path=path, line=mark.line + 1 if mark else None
+        ) from None
+    if not isinstance(raw, dict):
+        raise TunewiseError("a task file must be a mapping of keys to values", path=path)
+    try:
+        return TaskSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        field = ".".join(str(p) for p in loc) or None
+        raise TunewiseError(
+            _explain(err), path=path, line=_node_line(root, loc), field=field
+        ) from None
+
+
+def load_task(path: str | Path) -> TaskSpec:
+    """Read, validate and resolve a task file; data and corpus paths become absolute."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunewiseError("task file not found", path=path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TunewiseError(f"not UTF-8 text (byte {exc.start})", path=path) from None
+    spec = parse_task(text, path)
+    base = path.resolve().parent
+    spec.data.path = (base / spec.data.path).resolve()
+    if spec.corpus is not None:
+        spec.corpus.path = (base / spec.corpus.path).resolve()
+    spec._source = path.resolve()
+    return spec
