@@ -104,6 +104,7 @@ def results_table(result: dict[str, Any]) -> Table:
 def print_verdict(result: dict[str, Any]) -> None:
     """The verdict and its reasons, under the table."""
     v = result.get("verdict") or {}
+    print_cost(result)
     if not v:
         return
     console.print(f"\n[bold]Verdict:[/bold] {v.get('summary', '')}")
@@ -302,6 +303,209 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id, or 'latest'.")] = "
         return
     console.print(results_table(result))
     print_verdict(result)
+
+
+# ---- cost, break-even and the advisor (issue 7) -------------------------------------------
+
+
+def cost_tables(cost: dict[str, Any]) -> list[Table]:
+    """Per-rung cost at the task's volume, and the break-even between candidate rungs."""
+    from tunewise.cost import format_days, format_usd
+
+    price, volume = cost["price"], cost["requests_per_day"]
+    tag = " [yellow](example prices: override them)[/yellow]" if price.get("example") else ""
+    per = Table(title=f"Cost at {volume:,} requests/day, price '{price['name']}' "
+                      f"(as of {price['as_of']}){tag}")
+    per.add_column("rung", no_wrap=True)
+    for col in ("meets target", "per 1k req", "per day", "upfront", "upkeep/day", "p95 ms"):
+        per.add_column(col, justify="right")
+    for name, c in cost["rungs"].items():
+        per.add_row(name, "yes" if c["meets_target"] else "no", format_usd(c["per_1k"]),
+                    format_usd(c["daily"]), format_usd(c["upfront"]),
+                    format_usd(c["maintenance_per_day"]),
+                    f"{(c.get('latency_ms') or {}).get('p95', 0):.0f}")
+    met = cost.get("met_target") or []
+    per.caption = ("rungs meeting the target: " + (", ".join(met) if met else "none"))
+    be = cost["break_even"]
+    pairs = Table(title=f"Break-even at {volume:,} requests/day ({be['basis']})")
+    for col in ("cheaper upfront", "vs", "extra upfront", "saves/day", "break-even"):
+        pairs.add_column(col, justify="right" if col[0] in "es" or col == "break-even"
+                         else "left")
+    for p in be["pairs"]:
+        pairs.add_row(p["a"], p["b"], format_usd(p["extra_upfront"]),
+                      format_usd(p["daily_saving"]) if p["daily_saving"] > 0 else "-",
+                      format_days(p["days"]))
+    if not be["pairs"]:
+        pairs.caption = "fewer than two rungs finished: nothing to compare"
+    return [per, pairs]
+
+
+def print_cost(result: dict[str, Any]) -> None:
+    """The cost and break-even tables of a result, when it has a cost section."""
+    cost = result.get("cost")
+    if not cost or not cost.get("rungs"):
+        return
+    for table in cost_tables(cost):
+        console.print(table)
+
+
+def _finished_run(task: Any, run_id: str | None) -> dict[str, Any] | None:
+    """A finished run's result: by id, or the newest of this task (same spec, else same file)."""
+    store = _store()
+    if run_id:
+        row = store.run(run_id)
+    else:
+        row = store.latest_run_for(task.fingerprint())
+        if row is None and task.source is not None:
+            same = [r for r in store.runs(500)
+                    if r["status"] == "done" and r["task_path"] == str(task.source)]
+            row = store.run(same[0]["id"]) if same else None
+    if row is None:
+        return None
+    if not row["result_json"]:
+        raise TunewiseError(f"run {row['id']} did not finish; re-run its task to resume")
+    return json.loads(row["result_json"])
+
+
+@app.command("cost")
+def cost_cmd(
+    task: Annotated[Path, typer.Argument(help="Path to task.yaml.")],
+    volume: Annotated[int | None, typer.Option(
+        "--volume", min=0, help="Requests per day (default: the task's volume).")] = None,
+    run_id: Annotated[str | None, typer.Option(
+        "--run", help="Run id (default: the newest finished run of this task).")] = None,
+    price: Annotated[str | None, typer.Option(
+        "--price", help="Price entry (default: the task's cost.price).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recompute costs and break-even from a stored run at another volume or price.
+
+    No model runs: tokens, latency and preparation time come from the stored result.
+    """
+    from tunewise.cost import summarize
+
+    spec = _load(task)
+    result = _finished_run(spec, run_id)
+    if result is None:
+        raise TunewiseError("no finished run of this task in the store; run it first "
+                            "(tunewise run TASK)", path=spec.source)
+    cost = summarize(result, spec, volume=volume, price_name=price)
+    if as_json:
+        print(json.dumps(cost, indent=2))
+        return
+    console.print(f"[dim]run {result['run_id']}; {cost['price'].get('description', '')}"
+                  "[/dim]")
+    for table in cost_tables(cost):
+        console.print(table)
+    for pair in cost["break_even"]["pairs"]:
+        console.print(f"  • {pair['text']}")
+
+
+def print_advice(advice: Any) -> None:
+    """The advisor's recommendation, reasons, what to avoid and next steps."""
+    console.print(f"\n[bold]Recommendation:[/bold] {advice.headline}  "
+                  f"[dim]({advice.recommendation})[/dim]")
+    for line in advice.measured:
+        console.print(f"  [cyan]measured[/cyan] {line}")
+    for line in advice.reasons:
+        console.print(f"  • {line}")
+    for line in advice.avoid:
+        console.print(f"  ✗ avoid {line}")
+    for line in advice.next_steps:
+        console.print(f"  → {line}")
+
+
+@app.command()
+def advise(
+    tried_prompting: Annotated[bool | None, typer.Option(
+        "--tried-prompting/--no-tried-prompting",
+        help="Have you tried a system prompt and few-shot examples?")] = None,
+    problem: Annotated[str | None, typer.Option(
+        help="What is missing: knowledge | behaviour | both | unsure.")] = None,
+    examples: Annotated[int | None, typer.Option(
+        help="Good labelled examples you have.")] = None,
+    knowledge_changes: Annotated[str | None, typer.Option(
+        help="How often the facts change: never | yearly | monthly | weekly | daily.")] = None,
+    citations: Annotated[bool | None, typer.Option(
+        "--citations/--no-citations", help="Must answers cite sources?")] = None,
+    volume: Annotated[int | None, typer.Option(help="Requests per day.")] = None,
+    latency_ms: Annotated[float | None, typer.Option(help="p95 latency target, ms.")] = None,
+    budget_usd: Annotated[float | None, typer.Option(
+        help="Monthly serving budget, USD.")] = None,
+    strict_format: Annotated[bool | None, typer.Option(
+        "--strict-format/--no-strict-format", help="Must output follow a strict format?")
+    ] = None,
+    min_examples: Annotated[int, typer.Option(
+        help="Examples needed before fine-tuning is advised. 200 is a common line; some "
+             "practitioners want 500+ high-quality examples before a first pilot.")] = 200,
+    task: Annotated[Path | None, typer.Option(
+        help="task.yaml: combine the answers with its newest finished run.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prompting, RAG or fine-tuning? The decision flowchart as questions.
+
+    In a terminal with no answers given, it asks; otherwise answer by flags. With --task,
+    measurements from the task's newest finished run overrule guesses.
+    """
+    from tunewise.advisor import Answers, ask
+    from tunewise.advisor import advise as run_advisor
+
+    answers = Answers(tried_prompting, problem, examples, knowledge_changes, citations,
+                      volume, latency_ms, budget_usd, strict_format, min_examples).validate()
+    result = None
+    if task is not None:
+        result = _finished_run(_load(task), None)
+        if result is None:
+            err_console.print("[yellow]no finished run of this task yet: advice from your "
+                              "answers only (tunewise run TASK to measure)[/yellow]")
+    if not answers.given() and result is None:
+        if not sys.stdin.isatty() or as_json:
+            raise TunewiseError("no answers given: pass flags (e.g. --examples 300 "
+                                "--problem knowledge; see --help) or run in a terminal")
+        answers = ask(console, min_examples)
+    advice = run_advisor(answers, result)
+    if as_json:
+        print(json.dumps(advice.to_dict(), indent=2))
+    else:
+        print_advice(advice)
+
+
+# ---- HTML report and web UI (issue 9) -----------------------------------------------------
+
+
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="Run id, or 'latest'.")] = "latest",
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path(
+        "report.html"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report data as JSON "
+                                          "instead of writing HTML.")] = False,
+) -> None:
+    """Write a run's report: one self-contained HTML file (charts inline, works offline)."""
+    from tunewise.report import build_report, load_run, report_data
+
+    store = _store()
+    if as_json:
+        print(json.dumps(report_data(*load_run(store, run_id)), indent=2))
+        return
+    data, _ = build_report(store, run_id, out)
+    console.print(f"report of run {data['run_id']}: {out}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(
+        help="Address to bind (default 127.0.0.1; anything else must be given here).")] = None,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+) -> None:
+    """Start the web UI: advisor wizard, runs, reports, live runs, comparisons."""
+    from tunewise.web.server import resolve_host, run_server
+
+    bind, warning = resolve_host(host, os.environ)
+    if warning:
+        err_console.print(f"[yellow]warning: {warning}[/yellow]")
+    console.print(f"tunewise web UI on http://{bind}:{port}/  (Ctrl+C to stop)")
+    run_server(bind, port, STATE["store"])
 
 
 def main() -> None:

@@ -99,8 +99,9 @@ def estimate_calls(plan: Plan) -> int:
     return total
 
 
-def check_budget(plan: Plan) -> None:
-    """Stop before any model call when the run would exceed ``budget.max_calls``."""
+def check_budget(plan: Plan, log: Callable[[str], None] | None = None) -> None:
+    """Stop before any model call when the run would exceed ``budget.max_calls`` or
+    ``budget.max_usd`` (the dollar estimate is shown through ``log`` first)."""
     limit = plan.task.budget.max_calls
     estimate = estimate_calls(plan)
     if limit is not None and estimate > limit:
@@ -109,6 +110,9 @@ def check_budget(plan: Plan) -> None:
             "raise budget.max_calls, lower split.test, or choose fewer rungs",
             path=plan.task.source, field="budget.max_calls",
         )
+    from tunewise.cost import check_usd_budget
+
+    check_usd_budget(plan, log)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -205,7 +209,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     plan = plan_run(task, store, backend, rungs=rungs)
     for note in plan.report.notes:
         hooks.log(f"data check: {note}")
-    check_budget(plan)
+    check_budget(plan, hooks.log)
     run_id = store.create_run(task.name, str(task.source) if task.source else None,
                               task.fingerprint(), task.model_dump(mode="json"),
                               plan.ctx.split.ids())
@@ -248,8 +252,11 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         "labels": plan.ctx.labels,
         "rungs": results,
     }
-    result["verdict"] = decide(result, task)
+    from tunewise.cost import summarize
+
     result["usage"] = store.usage(run_id)
+    result["cost"] = summarize(result, task)
+    result["verdict"] = decide(result, task, store)
     store.finish_run(run_id, result)
     (out_dir / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     result["result_path"] = str(out_dir / "result.json")

@@ -107,6 +107,55 @@ class BudgetSpec(Strict):
     max_usd: float | None = Field(None, ge=0, description="Maximum estimated spend in USD.")
 
 
+class PriceFields(Strict):
+    """Prices in USD; any field left out keeps the value of the named price-table entry."""
+
+    input_per_1m: float | None = Field(None, ge=0, description="Per 1M prompt tokens.")
+    output_per_1m: float | None = Field(None, ge=0, description="Per 1M generated tokens.")
+    cached_input_per_1m: float | None = Field(
+        None, ge=0, description="Per 1M prompt tokens served from a prefix cache (if offered)."
+    )
+    tuned_input_per_1m: float | None = Field(
+        None, ge=0, description="Per 1M prompt tokens on a fine-tuned model (default: base)."
+    )
+    tuned_output_per_1m: float | None = Field(
+        None, ge=0, description="Per 1M generated tokens on a fine-tuned model (default: base)."
+    )
+    training_per_1m: float | None = Field(
+        None, ge=0, description="Hosted fine-tuning: per 1M training tokens (tokens x epochs)."
+    )
+    compute_per_hour: float | None = Field(
+        None, ge=0, description="Self-hosting: $/hour of the GPU/CPU machine (prep, training)."
+    )
+
+
+class CostSpec(Strict):
+    """How tunewise prices the measured tokens and time (see `tunewise cost`)."""
+
+    price: str = Field(
+        "local-cpu", description="Entry of the price table (bundled prices.yaml or prices_file)."
+    )
+    prices_file: Path | None = Field(
+        None, description="Optional YAML price table of your own, relative to the task file."
+    )
+    override: PriceFields = Field(
+        default_factory=PriceFields, description="Per-field overrides of the chosen entry."
+    )
+    data_prep_hours: float = Field(
+        0.0, ge=0, description="Person-hours to prepare fine-tuning data (added to its upfront)."
+    )
+    hourly_rate: float = Field(50.0, ge=0, description="USD per person-hour of data prep.")
+    retrain_every_days: float | None = Field(
+        30.0, gt=0, description="Fine-tuned rungs are retrained this often (None: never)."
+    )
+    reindex_every_days: float | None = Field(
+        7.0, gt=0, description="Retrieval rungs rebuild their index this often (None: never)."
+    )
+    count_eval_calls: bool = Field(
+        True, description="Add the cost of this run's evaluation calls to each rung's upfront."
+    )
+
+
 class FewShotSpec(Strict):
     """How many examples the few-shot rungs put in the prompt."""
 
@@ -141,6 +190,7 @@ class TaskSpec(Strict):
     )
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description="Spend limits.")
     few_shot: FewShotSpec = Field(default_factory=FewShotSpec, description="Few-shot settings.")
+    cost: CostSpec = Field(default_factory=CostSpec, description="Prices and cost assumptions.")
 
     @model_validator(mode="after")
     def _defaults(self) -> TaskSpec:
@@ -251,5 +301,7 @@ def load_task(path: str | Path) -> TaskSpec:
     spec.data.path = (base / spec.data.path).resolve()
     if spec.corpus is not None:
         spec.corpus.path = (base / spec.corpus.path).resolve()
+    if spec.cost.prices_file is not None:
+        spec.cost.prices_file = (base / spec.cost.prices_file).resolve()
     spec._source = path.resolve()
     return spec

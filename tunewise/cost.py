@@ -1,0 +1,426 @@
+"""Cost model: what each rung costs per request, upfront and to maintain, and break-even.
+
+Nothing here is assumed about a rung's size: tokens per request, the shared (cacheable)
+prefix, preparation and training seconds all come from the run. Only prices come from a
+table (the bundled ``prices.yaml``, a user file, or ``cost.override`` in task.yaml), and
+every figure carries the price entry and date it used, so a reader can redo the sum.
+
+Formulas (per rung, at ``V`` requests/day):
+
+- per request = (uncached prompt x input + shared prefix x cached input + completion x
+  output) / 1e6, using the fine-tuned model's prices for fine-tuning rungs;
+- upfront = preparation compute (measured s x $/h) or hosted training (tokens x price),
+  + data preparation (hours x rate, fine-tuning only) + this run's evaluation calls;
+- maintenance/day = retraining (fine-tuning) or re-indexing (retrieval) cost / cadence;
+- daily = V x per request + maintenance/day;
+- break-even of B against A (B costs more upfront) = (upfront_B - upfront_A) /
+  (daily_A - daily_B) days, when B is cheaper per day; otherwise B never pays back.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from tunewise.errors import BudgetExceeded, TunewiseError
+from tunewise.task import PriceFields, TaskSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tunewise.ladder import Plan
+
+MILLION = 1_000_000
+CHART_POINTS = 31
+MAX_CANDIDATES = 3  # rungs compared when fewer than two meet the target
+DEFAULT_EPOCHS = 3  # training-token estimate when a fine-tuning rung does not report them
+RAG_TOP_K = 5  # passages assumed per retrieval prompt in the pre-run estimate
+
+
+class PriceEntry(PriceFields):
+    """One row of the price table: a model/provider or a machine to self-host on."""
+
+    description: str = Field("", description="What this entry prices, and where from.")
+    kind: Literal["hosted", "self_hosted"] = Field("hosted", description="hosted | self_hosted")
+    prefill_tokens_per_s: float | None = Field(
+        None, gt=0, description="Throughput that derives input_per_1m from compute_per_hour."
+    )
+    decode_tokens_per_s: float | None = Field(
+        None, gt=0, description="Throughput that derives output_per_1m from compute_per_hour."
+    )
+    measured_time_scale: float = Field(
+        1.0, ge=0, description="Seconds measured in the run x this = seconds on this hardware."
+    )
+    example: bool = Field(False, description="An illustrative price to be replaced.")
+
+
+def per_million_from_throughput(per_hour: float, tokens_per_s: float) -> float:
+    """USD per 1M tokens of a machine renting at ``per_hour`` that moves ``tokens_per_s``."""
+    return per_hour / (tokens_per_s * 3600) * MILLION
+
+
+@dataclass(frozen=True)
+class Price:
+    """A resolved price entry: every per-token price known, with its name and date."""
+
+    name: str
+    as_of: str
+    entry: PriceEntry
+
+    @property
+    def input(self) -> float:
+        return float(self.entry.input_per_1m or 0.0)
+
+    @property
+    def output(self) -> float:
+        return float(self.entry.output_per_1m or 0.0)
+
+    def token_prices(self, tuned: bool) -> tuple[float, float, float]:
+        """(input, cached input, output) per 1M tokens; tuned models may cost more.
+
+        A provider without prefix caching charges cached tokens as ordinary input. For a
+        tuned model the cache discount keeps the same ratio to the input price.
+        """
+        e = self.entry
+        inp, out = self.input, self.output
+        if tuned:
+            inp = e.tuned_input_per_1m if e.tuned_input_per_1m is not None else inp
+            out = e.tuned_output_per_1m if e.tuned_output_per_1m is not None else out
+        if e.cached_input_per_1m is None:
+            cached = inp
+        elif tuned and self.input > 0:
+            cached = e.cached_input_per_1m * inp / self.input
+        else:
+            cached = e.cached_input_per_1m
+        return inp, cached, out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as stored with a cost summary (so the figures can be redone by hand)."""
+        return {"name": self.name, "as_of": self.as_of,
+                **self.entry.model_dump(exclude_none=True)}
+
+
+def _read_table(path: Path | None) -> tuple[str, dict[str, Any]]:
+    """(as_of, raw entries) of the bundled table, or of a user file."""
+    if path is None:
+        text = resources.files("tunewise").joinpath("prices.yaml").read_text(encoding="utf-8")
+        where: str | Path = "prices.yaml"
+    else:
+        if not path.is_file():
+            raise TunewiseError("price file not found", path=path, field="cost.prices_file")
+        text, where = path.read_text(encoding="utf-8"), path
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise TunewiseError("not valid YAML", path=where,
+                            line=mark.line + 1 if mark else None) from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("entries"), dict):
+        raise TunewiseError("a price file needs an 'entries:' mapping of name -> prices",
+                            path=where)
+    return str(raw.get("as_of", "unknown date")), raw["entries"]
+
+
+def price_table(user_file: Path | None = None) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Entry name -> (as_of, raw fields); a user file adds entries or replaces same names."""
+    as_of, entries = _read_table(None)
+    table = {name: (as_of, fields) for name, fields in entries.items()}
+    if user_file is not None:
+        user_as_of, user_entries = _read_table(Path(user_file))
+        table.update({name: (user_as_of, f) for name, f in user_entries.items()})
+    return table
+
+
+def resolve_price(task: TaskSpec, name: str | None = None,
+                  user_file: Path | None = None) -> Price:
+    """The price entry a task uses, with ``cost.override`` applied and derived prices filled.
+
+    Raises:
+        TunewiseError: unknown entry (with the closest name), or an entry that leaves the
+            input or output price unknown.
+    """
+    table = price_table(user_file or task.cost.prices_file)
+    name = name or task.cost.price
+    if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise TunewiseError(f"unknown price entry '{name}'{hint}; entries: "
+                            f"{', '.join(sorted(table))}", path=task.source, field="cost.price")
+    as_of, raw = table[name]
+    try:
+        entry = PriceEntry.model_validate(raw or {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise TunewiseError(f"price entry '{name}': {where}: {err['msg']}",
+                            path=user_file or task.cost.prices_file) from None
+    fields = entry.model_dump()
+    fields.update(task.cost.override.model_dump(exclude_none=True))
+    hourly = fields["compute_per_hour"]
+    for price_key, speed_key in (("input_per_1m", "prefill_tokens_per_s"),
+                                 ("output_per_1m", "decode_tokens_per_s")):
+        if fields[price_key] is None and hourly is not None and fields[speed_key]:
+            fields[price_key] = per_million_from_throughput(hourly, fields[speed_key])
+        if fields[price_key] is None:
+            raise TunewiseError(f"price entry '{name}' gives no {price_key} (nor "
+                                f"compute_per_hour with {speed_key})", field="cost.price")
+    return Price(name, as_of, PriceEntry.model_validate(fields))
+
+
+def format_usd(x: float) -> str:
+    """Dollars with enough digits to be read: $1,234, $12.34, $0.12, $0.0000123."""
+    if x == 0:
+        return "$0"
+    if abs(x) >= 100:
+        return f"${x:,.0f}"
+    if abs(x) >= 0.01:
+        return f"${x:,.2f}"
+    digits = -math.floor(math.log10(abs(x))) + 2
+    return f"${x:.{digits}f}"
+
+
+def format_days(days: float | None) -> str:
+    """A break-even duration for people: hours under a day, days, or months."""
+    if days is None:
+        return "never"
+    if days < 1:
+        return f"{days * 24:.1f} hours"
+    if days < 90:
+        return f"{days:.1f} days"
+    return f"{days / 30.44:.1f} months"
+
+
+def request_cost(tokens: dict[str, float], price: Price, tuned: bool = False
+                 ) -> dict[str, float]:
+    """USD of one request from its measured tokens, with the cached prefix discounted.
+
+    Args:
+        tokens: ``prompt_mean``, ``completion_mean`` and ``shared_prefix`` (tokens at the
+            start of every prompt: system text and fixed shots, which a prefix cache reuses).
+        price: the resolved price entry.
+        tuned: price as a fine-tuned model (hosted providers charge those more).
+    """
+    prompt = float(tokens.get("prompt_mean", 0.0))
+    completion = float(tokens.get("completion_mean", 0.0))
+    cached = min(float(tokens.get("shared_prefix", 0.0)), prompt)
+    inp, cached_price, out = price.token_prices(tuned)
+    parts = {
+        "input_usd": (prompt - cached) * inp / MILLION,
+        "cached_input_usd": cached * cached_price / MILLION,
+        "output_usd": completion * out / MILLION,
+    }
+    return {"usd": sum(parts.values()), **parts, "cached_tokens": cached,
+            "uncached_tokens": prompt - cached, "completion_tokens": completion}
+
+
+def training_tokens(rung: dict[str, Any], n_train: int) -> tuple[float, str]:
+    """Tokens a hosted fine-tune would bill (x epochs), and how the figure was obtained."""
+    info = rung.get("info") or {}
+    for key in ("train_tokens", "training_tokens", "tokens_seen"):
+        if isinstance(info.get(key), int | float) and info[key] > 0:
+            return float(info[key]), f"{info[key]:,.0f} training tokens measured"
+    epochs = info.get("epochs") or DEFAULT_EPOCHS
+    n = info.get("train_examples") or n_train
+    per = rung["tokens"]["prompt_mean"] + rung["tokens"]["completion_mean"]
+    return n * epochs * per, f"{n} examples x {epochs} epochs x {per:.0f} tokens (estimated)"
+
+
+def rung_cost(rung: dict[str, Any], task: TaskSpec, price: Price, volume: int,
+              n_train: int, eval_calls: int) -> dict[str, Any]:
+    """Per-request, upfront, maintenance and daily cost of one finished rung."""
+    spec = task.cost
+    family = rung["family"]
+    tuned = family == "fine_tuning"
+    req = request_cost(rung["tokens"], price, tuned)
+    seconds = float(rung.get("upfront_s") or 0.0) * price.entry.measured_time_scale
+    parts = {"compute": 0.0, "training": 0.0, "data_prep": 0.0, "evaluation": 0.0}
+    basis: list[str] = []
+    hourly = price.entry.compute_per_hour
+    if tuned and price.entry.training_per_1m is not None:
+        tokens, how = training_tokens(rung, n_train)
+        parts["training"] = tokens * price.entry.training_per_1m / MILLION
+        basis.append(f"training: {how} at ${price.entry.training_per_1m}/1M")
+    elif hourly is not None:
+        key = "training" if tuned else "compute"
+        parts[key] = seconds / 3600 * hourly
+        basis.append(f"{key}: {seconds:.1f} s at ${hourly}/h")
+    if tuned and spec.data_prep_hours:
+        parts["data_prep"] = spec.data_prep_hours * spec.hourly_rate
+        basis.append(f"data prep: {spec.data_prep_hours} h at ${spec.hourly_rate}/h")
+    if spec.count_eval_calls:
+        parts["evaluation"] = eval_calls * req["usd"]
+        basis.append(f"evaluation: {eval_calls} calls")
+    maintenance = 0.0
+    if tuned and spec.retrain_every_days:
+        maintenance = (parts["training"] + parts["compute"]) / spec.retrain_every_days
+        basis.append(f"retraining every {spec.retrain_every_days:g} days")
+    elif family == "retrieval" and spec.reindex_every_days:
+        maintenance = parts["compute"] / spec.reindex_every_days
+        basis.append(f"re-indexing every {spec.reindex_every_days:g} days")
+    return {
+        "name": rung["name"], "family": family, "value": rung["value"],
+        "per_request": req["usd"], "per_1k": req["usd"] * 1000, "request": req,
+        "upfront": sum(parts.values()), "upfront_parts": parts,
+        "maintenance_per_day": maintenance,
+        "daily": volume * req["usd"] + maintenance,
+        "latency_ms": rung.get("latency_ms", {}), "basis": basis,
+    }
+
+
+def break_even(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """When the rung with the larger upfront cost has paid it back through lower daily cost."""
+    lo, hi = sorted((a, b), key=lambda c: (c["upfront"], c["daily"]))
+    extra = hi["upfront"] - lo["upfront"]
+    saving = lo["daily"] - hi["daily"]
+    if saving > 0:
+        days: float | None = extra / saving
+        text = (f"{hi['name']} costs {format_usd(extra)} more upfront and saves "
+                f"{format_usd(saving)}/day: it pays back after {format_days(days)}")
+    else:
+        days = None
+        text = (f"{lo['name']} is cheaper both upfront and per day: "
+                f"{hi['name']} never pays back")
+    return {"a": lo["name"], "b": hi["name"], "extra_upfront": extra,
+            "daily_saving": saving, "days": days, "text": text}
+
+
+def _eval_calls(result: dict[str, Any], rung: dict[str, Any]) -> int:
+    used = (result.get("usage") or {}).get(rung["name"])
+    if used:
+        return int(used.get("calls_made", 0) or 0) + int(used.get("cache_hits", 0) or 0)
+    made = int(rung.get("calls_made", 0) or 0) + int(rung.get("cache_hits", 0) or 0)
+    return made or int(rung.get("n", 0) or 0)
+
+
+def summarize(result: dict[str, Any], task: TaskSpec, *, volume: int | None = None,
+              price_name: str | None = None) -> dict[str, Any]:
+    """The cost section of result.json: per rung, break-even pairs and chart series.
+
+    Break-even compares the rungs that meet the target; when fewer than two do, it
+    compares the best rungs instead and says so in ``basis``, so a table is always there.
+    """
+    price = resolve_price(task, price_name)
+    volume = task.volume.requests_per_day if volume is None else volume
+    target = task.target
+    n_train = int((result.get("split") or {}).get("train", 0) or 0)
+    done = [r for r in result["rungs"] if r.get("status") == "done"]
+    costs = {r["name"]: {**rung_cost(r, task, price, volume, n_train, _eval_calls(result, r)),
+                         "meets_target": r["value"] >= target} for r in done}
+    meeting = [r["name"] for r in done if r["value"] >= target]
+    if len(meeting) >= 2:
+        candidates, basis = meeting, "rungs that meet the target"
+    else:
+        ranked = sorted(done, key=lambda r: -r["value"])
+        best = {r["name"] for r in ranked[:MAX_CANDIDATES]} | set(meeting)
+        candidates = [r["name"] for r in done if r["name"] in best]
+        basis = (f"only {meeting[0]} meets the target; compared with the best other rungs"
+                 if meeting else
+                 f"no rung meets the target; the {len(candidates)} best rungs compared")
+    pairs = [break_even(costs[a], costs[b])
+             for i, a in enumerate(candidates) for b in candidates[i + 1:]]
+    finite = [p["days"] for p in pairs if p["days"] is not None]
+    horizon = min(730, max(30, math.ceil(max(finite) * 1.5))) if finite else 90
+    days = [round(horizon * i / (CHART_POINTS - 1), 2) for i in range(CHART_POINTS)]
+    return {
+        "price": price.to_dict(),
+        "requests_per_day": volume,
+        "assumptions": task.cost.model_dump(mode="json", exclude={"override", "price"}),
+        "rungs": costs,
+        "met_target": meeting,
+        "break_even": {"basis": basis, "candidates": candidates, "pairs": pairs},
+        "chart": {"days": days, "series": {
+            name: [costs[name]["upfront"] + costs[name]["daily"] * d for d in days]
+            for name in candidates}},
+    }
+
+
+# ---- before the run: an estimate for the budget ----------------------------------------
+
+
+def _mean_tokens(backend: Any, texts: list[str]) -> float:
+    return sum(backend.count_tokens(t) for t in texts) / len(texts) if texts else 0.0
+
+
+def estimate_run(plan: Plan) -> dict[str, Any]:
+    """A conservative cost estimate of a planned run, made without any model call.
+
+    Prompts are sized from a sample of real items rendered by the backend's chat template:
+    the user turn, the system message, shots (k or the few_shot_best maximum) and passages.
+    No prefix-cache discount is assumed, and generation is priced at ``max_new_tokens``.
+    """
+    from tunewise.ladder import estimate_calls
+    from tunewise.prompts import system_message
+
+    task, ctx = plan.task, plan.ctx
+    backend = ctx.backend
+    price = resolve_price(task)
+    sample = ctx.split.test[:20]
+    query = _mean_tokens(backend, [backend.render([{"role": "user", "content": e.input}])
+                                   for e in sample])
+    system = backend.count_tokens(system_message(task, ctx.labels))
+    shot = _mean_tokens(backend, [
+        backend.render([{"role": "user", "content": e.input},
+                        {"role": "assistant", "content": e.output}])
+        for e in ctx.split.train[:50]])
+    passage = _mean_tokens(backend, [d.text for d in ctx.corpus[:50]]) * RAG_TOP_K
+    prompt = {
+        "zero_shot": query, "system_prompt": query + system,
+        "few_shot_random": query + system + task.few_shot.k * shot,
+        "few_shot_knn": query + system + task.few_shot.k * shot,
+        "few_shot_best": query + system + task.few_shot.best_max * shot,
+        "rag": query + system + passage, "lora": query,
+        "lora_system_prompt": query + system, "lora_rag": query + system + passage,
+    }
+    if ctx.labels:
+        completion = float(max(backend.count_tokens(label) for label in ctx.labels))
+    else:
+        completion = float(task.backend.max_new_tokens)
+    n_train = len(ctx.split.train)
+    rungs: dict[str, dict[str, float]] = {}
+    for name in plan.rungs:
+        calls = estimate_calls(replace(plan, rungs=[name]))
+        tokens = {"prompt_mean": prompt.get(name, query + system), "completion_mean": completion}
+        tuned = name.startswith("lora")
+        usd = calls * request_cost(tokens, price, tuned)["usd"]
+        if tuned:
+            train_tokens = n_train * DEFAULT_EPOCHS * (query + shot)
+            if price.entry.training_per_1m is not None:
+                usd += train_tokens * price.entry.training_per_1m / MILLION
+            elif price.entry.compute_per_hour and price.entry.prefill_tokens_per_s:
+                # forward + backward is about three forward passes
+                hours = 3 * train_tokens / price.entry.prefill_tokens_per_s / 3600
+                usd += hours * price.entry.measured_time_scale * price.entry.compute_per_hour
+        rungs[name] = {"calls": calls, "prompt_tokens": tokens["prompt_mean"], "usd": usd}
+    return {"price": price.name, "calls": sum(int(r["calls"]) for r in rungs.values()),
+            "usd": sum(r["usd"] for r in rungs.values()), "rungs": rungs}
+
+
+def check_usd_budget(plan: Plan, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Show the estimate, and stop before any model call when it exceeds ``budget.max_usd``.
+
+    Raises:
+        BudgetExceeded: the estimate is above the budget (message gives both numbers).
+    """
+    est = estimate_run(plan)
+    limit = plan.task.budget.max_usd
+    if log is not None:
+        log(f"estimate: up to {est['calls']} model calls, about {format_usd(est['usd'])} "
+            f"at price '{est['price']}'" + (f" (budget {format_usd(limit)})"
+                                            if limit is not None else ""))
+    if limit is not None and est["usd"] > limit:
+        costly = max(est["rungs"].items(), key=lambda kv: kv[1]["usd"], default=None)
+        hint = f"; the costliest rung is {costly[0]} ({format_usd(costly[1]['usd'])})" \
+            if costly else ""
+        raise BudgetExceeded(
+            f"this run is estimated at {format_usd(est['usd'])} ({est['calls']} model calls "
+            f"at price '{est['price']}') but budget.max_usd is {format_usd(limit)}{hint}; "
+            "nothing was run. Raise the budget, lower split.test, or choose fewer rungs",
+            path=plan.task.source, field="budget.max_usd")
+    return est
