@@ -168,6 +168,23 @@ def test_summarize_pairs_only_rungs_meeting_the_target_and_charts_them():
     assert series["lora"][-1] < series["few_shot_best"][-1]
 
 
+def test_cost_shape_agrees_with_the_lesson_table_at_10k_per_day():
+    """Prompting: ~no upfront, dearest per request; RAG: index upfront, most upkeep;
+    fine-tuned: most upfront, cheapest per request, retraining upkeep in between."""
+    task = spec(data_prep_hours=4, retrain_every_days=30, reindex_every_days=7)
+    result = {"split": {"train": 500}, "rungs": [
+        rung("few_shot_best", "prompting", 0.9, prompt=2000),
+        rung("rag", "retrieval", 0.9, prompt=1200, upfront_s=600),
+        rung("lora", "fine_tuning", 0.9, prompt=60, upfront_s=1800),
+    ]}
+    c = summarize(result, task, volume=10_000, price_name="example-gpu-24gb")["rungs"]
+    fs, rag, lora = c["few_shot_best"], c["rag"], c["lora"]
+    assert fs["upfront"] < rag["upfront"] < lora["upfront"]
+    assert fs["per_request"] > rag["per_request"] > lora["per_request"]
+    assert fs["maintenance_per_day"] == 0 < lora["maintenance_per_day"] \
+        < rag["maintenance_per_day"]
+
+
 def test_summarize_without_any_rung_meeting_compares_the_best():
     result = {"split": {"train": 50}, "rungs": [
         rung("zero_shot", "prompting", 0.2), rung("system_prompt", "prompting", 0.3),
