@@ -54,3 +54,12 @@ def make_task(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2 backend, loaded once per test session (converted once per machine)."""
+    os.environ["TUNEWISE_HOME"] = str(MODEL_HOME)
+    from tunewise.backends.local import LocalBackend
+
+    return LocalBackend("smollm2-135m", batch_size=4)

@@ -13,13 +13,45 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-from tunewise.errors import TunewiseError
+from tunewise.errors import TunewiseError, redact
+
+STATE: dict[str, Any] = {"store": None, "debug": False}
+
+
+class _Group(TyperGroup):
+    """The root command group: user errors become one redacted line on stderr and exit 2.
+
+    Handling this inside the app (not only in ``main``) means tests through ``CliRunner``
+    see exactly what a user sees, and Ctrl-C gets the resume hint instead of "Aborted!".
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TunewiseError as exc:
+            if STATE["debug"]:
+                raise
+            _print_error(f"error: {exc}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            _print_error("interrupted: finished work is saved; run the same command again "
+                         "to resume from the cache")
+            raise typer.Exit(130) from None
+
+
+def _print_error(line: str) -> None:
+    """One line on stderr, secrets masked, never wrapped or marked up by Rich."""
+    err_console.print(redact(line), markup=False, highlight=False, soft_wrap=True)
+
 
 app = typer.Typer(
+    cls=_Group,
     help="Measure whether your LLM task needs prompting, retrieval or fine-tuning.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -28,9 +60,9 @@ app = typer.Typer(
 cache_app = typer.Typer(help="Inspect or clear the model-call cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
-console = Console()
+# Outside a terminal (CI logs, pipes) Rich would assume 80 columns and wrap the table.
+console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
-STATE: dict[str, Any] = {"store": None, "debug": False}
 
 DEMOS = {"symptoms": "demo/symptoms/task.yaml", "clinic": "demo/clinic/task.yaml"}
 
@@ -69,7 +101,7 @@ def _load(task: Path):
 
 
 def _fmt_score(r: dict[str, Any]) -> str:
-    return f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+    return f"{r['value']:.3f} ({r['ci_low']:.2f}-{r['ci_high']:.2f})"
 
 
 def results_table(result: dict[str, Any]) -> Table:
@@ -77,12 +109,24 @@ def results_table(result: dict[str, Any]) -> Table:
     task = result["task"]
     table = Table(title=f"{task['name']}: {task['metric']} on {result['split']['test']} "
                         f"test examples (target {task['target']})")
-    for col in ("rung", "status", f"{task['metric']} [95% CI]", "vs zero-shot", "ECE",
-                "tokens/req (in/out)", "latency p50/p95 ms", "calls / cached"):
-        table.add_column(col, justify="left" if col in ("rung", "status") else "right")
-    for r in result["rungs"]:
+    table.add_column("rung", no_wrap=True)
+    # Several backends (task.backends): a model column, each rung's rows side by side.
+    models = result.get("models") or []
+    if models:
+        table.add_column("model", no_wrap=True)
+    others: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for m in models[1:]:
+        for r in m["rungs"]:
+            others.setdefault(r["name"], []).append((m["model"], r))
+    rows = [(models[0]["model"] if models else "", r) for r in result["rungs"]]
+    rows = [row for main in rows for row in [main, *others.get(main[1]["name"], [])]]
+    for col in ("score (95% CI)", "vs zero-shot", "ECE", "tokens in/out", "ms p50/p95",
+                "calls/cached"):
+        table.add_column(col, justify="right")
+    for model, r in rows:
+        lead = [r["name"], model] if models else [r["name"]]
         if r["status"] != "done":
-            table.add_row(r["name"], r["status"], r.get("reason", ""), "", "", "", "", "")
+            table.add_row(*lead, f"[dim]{r['status']}: {r.get('reason', '')}[/dim]")
             continue
         vs = r.get("vs_zero_shot")
         mark = ""
@@ -90,14 +134,14 @@ def results_table(result: dict[str, Any]) -> Table:
             mark = f"{vs['diff']:+.3f}" + (" *" if vs["p_value"] < 0.05 else "")
         met = " ✓" if r["value"] >= task["target"] else ""
         table.add_row(
-            r["name"], "done",
+            *lead,
             _fmt_score(r) + met, mark,
             f"{r['ece']:.3f}" if "ece" in r else "",
-            f"{r['tokens']['prompt_mean']:.0f} / {r['tokens']['completion_mean']:.0f}",
-            f"{r['latency_ms']['p50']:.0f} / {r['latency_ms']['p95']:.0f}",
-            f"{r['calls_made']} / {r['cache_hits']}",
+            f"{r['tokens']['prompt_mean']:.0f}/{r['tokens']['completion_mean']:.0f}",
+            f"{r['latency_ms']['p50']:.0f}/{r['latency_ms']['p95']:.0f}",
+            f"{r['calls_made']}/{r['cache_hits']}",
         )
-    table.caption = "* better than zero_shot, paired bootstrap p < 0.05;  ✓ meets the target"
+    table.caption = "* better than zero_shot (paired bootstrap p < 0.05)   ✓ meets the target"
     return table
 
 
@@ -122,18 +166,25 @@ def _progress_hooks(progress):
     state: dict[str, Any] = {"task": None}
 
     def start(name: str, total: int) -> None:
+        # Started with the first rung, so an error found before any work is one clean line.
+        if not progress.live.is_started:
+            progress.start()
         state["task"] = progress.add_task(name, total=total)
 
     def advance(n: int) -> None:
         if state["task"] is not None:
             progress.advance(state["task"], n)
 
-    return Hooks(log=lambda m: progress.console.print(f"[yellow]{m}[/yellow]"),
-                 start_rung=start, advance=advance)
+    def log(message: str) -> None:
+        # Log lines quote user data ("[label]") and errors: no markup, secrets masked.
+        progress.console.print(redact(message), style="yellow", markup=False, highlight=False,
+                               soft_wrap=True)
+
+    return Hooks(log=log, start_rung=start, advance=advance)
 
 
 def _run(task_path: Path, out: Path | None, climb_all: bool, as_json: bool,
-         rungs: list[str] | None) -> dict[str, Any]:
+         rungs: list[str] | None, allow_unseen_labels: bool = False) -> dict[str, Any]:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -147,11 +198,16 @@ def _run(task_path: Path, out: Path | None, climb_all: bool, as_json: bool,
 
     task = _load(task_path)
     store = _store()
-    with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
-                  transient=False, disable=as_json) as progress:
+    progress = Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                        transient=False, disable=as_json)
+    try:
         result = run_ladder(task, store, hooks=_progress_hooks(progress), out_dir=out,
-                            climb_all=climb_all, rungs=rungs)
+                            climb_all=climb_all, rungs=rungs,
+                            allow_unseen_labels=allow_unseen_labels)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     if as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -163,6 +219,27 @@ def _run(task_path: Path, out: Path | None, climb_all: bool, as_json: bool,
         console.print(f"\nmodel calls: {made} made, {hits} served from cache")
         console.print(f"result: {result['result_path']}  (run id {result['run_id']})")
     return result
+
+
+def _rung_names(text: str | None) -> list[str] | None:
+    """``--rungs a,b`` as a list, each name checked (with a did-you-mean) before any work."""
+    if not text:
+        return None
+    import difflib
+
+    from tunewise.task import RUNG_ORDER
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise TunewiseError("give at least one rung name, e.g. zero_shot,few_shot_knn",
+                            field="--rungs")
+    for name in names:
+        if name not in RUNG_ORDER:
+            close = difflib.get_close_matches(name, RUNG_ORDER, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "choose from " + ", ".join(
+                RUNG_ORDER)
+            raise TunewiseError(f"unknown rung '{name}' ({hint})", field="--rungs")
+    return names
 
 
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Folder for result.json.")]
@@ -181,12 +258,15 @@ def run(
     climb_all: AllOpt = False,
     as_json: JsonOpt = False,
     rungs: RungsOpt = None,
+    allow_unseen_labels: Annotated[bool, typer.Option(
+        "--allow-unseen-labels", help="Score even if a test label never occurs in train.")
+    ] = False,
 ) -> None:
     """Climb the ladder on a task: each rung really run and scored on held-out data."""
     if task is None and not demo:
         raise TunewiseError("give a task file, or --demo")
     _run(task or demo_path("symptoms"), out, climb_all, as_json,
-         rungs.split(",") if rungs else None)
+         _rung_names(rungs), allow_unseen_labels)
 
 
 @app.command("demo")
@@ -200,7 +280,7 @@ def demo_cmd(
     """Run a bundled demo task (symptom -> specialty, or the clinic handbook Q&A)."""
     path = demo_path(name)
     console.print(f"[dim]demo task: {path}[/dim]")
-    _run(path, out, climb_all, as_json, rungs.split(",") if rungs else None)
+    _run(path, out, climb_all, as_json, _rung_names(rungs))
 
 
 def _prepared(task_path: Path, rung_name: str):
@@ -444,8 +524,9 @@ def advise(
 ) -> None:
     """Prompting, RAG or fine-tuning? The decision flowchart as questions.
 
-    In a terminal with no answers given, it asks; otherwise answer by flags. With --task,
-    measurements from the task's newest finished run overrule guesses.
+    Asks in a terminal when no answers are given; scripts answer by flags.
+
+    With --task, measurements from the task's newest finished run overrule guesses.
     """
     from tunewise.advisor import Answers, ask
     from tunewise.advisor import advise as run_advisor
@@ -508,21 +589,55 @@ def serve(
     run_server(bind, port, STATE["store"])
 
 
+# ---- doctor (issue 10) ---------------------------------------------------------------------
+@app.command()
+def doctor(
+    task: Annotated[Path | None, typer.Option(
+        "--task", help="Also check what this task needs (e.g. its server is reachable).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check this machine (torch, model packages, cache, disk, store, server) and say what
+    to fix. Exit code 0 when everything required is in place, 1 otherwise."""
+    from rich.markup import escape
+
+    from tunewise.doctor import healthy, run_checks
+    from tunewise.store import default_store_path
+
+    spec = _load(task) if task is not None else None
+    store = Path(STATE["store"]) if STATE["store"] else default_store_path()
+    checks = run_checks(store, spec)
+    if as_json:
+        print(json.dumps({"ok": healthy(checks), "checks": [c.to_dict() for c in checks]},
+                         indent=2))
+    else:
+        marks = {"ok": "[green]✓ ok[/green]", "warn": "[yellow]! warn[/yellow]",
+                 "fail": "[red]✗ FAIL[/red]"}
+        table = Table("check", "status", "detail", "how to fix", title="tunewise doctor")
+        for c in checks:
+            table.add_row(c.name, marks[c.status], escape(c.detail), escape(c.fix))
+        console.print(table)
+        failed = [c.name for c in checks if c.status == "fail"]
+        if failed:
+            console.print(f"[red]{len(failed)} problem(s): {', '.join(failed)}; "
+                          "see 'how to fix'[/red]")
+        else:
+            console.print("[green]ready: every required check passes[/green]")
+    if not healthy(checks):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app()
-    except TunewiseError as exc:
+    except TunewiseError as exc:  # raised outside a command (e.g. while parsing options)
         if STATE["debug"]:
             raise
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        _print_error(f"error: {exc}")
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: finished work is saved; run the same command again "
-                          "to resume from the cache", markup=False)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

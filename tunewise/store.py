@@ -89,7 +89,9 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 
 def default_store_path() -> Path:
-    """``$TUNEWISE_HOME/tunewise.db``, else the per-user data dir."""
+    """``$TUNEWISE_DB``, else ``$TUNEWISE_HOME/tunewise.db``, else the per-user data dir."""
+    if os.environ.get("TUNEWISE_DB"):
+        return Path(os.environ["TUNEWISE_DB"])
     home = os.environ.get("TUNEWISE_HOME")
     base = Path(home) if home else Path(user_data_dir("tunewise", appauthor=False))
     return base / "tunewise.db"
@@ -112,10 +114,18 @@ class Store:
         except (OSError, sqlite3.Error) as exc:
             raise TunewiseError(f"cannot open the store ({exc})", path=self.path) from None
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA busy_timeout=30000")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:  # a corrupt file, or not SQLite at all
+            self.db.close()
+            raise TunewiseError(
+                f"not a usable tunewise store ({exc}); move the file away or point "
+                "--store / TUNEWISE_DB at another path",
+                path=self.path,
+            ) from None
 
     def close(self) -> None:
         """Close the connection."""

@@ -3,8 +3,9 @@
 It is not random noise: it behaves like a weak in-context learner, so tests of few-shot,
 retrieval and caching can check that better context gives better answers.
 
-- ``score``: a choice scores higher the more its words overlap the prompt (the system text,
-  shots and the user's message), with a small deterministic hash jitter and a length cost.
+- ``score``: a choice scores higher the more its words overlap the prompt and the more the
+  shots whose input resembles the question give it as their answer; plus a small
+  deterministic hash jitter and a length cost.
 - ``generate``: answers with the assistant turn of the shot whose user message best
   overlaps the question; with no shots, with the sentence of the prompt that best overlaps
   the question's words (so a retrieved passage containing the answer helps); else echoes.
@@ -13,7 +14,9 @@ retrieval and caching can check that better context gives better answers.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import time
 
 from tunewise.backends.base import Completion, Messages, Scored
 
@@ -37,6 +40,13 @@ class DummyBackend:
         self.batch_size = batch_size
         self.id = f"dummy:v1:seed={seed}"
         self.calls = 0  # forward passes actually made (tests count them)
+        # Test-only: seconds per prompt, so a kill can land mid-rung (tests/test_resume.py).
+        # Not part of ``id``: a slow dummy answers exactly like a fast one.
+        self.delay_s = float(os.environ.get("TUNEWISE_DUMMY_DELAY_S") or 0)
+
+    def _wait(self, n: int) -> None:
+        if self.delay_s > 0:
+            time.sleep(self.delay_s * n)
 
     def render(self, prompt: Messages) -> str:
         return "".join(f"<{m['role']}>\n{m['content']}\n" for m in prompt) + "<assistant>\n"
@@ -46,14 +56,21 @@ class DummyBackend:
 
     def score(self, prompts: list[Messages], choices: list[list[str]]) -> list[Scored]:
         self.calls += len(prompts)
+        self._wait(len(prompts))
         out = []
         for prompt, opts in zip(prompts, choices, strict=True):
             context = _words(" ".join(m["content"] for m in prompt))
             query = _words(prompt[-1]["content"])
+            # Shots vote for their answer in proportion to how much they resemble the query.
+            votes: dict[str, int] = {}
+            for user, reply in zip(prompt, prompt[1:], strict=False):
+                if user["role"] == "user" and reply["role"] == "assistant":
+                    sim = len(_words(user["content"]) & query)
+                    votes[reply["content"]] = votes.get(reply["content"], 0) + sim
             logps = []
             for choice in opts:
                 cw = _words(choice)
-                overlap = len(cw & context) + 2 * len(cw & query)
+                overlap = len(cw & context) + 2 * len(cw & query) + votes.get(choice, 0)
                 logps.append(
                     overlap - 0.3 * len(cw) - 1.0 + 0.5 * _jitter(str(self.seed), choice,
                                                                    prompt[-1]["content"])
@@ -64,6 +81,7 @@ class DummyBackend:
     def generate(self, prompts: list[Messages], max_tokens: int,
                  stop: list[str] | None = None) -> list[Completion]:
         self.calls += len(prompts)
+        self._wait(len(prompts))
         out = []
         for prompt in prompts:
             question = _words(prompt[-1]["content"])

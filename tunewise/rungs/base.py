@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ class RunContext:
     run_id: str
     work_dir: Path
     corpus: list[Document] = field(default_factory=list)
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
     shared: dict[str, Any] = field(default_factory=dict)  # lazily built helpers (embedder)
 
 
