@@ -9,11 +9,19 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunewise.errors import TunewiseError
 
@@ -63,6 +71,54 @@ class CorpusSpec(Strict):
     text: str = Field("text", description="Field holding the document text.")
 
 
+class RetrievalSpec(Strict):
+    """How the retrieval rungs search the corpus and how much of it goes into the prompt.
+
+    The defaults suit small models: SmolLM2-135M reads a few hundred tokens of context well
+    and degrades beyond, so k * chunk_tokens stays near 400.
+    """
+
+    method: Literal["bm25", "dense", "hybrid"] = Field(
+        "hybrid", description="bm25 (exact words), dense (embeddings), or hybrid (both, fused "
+        "by reciprocal rank)."
+    )
+    k: int = Field(3, ge=1, le=20, description="Passages put into the prompt.")
+    chunk_tokens: int = Field(
+        128, ge=16, le=4096, description="Passage length in tokens (words and punctuation)."
+    )
+    overlap: int = Field(32, ge=0, description="Tokens shared by consecutive passages.")
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> RetrievalSpec:
+        if self.overlap >= self.chunk_tokens:
+            raise ValueError("overlap must be smaller than chunk_tokens")
+        return self
+
+
+class FreshnessEdit(Strict):
+    """One fact to change in a corpus document before re-asking the questions about it."""
+
+    doc: str = Field(description="Id of the document to edit.")
+    find: str = Field(min_length=1, description="Text to replace (every occurrence in the doc).")
+    replace: str = Field(
+        min_length=1, description="The new fact; an answer that follows the edit contains it."
+    )
+
+
+class FreshnessSpec(Strict):
+    """The freshness test: edit facts in the corpus, re-ask, count answers that follow."""
+
+    run: bool = Field(False, description="Run it after the ladder (result.json 'freshness').")
+    rung: RungName = Field("rag", description="Rung whose answers are re-asked after the edit.")
+    edits: list[FreshnessEdit] = Field(
+        default_factory=list,
+        description="Edits to make; default: automatic swaps of gold answer spans in their "
+        "source documents for another value of the same shape found in the corpus.",
+    )
+    max_questions: int = Field(30, ge=1, description="Most test questions re-asked.")
+    seed: int = Field(0, description="Seed of the automatic choice of replacement values.")
+
+
 class SplitSpec(Strict):
     """How labelled examples are divided; the split is deterministic for a given seed."""
 
@@ -75,6 +131,15 @@ class VolumeSpec(Strict):
     """Expected production traffic, used for daily cost and break-even."""
 
     requests_per_day: int = Field(10_000, ge=0, description="Requests per day in production.")
+
+
+_KEY_FIELDS = {"api_key", "apikey", "key", "token", "secret", "password", "authorization"}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _looks_like_key(text: str) -> bool:
+    """True for strings shaped like a literal API key (sk-..., long random tokens)."""
+    return bool(re.search(r"\bsk-[A-Za-z0-9_\-]{6,}|\b(hf|gsk|xai|pk)_[A-Za-z0-9]{16,}", text))
 
 
 class BackendSpec(Strict):
@@ -97,7 +162,63 @@ class BackendSpec(Strict):
     max_new_tokens: int = Field(48, ge=1, description="Cap on generated tokens per answer.")
     timeout_s: float = Field(60.0, gt=0, description="openai backend: request timeout.")
     concurrency: int = Field(8, ge=1, description="openai backend: requests in flight.")
+    max_retries: int = Field(
+        6, ge=0, le=20,
+        description="openai backend: retries of a request on 429, 5xx, timeouts (backoff).",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="openai backend: local tokenizer (e.g. smollm2-135m or an HF folder) "
+        "whose chat template the server uses; gives exact show-prompt, token counts and "
+        "log-prob scoring through the completions endpoint.",
+    )
+    score_method: Literal["auto", "logprob", "constrained"] = Field(
+        "auto",
+        description="openai backend: how labels are scored. logprob needs the server to "
+        "echo prompt log-probs and a known chat template; constrained generates the label "
+        "(with a grammar where the server supports one) and parses it; auto picks logprob "
+        "when possible.",
+    )
     seed: int = Field(0, description="Seed of the dummy backend's deterministic choices.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_literal_key(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if str(key).lower() in _KEY_FIELDS:
+                    raise ValueError(
+                        f"'{key}' is not allowed: never put an API key in the task file; "
+                        "export it and give the variable's NAME in api_key_env"
+                    )
+        return data
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        random_looking = len(value or "") >= 32 and any(c.isdigit() for c in value or "") and (
+            any(c.islower() for c in value or ""))
+        if value is not None and (
+            _looks_like_key(value) or random_looking or not _ENV_NAME.fullmatch(value)
+        ):
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (e.g. "
+                "OPENAI_API_KEY), not the key itself"
+            )
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_without_secret(cls, value: str | list[str] | None) -> str | list[str] | None:
+        for url in [value] if isinstance(value, str) else value or []:
+            if not re.match(r"https?://", url):
+                raise ValueError("base_url must start with http:// or https://")
+            if _looks_like_key(url) or re.search(r"//[^/@]+@|[?&](api[_-]?)?key=", url):
+                raise ValueError(
+                    "base_url must not carry credentials; give the key's variable NAME in "
+                    "api_key_env"
+                )
+        return value
 
 
 class BudgetSpec(Strict):
@@ -161,6 +282,60 @@ class FewShotSpec(Strict):
 
     k: int = Field(8, ge=1, le=64, description="Shots for few_shot_random and few_shot_knn.")
     best_max: int = Field(20, ge=1, le=64, description="Most shots few_shot_best may choose.")
+    best_candidates: int = Field(
+        6, ge=1, le=50, description="Candidate shot sets few_shot_best scores on the dev split."
+    )
+    max_prompt_tokens: int = Field(
+        2048, ge=64, description="Prompt cap; shots are dropped (never cut) to stay under it."
+    )
+
+
+class LoraSpec(Strict):
+    """Fine-tuning (the lora rungs): adapter shape, training loop, guard rails, checks."""
+
+    r: int = Field(8, ge=1, le=256, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha (effective scale alpha/r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1, description="Module names that get adapters (attention projections).",
+    )
+    epochs: int = Field(2, ge=1, le=100, description="Passes over the training examples.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (linear warm-up and decay).")
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (default: epochs decide)."
+    )
+    patience: int = Field(
+        1, ge=0, description="Epochs without a lower dev loss before stopping (0: never stop)."
+    )
+    max_length: int = Field(
+        1024, ge=16, description="Longest prompt + answer in tokens; longer examples are skipped."
+    )
+    seed: int = Field(0, description="Seed of adapter init, batch order and dropout.")
+    checkpoint_every: int = Field(
+        25, ge=1, description="Optimizer steps between checkpoints (Ctrl-C also saves one)."
+    )
+    qlora: bool = Field(
+        False, description="CUDA only: load the base model in 4 bits (bitsandbytes, QLoRA)."
+    )
+    min_examples: int = Field(
+        100, ge=1, description="Below this many training examples the lora rungs refuse to run."
+    )
+    warn_examples: int = Field(
+        200, ge=1, description="Below this many training examples a run warns it is fragile."
+    )
+    curve: list[int] = Field(
+        [50, 100, 200, 400],
+        description="Learning-curve subset sizes (plus all examples); [] turns the curve off.",
+    )
+    general: Path | None = Field(
+        None, description="Forgetting check set (JSONL input/output[/choices]); default: bundled."
+    )
+    forgetting_threshold: float = Field(
+        0.05, ge=0, le=1, description="A drop on the general set beyond this is flagged."
+    )
 
 
 class TaskSpec(Strict):
@@ -179,25 +354,46 @@ class TaskSpec(Strict):
     )
     data: DataSpec = Field(description="The labelled examples.")
     corpus: CorpusSpec | None = Field(None, description="Optional documents; enables RAG rungs.")
+    retrieval: RetrievalSpec = Field(
+        default_factory=RetrievalSpec, description="Retrieval settings (rag rungs)."
+    )
+    freshness: FreshnessSpec = Field(
+        default_factory=FreshnessSpec, description="Freshness test settings."
+    )
     metric: Metric | None = Field(None, description="Quality metric; default depends on kind.")
     target: float = Field(ge=0, le=1, description="Quality the task must reach, in [0, 1].")
     split: SplitSpec = Field(default_factory=SplitSpec, description="Train/dev/test split.")
     volume: VolumeSpec = Field(default_factory=VolumeSpec, description="Production traffic.")
     latency_ms: float | None = Field(None, gt=0, description="Optional p95 latency target.")
     backend: BackendSpec = Field(default_factory=BackendSpec, description="Where the model runs.")
+    backends: list[BackendSpec] | None = Field(
+        None, min_length=1,
+        description="Instead of backend: several models compared side by side. The first "
+        "runs the whole ladder; the prompting rungs also run on each of the others.",
+    )
     rungs: list[RungName] | None = Field(
         None, description="Rungs to climb, cheapest first; default: every rung that applies."
     )
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description="Spend limits.")
     few_shot: FewShotSpec = Field(default_factory=FewShotSpec, description="Few-shot settings.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="Fine-tuning settings.")
     cost: CostSpec = Field(default_factory=CostSpec, description="Prices and cost assumptions.")
+
+    @field_validator("labels")
+    @classmethod
+    def _two_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) < 2:
+            raise ValueError("needs at least two distinct labels")
+        return value
 
     @model_validator(mode="after")
     def _defaults(self) -> TaskSpec:
         if self.metric is None:
             object.__setattr__(self, "metric", DEFAULT_METRIC[self.kind])
-        if self.labels is not None and len(set(self.labels)) < 2:
-            raise ValueError("labels needs at least two distinct labels")
+        if self.backends:
+            if "backend" in self.model_fields_set:
+                raise ValueError("give either backend or backends, not both")
+            object.__setattr__(self, "backend", self.backends[0])
         return self
 
     # Set by load_task: the file this spec came from (not part of the YAML).
@@ -232,6 +428,31 @@ def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
             break
         node = nxt
     return line
+
+
+def _duplicate_key(node: yaml.Node | None, loc: tuple[str, ...] = ()
+                   ) -> tuple[str, int] | None:
+    """The first key given twice in one mapping, as (dotted path, line), or None.
+
+    PyYAML silently keeps the last of two equal keys, so a pasted block that repeats
+    ``target:`` would quietly change the task; this finds it instead.
+    """
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            name = str(key.value)
+            if name in seen:
+                return ".".join((*loc, name)), key.start_mark.line + 1
+            seen.add(name)
+            found = _duplicate_key(value, (*loc, name))
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _duplicate_key(item, (*loc, str(i)))
+            if found:
+                return found
+    return None
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -271,11 +492,18 @@ def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or "invalid YAML"
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start and mark and start.line != mark.line:
+            problem += f" ({context} that starts on line {start.line + 1})"
         raise TunewiseError(
             f"not valid YAML: {problem}", path=path, line=mark.line + 1 if mark else None
         ) from None
     if not isinstance(raw, dict):
         raise TunewiseError("a task file must be a mapping of keys to values", path=path)
+    duplicate = _duplicate_key(root)
+    if duplicate:
+        raise TunewiseError("key given twice (the second would silently win)", path=path,
+                            line=duplicate[1], field=duplicate[0])
     try:
         return TaskSpec.model_validate(raw)
     except ValidationError as exc:
@@ -290,12 +518,16 @@ def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
 def load_task(path: str | Path) -> TaskSpec:
     """Read, validate and resolve a task file; data and corpus paths become absolute."""
     path = Path(path)
+    if path.is_dir():
+        raise TunewiseError("is a folder; give the path of the task file in it", path=path)
     if not path.is_file():
         raise TunewiseError("task file not found", path=path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise TunewiseError(f"not UTF-8 text (byte {exc.start})", path=path) from None
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise TunewiseError(f"not UTF-8 text (byte {exc.start})", path=path, line=line
+                            ) from None
     spec = parse_task(text, path)
     base = path.resolve().parent
     spec.data.path = (base / spec.data.path).resolve()
@@ -303,5 +535,7 @@ def load_task(path: str | Path) -> TaskSpec:
         spec.corpus.path = (base / spec.corpus.path).resolve()
     if spec.cost.prices_file is not None:
         spec.cost.prices_file = (base / spec.cost.prices_file).resolve()
+    if spec.lora.general is not None:
+        spec.lora.general = (base / spec.lora.general).resolve()
     spec._source = path.resolve()
     return spec
