@@ -617,10 +617,12 @@ def doctor(
         for c in checks:
             table.add_row(c.name, marks[c.status], escape(c.detail), escape(c.fix))
         console.print(table)
-        failed = [c.name for c in checks if c.status == "fail"]
+        failed = [c for c in checks if c.status == "fail"]
         if failed:
-            console.print(f"[red]{len(failed)} problem(s): {', '.join(failed)}; "
-                          "see 'how to fix'[/red]")
+            console.print(f"[red]{len(failed)} problem(s): "
+                          f"{escape(', '.join(c.name for c in failed))}[/red]")
+            for c in failed:  # unwrapped, so a fix can be copied as one line
+                console.print(f"  fix {escape(c.name)}: {escape(c.fix)}", soft_wrap=True)
         else:
             console.print("[green]ready: every required check passes[/green]")
     if not healthy(checks):

@@ -51,6 +51,8 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         TunewiseError: missing file, non-UTF-8 bytes, a line that is not a JSON object.
     """
     path = Path(path)
+    if path.is_dir():
+        raise TunewiseError("is a folder, not a JSONL or CSV file", path=path)
     if not path.is_file():
         raise TunewiseError("file not found", path=path)
     try:
@@ -76,8 +78,10 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
+            # json's messages end in "at" when they point at where something began.
+            at = "" if exc.msg.endswith(" at") else " at"
             raise TunewiseError(
-                f"not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=number
+                f"not valid JSON: {exc.msg}{at} column {exc.colno}", path=path, line=number
             ) from None
         if not isinstance(obj, dict):
             raise TunewiseError("each line must be a JSON object", path=path, line=number)
@@ -281,6 +285,29 @@ def check_data(examples: list[Example], split: Split, task: TaskSpec) -> DataRep
         unseen_test_labels=unseen,
         notes=notes,
         rung_blocks=blocks,
+    )
+
+
+def require_seen_labels(report: DataReport, task: TaskSpec) -> None:
+    """Stop a run whose test split has a label no training example carries.
+
+    Such a label is usually a typo ("Cardiology" next to "cardiology") or a class too rare
+    for the split; few-shot and fine-tuned rungs cannot learn it, so every comparison on it
+    measures the split rather than the rung. ``tunewise run --allow-unseen-labels`` scores
+    anyway (the data check still notes it).
+
+    Raises:
+        TunewiseError: naming the first unseen label and how to fix it.
+    """
+    if not report.unseen_test_labels:
+        return
+    label = report.unseen_test_labels[0]
+    more = len(report.unseen_test_labels) - 1
+    others = f" (and {more} more)" if more else ""
+    raise TunewiseError(
+        f"label '{label}'{others} is in the test split but in no training example; fix the "
+        "label, add training examples, change split.seed, or pass --allow-unseen-labels",
+        path=task.data.path, field=task.data.output,
     )
 
 

@@ -6,6 +6,8 @@ so every message must say *where* (file, line, field) and *what* without a trace
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 
@@ -36,3 +38,42 @@ class TunewiseError(Exception):
 
 class BudgetExceeded(TunewiseError):
     """The run would spend more calls or dollars than the task's budget allows."""
+
+
+# ---- secrets ------------------------------------------------------------------------------
+# Environment variables whose values are treated as secrets by name, and literal key shapes.
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
+_SECRET_SHAPES = re.compile(
+    r"\bsk-[A-Za-z0-9_\-]{8,}"  # OpenAI-style keys (sk-..., sk-proj-...)
+    r"|(?<=Bearer )[A-Za-z0-9_\-.=]{8,}"  # Authorization headers
+)
+_MIN_SECRET_LEN = 8  # shorter values ("1", "true") would mask ordinary words
+_REGISTERED: set[str] = set()
+MASK = "***"
+
+
+def register_secret(value: str | None) -> None:
+    """Mask ``value`` from now on, whatever the variable holding it is called.
+
+    Tasks name the variable that holds their API key (``backend.api_key_env``); that name
+    need not look secret, so whoever reads the key registers its value here.
+    """
+    if value and len(value) >= _MIN_SECRET_LEN:
+        _REGISTERED.add(value)
+
+
+def redact(text: str) -> str:
+    """``text`` with every known secret replaced by ``***``.
+
+    Known secrets are registered values, values of environment variables whose names look
+    secret (``*KEY*``, ``*TOKEN*``, ``*SECRET*``, ...), and anything shaped like an API key
+    (``sk-...``, ``Bearer ...``). Applied to every error line and log line the CLI prints, so
+    a key that reaches an exception message (a URL, an HTTP error body) is not shown.
+    """
+    values = set(_REGISTERED)
+    values.update(
+        v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= _MIN_SECRET_LEN
+    )
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, MASK)
+    return _SECRET_SHAPES.sub(MASK, text)

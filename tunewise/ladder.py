@@ -24,6 +24,7 @@ from tunewise.dataset import (
     load_corpus,
     load_examples,
     make_split,
+    require_seen_labels,
     task_labels,
 )
 from tunewise.errors import BudgetExceeded
@@ -193,7 +194,8 @@ def meets_target(result: dict[str, Any], target: float) -> bool:
 
 def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
                hooks: Hooks | None = None, out_dir: Path | None = None,
-               climb_all: bool = False, rungs: list[str] | None = None) -> dict[str, Any]:
+               climb_all: bool = False, rungs: list[str] | None = None,
+               allow_unseen_labels: bool = False) -> dict[str, Any]:
     """Run a task's ladder and return the result (also stored, and written as JSON).
 
     Args:
@@ -204,9 +206,12 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         out_dir: where ``result.json`` and run artefacts go (default ``runs/RUN_ID``).
         climb_all: run every rung even after one meets the target (for comparisons).
         rungs: override the task's rung list.
+        allow_unseen_labels: score even when a test label never occurs in train.
     """
     hooks = hooks or Hooks()
     plan = plan_run(task, store, backend, rungs=rungs)
+    if not allow_unseen_labels:
+        require_seen_labels(plan.report, task)
     for note in plan.report.notes:
         hooks.log(f"data check: {note}")
     check_budget(plan, hooks.log)
