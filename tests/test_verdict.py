@@ -103,15 +103,22 @@ def test_nothing_ran():
 
 def test_freshness_and_forgetting_feed_the_verdict():
     r = result(rung("zero_shot", "prompting", 0.2), rung("few_shot_knn", "prompting", 0.5),
-               rung("rag", "retrieval", 0.6), rung("lora_rag", "fine_tuning", 0.9))
-    r["freshness"] = {"rag": {"followed": 0.9, "n": 20}, "lora": {"followed": 0.05, "n": 20}}
-    r["forgetting"] = {"lora_rag": {"base": 0.6, "tuned": 0.45, "diff": -0.15,
-                                    "ci_low": -0.2, "ci_high": -0.1}}
-    v = decide(r, spec())
-    assert v["rung"] == "lora_rag" and v["combination"] == ["lora", "rag"]
-    assert v["diagnosis"]["freshness"] == {"rag": 0.9, "lora": 0.05}
-    assert any("rag 90%" in x and "lora 5%" in x for x in v["reasons"])
-    assert any("forgetting" in x and "-0.150" in x for x in v["reasons"])
+               rung("rag", "retrieval", 0.9), rung("lora", "fine_tuning", 0.52))
+    # the shapes the freshness test and the forgetting check record
+    r["freshness"] = {"status": "done", "rung": "rag", "edited_questions": 20, "followed": 18,
+                      "followed_share": 0.9, "kept_old": 1, "kept_old_share": 0.05}
+    r["forgetting"] = {"base": {"value": 0.6}, "tuned": {"value": 0.45}, "diff": -0.15,
+                       "diff_ci_low": -0.2, "diff_ci_high": -0.1, "flagged": True}
+    v = decide(r, spec(), None)
+    assert (v["rung"], v["rule"]) == ("rag", "target_met")
+    assert v["diagnosis"]["freshness"] == {"rag": 0.9}
+    assert v["diagnosis"]["gap"] == "knowledge"
+    assert any("follow the edit: rag 90%" in x for x in v["reasons"])
+    (lora,) = [x for x in v["rejected"] if x.startswith("lora:")]
+    assert "0.520, below the target" in lora and "-0.150 (forgetting)" in lora
+    # per-rung shapes work too, and a rung that ignores the edit is not evidence
+    r["freshness"] = {"rag": {"followed_share": 0.9}, "lora": {"followed_share": 0.05}}
+    assert decide(r, spec())["diagnosis"]["freshness"] == {"rag": 0.9, "lora": 0.05}
 
 
 def test_format_errors_point_to_behaviour():

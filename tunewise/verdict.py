@@ -13,7 +13,9 @@ The stop rule, in order:
 
 The diagnosis separates a *knowledge* gap (retrieval gains over few-shot, answers follow
 a corpus edit) from a *behaviour* gap (fine-tuning gains over few-shot, answers outside the
-expected format). Every reason quotes a number measured in the run.
+expected format). Every reason quotes a number measured in the run. The fine-tuning checks
+(learning curve, forgetting) word their own reasons (``training.checks.verdict_notes``);
+here forgetting only marks a rejected fine-tuned rung.
 """
 
 from __future__ import annotations
@@ -101,8 +103,7 @@ def error_types(result: dict[str, Any], task: TaskSpec, store: Store | None
 
 # ---- optional checks run by other parts of the ladder -------------------------------------
 
-_SHARE_KEYS = ("followed_share", "followed", "follow_rate", "share_followed", "share",
-               "value")
+_SHARE_KEYS = ("followed_share", "follow_rate", "share_followed", "share", "value")
 _DIFF_KEYS = ("diff", "delta", "change")
 
 
@@ -148,24 +149,6 @@ def forgetting(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out[name or "lora"] = {"diff": diff, "ci_low": item.get("ci_low"),
                                "ci_high": item.get("ci_high"), "flagged": flagged}
     return out
-
-
-def learning_curve_need(rung: dict[str, Any], target: float) -> tuple[int | None, int | None]:
-    """(examples needed to reach the target or None, largest size tried) from a curve."""
-    curve = (rung.get("info") or {}).get("learning_curve")
-    if not isinstance(curve, list):
-        return None, None
-    points = []
-    for p in curve:
-        if isinstance(p, dict):
-            n = p.get("n", p.get("examples"))
-            v = p.get("value", p.get("score"))
-            if isinstance(n, int | float) and isinstance(v, int | float):
-                points.append((int(n), float(v)))
-    if not points:
-        return None, None
-    reached = [n for n, v in sorted(points) if v >= target]
-    return (reached[0] if reached else None), max(n for n, _ in points)
 
 
 # ---- diagnosis -----------------------------------------------------------------------------
@@ -363,10 +346,6 @@ def decide(result: dict[str, Any], task: TaskSpec, store: Store | None = None
         if other not in meeting:  # only alternatives that also reach the target matter
             continue
         reasons.append(f"break-even at {cost['requests_per_day']:,}/day: {pair['text']}")
-    need, tried = learning_curve_need(chosen, target)
-    if tried:
-        reasons.append(f"learning curve: the target is reached with {need} examples"
-                       if need else f"learning curve: not reached with up to {tried} examples")
 
     forgot = forgetting(result)
     rejected: list[str] = []
@@ -397,9 +376,6 @@ def decide(result: dict[str, Any], task: TaskSpec, store: Store | None = None
         if other in forgot and forgot[other]["flagged"]:
             why += f"; general ability changes by {forgot[other]['diff']:+.3f} (forgetting)"
         rejected.append(why)
-    if name in forgot and forgot[name]["flagged"]:
-        reasons.append(f"caution: {name} changes general-set quality by "
-                       f"{forgot[name]['diff']:+.3f} against the base model (forgetting)")
 
     nxt = _next_steps(rule, chosen, diag, task, n_train, by_name, cost)
     summary = {
