@@ -135,3 +135,25 @@ def test_sigkill_mid_rung_then_resume_real_model(make_task, tmp_path: Path) -> N
                      rungs=["zero_shot"])
     kill_and_resume(task, tmp_path, kill_at=8, per_rung=16, n_rungs=1, delay=0.0,
                     timeout=600)
+
+
+def test_ctrl_c_prints_the_resume_hint(make_task, tmp_path: Path) -> None:
+    """SIGINT mid-rung: exit 130, one line saying finished work is kept, no traceback."""
+    task = make_task(limit=200, target=0.99, split={"test": 48, "dev": 8, "seed": 2},
+                     backend={"kind": "dummy", "batch_size": 4}, rungs=["zero_shot"])
+    db = tmp_path / "interrupted.db"
+    proc = _start(task, db, tmp_path, delay=0.05)
+    deadline = time.monotonic() + 120
+    while _count(db, "SELECT COUNT(*) FROM calls") < 16:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and out == ""
+    assert err.strip().splitlines()[-1] == (
+        "interrupted: finished work is saved; run the same command again to resume from the "
+        "cache")
+    assert _count(db, "SELECT COUNT(*) FROM calls") >= 16
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -3,8 +3,8 @@
 A recognisable fake key is exported under a variable whose name does not look secret (so
 only the backend's registration can mask it), a real `tunewise run` talks to a stub server
 with it, and every byte the run leaves behind is searched: stdout, stderr, the store (with
-its WAL), result.json, the run folder. The error path is checked against a server that
-echoes the key back in its 401 body, as hosted APIs do.
+its WAL), result.json, the run folder, the HTML report. The error path is checked against
+a server that echoes the key back in its 401 body, as hosted APIs do.
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ def test_fake_key_reaches_the_server_and_nothing_else(make_task, tmp_path: Path,
     runs = [_cli(["run", str(task), "--all", "--out", str(tmp_path / "out")], tmp_path, env),
             _cli(["show", "latest", "--json"], tmp_path, env),
             _cli(["runs"], tmp_path, env),
+            _cli(["report", "latest", "-o", str(tmp_path / "report.html")], tmp_path, env),
             _cli(["--debug", "run", str(task), "--json"], tmp_path, env)]
     for proc in runs:
         assert proc.returncode == 0, proc.stderr
@@ -111,7 +112,7 @@ def test_fake_key_reaches_the_server_and_nothing_else(make_task, tmp_path: Path,
     assert stub_url.seen, "the run made no request"
     assert {s["authorization"] for s in stub_url.seen} == {f"Bearer {FAKE_KEY}"}
     # ... and it is nowhere else.
-    assert (tmp_path / "out" / "result.json").exists()
+    assert (tmp_path / "out" / "result.json").exists() and (tmp_path / "report.html").exists()
     assert Path(os.environ["TUNEWISE_DB"]).exists()
     leaks = [f"{name}" for name, blob in _every_byte(tmp_path).items()
              if FAKE_KEY.encode() in blob]
