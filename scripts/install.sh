@@ -22,6 +22,10 @@ if [[ "${1:-}" == "dev" ]]; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver
   fi
   $PIP install -q "playwright>=1.40"
+  # Model server for the openai-backend integration tests: llama-cpp-python[server] built
+  # from source (GGML_NATIVE=OFF); pip caches the wheel, but a fresh machine compiles
+  # llama.cpp (measured ~27 min on 2 busy cores). No-op when already installed.
+  bash scripts/llama_server.sh install
 else
   $PIP install -q -e .
 fi

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +93,10 @@ def estimate_calls(plan: Plan) -> int:
     """Upper bound on model calls: test items per rung plus dev items scored in selection."""
     n_test, n_dev = len(plan.ctx.split.test), len(plan.ctx.split.dev)
     total = 0
+    copies = len(plan.task.backends or [None])  # prompting rungs run on every backend
     for name in plan.rungs:
-        total += n_test
-        if name == "few_shot_best":
-            total += n_dev * 4
+        per = n_test + (n_dev * 4 if name == "few_shot_best" else 0)
+        total += per * (copies if FAMILY[name] == "prompting" else 1)
     return total
 
 
@@ -133,20 +133,24 @@ def _shared_prefix_tokens(ctx: RunContext, prompts: list[Any]) -> int:
     return ctx.backend.count_tokens(texts[0][:n])
 
 
-def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None
-             ) -> tuple[dict[str, Any], list[float]]:
-    """Prepare, predict and score one rung; store it; return its summary and per-item scores."""
+def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
+             tag: str = "") -> tuple[dict[str, Any], list[float]]:
+    """Prepare, predict and score one rung; store it; return its summary and per-item scores.
+
+    ``tag`` (e.g. ``@openai:model``) names the rung in the store when it runs on a further
+    backend of ``task.backends``.
+    """
     ctx, task = plan.ctx, plan.task
     rung = get_rung(name)
     base = ctx.backend
-    ctx.backend = base.for_rung(name)
+    ctx.backend = base.for_rung(name + tag)
     ctx.backend.progress = hooks.advance
     try:
         started = time.perf_counter()
         prepared = rung.prepare(ctx)
         prep_s = time.perf_counter() - started
         test = ctx.split.test
-        hooks.start_rung(name, len(test))
+        hooks.start_rung(name + tag, len(test))
         if prepared.backend is not None:
             prepared.backend.progress = hooks.advance
         preds: list[Prediction] = rung.predict(prepared, test, ctx)
@@ -183,13 +187,52 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None
          "score": s, "details": {"probs": p.probs, **p.details} if p.probs else p.details}
         for e, p, s in zip(test, preds, score.per_example, strict=True)
     ]
-    ctx.store.save_rung(ctx.run_id, name, "done", result, result, rows)
+    ctx.store.save_rung(ctx.run_id, name + tag, "done", result, result, rows)
     return result, score.per_example
 
 
 def meets_target(result: dict[str, Any], target: float) -> bool:
     """A rung meets the target when its measured score reaches it."""
     return result.get("status") == "done" and result["value"] >= target
+
+
+def model_labels(task: TaskSpec) -> list[str]:
+    """``kind:model`` of each backend in ``task.backends``, made unique with ``#n``."""
+    labels = [f"{s.kind}:{s.model}" for s in task.backends or [task.backend]]
+    return [x if labels.count(x) == 1 else f"{x}#{i + 1}" for i, x in enumerate(labels)]
+
+
+def run_other_backends(plan: Plan, results: list[dict[str, Any]], hooks: Hooks
+                       ) -> list[dict[str, Any]]:
+    """Prompt portability: the prompting rungs that ran, again on each further backend.
+
+    Same split, same prompt templates; each backend chooses its own shots where a rung
+    selects them. These results are kept apart from ``rungs`` (the verdict and costs are
+    the first backend's) and stored as ``rung@model``. Empty with a single backend.
+    """
+    specs = (plan.task.backends or [])[1:]
+    names = [r["name"] for r in results
+             if r.get("status") == "done" and FAMILY.get(r["name"]) == "prompting"]
+    if not specs or not names:
+        return []
+    labels = model_labels(plan.task)
+    out: list[dict[str, Any]] = [{"model": labels[0], "backend": plan.ctx.backend.id}]
+    for label, spec in zip(labels[1:], specs, strict=True):
+        sub_task = plan.task.model_copy(update={"backend": spec})
+        backend = CachedBackend(make_backend(spec), plan.ctx.store, plan.ctx.run_id)
+        ctx = replace(plan.ctx, task=sub_task, backend=backend, shared=dict(plan.ctx.shared))
+        sub = replace(plan, task=sub_task, ctx=ctx)
+        rungs: list[dict[str, Any]] = []
+        baseline: list[float] | None = None
+        for name in names:
+            result, per = run_rung(sub, name, hooks, baseline, tag=f"@{label}")
+            result["model"] = label
+            rungs.append(result)
+            hooks.end_rung(result)
+            if name == "zero_shot":
+                baseline = per
+        out.append({"model": label, "backend": backend.id, "rungs": rungs})
+    return out
 
 
 def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
@@ -257,6 +300,9 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         "labels": plan.ctx.labels,
         "rungs": results,
     }
+    models = run_other_backends(plan, results, hooks)
+    if models:
+        result["models"] = models
     from tunewise.cost import summarize
 
     result["usage"] = store.usage(run_id)

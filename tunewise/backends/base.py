@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from tunewise.errors import TunewiseError
 from tunewise.store import Store, cached_map
 
 Messages = list[dict[str, str]]
@@ -67,6 +68,19 @@ class Backend(Protocol):
 Progress = Callable[[int], None]
 
 
+class PartialFailure(TunewiseError):
+    """A backend call failed after some of its requests finished.
+
+    ``done`` maps positions in the call's prompt list to finished results (Completion or
+    Scored). Remote backends raise it so :class:`CachedBackend` stores the finished ones
+    before the error reaches the user: a re-run then repeats only what did not finish.
+    """
+
+    def __init__(self, message: str, done: dict[int, Any]) -> None:
+        super().__init__(message)
+        self.done = done
+
+
 class CachedBackend:
     """A backend whose every call is looked up in, and written to, the store.
 
@@ -102,15 +116,29 @@ class CachedBackend:
         return self.inner.render(prompt)
 
     def _run(self, kind: str, requests: list[Any], params: dict[str, Any],
-             compute: Callable[[list[int]], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+             compute: Callable[[list[int]], list[dict[str, Any]]],
+             convert: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
         for start in range(0, len(requests), self.chunk):
             idx = list(range(start, min(start + self.chunk, len(requests))))
-            batch = cached_map(
-                self.store, self.id, kind, [requests[i] for i in idx], params,
-                lambda miss, idx=idx: compute([idx[m] for m in miss]),
-                run_id=self.run_id, rung=self.rung,
-            )
+
+            def chunk_compute(miss: list[int], idx: list[int] = idx) -> list[dict[str, Any]]:
+                wanted = [idx[m] for m in miss]
+                try:
+                    return compute(wanted)
+                except PartialFailure as exc:  # positions -> request indices, as rows
+                    exc.done = {wanted[p]: convert(v) for p, v in exc.done.items()}
+                    raise
+
+            try:
+                batch = cached_map(self.store, self.id, kind, [requests[i] for i in idx],
+                                   params, chunk_compute, run_id=self.run_id, rung=self.rung)
+            except PartialFailure as exc:
+                finished = [exc.done[i] for i in sorted(exc.done)]
+                cached_map(self.store, self.id, kind, [requests[i] for i in sorted(exc.done)],
+                           params, lambda miss, rows=finished: [rows[m] for m in miss],
+                           run_id=self.run_id, rung=self.rung)
+                raise
             results.extend(batch)
             if self.progress:
                 self.progress(len(idx))
@@ -120,26 +148,31 @@ class CachedBackend:
                  stop: list[str] | None = None) -> list[Completion]:
         params = {"max_tokens": max_tokens, "stop": stop or []}
 
+        def convert(c: Completion) -> dict[str, Any]:
+            return {"response": c.text, "prompt_tokens": c.prompt_tokens,
+                    "completion_tokens": c.completion_tokens, "latency_s": c.latency_s}
+
         def compute(indices: list[int]) -> list[dict[str, Any]]:
             done = self.inner.generate([prompts[i] for i in indices], max_tokens, stop)
-            return [{"response": c.text, "prompt_tokens": c.prompt_tokens,
-                     "completion_tokens": c.completion_tokens, "latency_s": c.latency_s}
-                    for c in done]
+            return [convert(c) for c in done]
 
-        rows = self._run("generate", prompts, params, compute)
+        rows = self._run("generate", prompts, params, compute, convert)
         return [Completion(r["response"], r["prompt_tokens"], r["completion_tokens"],
                            r["latency_s"], r["cached"]) for r in rows]
 
     def score(self, prompts: list[Messages], choices: list[list[str]]) -> list[Scored]:
         requests = [{"prompt": p, "choices": c} for p, c in zip(prompts, choices, strict=True)]
 
+        def convert(s: Scored) -> dict[str, Any]:
+            return {"response": {"logprobs": s.logprobs, "method": s.method},
+                    "prompt_tokens": s.prompt_tokens, "completion_tokens": 0,
+                    "latency_s": s.latency_s}
+
         def compute(indices: list[int]) -> list[dict[str, Any]]:
             done = self.inner.score([prompts[i] for i in indices],
                                     [choices[i] for i in indices])
-            return [{"response": {"logprobs": s.logprobs, "method": s.method},
-                     "prompt_tokens": s.prompt_tokens, "completion_tokens": 0,
-                     "latency_s": s.latency_s} for s in done]
+            return [convert(s) for s in done]
 
-        rows = self._run("score", requests, {}, compute)
+        rows = self._run("score", requests, {}, compute, convert)
         return [Scored(r["response"]["logprobs"], r["prompt_tokens"], r["latency_s"],
                        r["cached"], r["response"].get("method", "logprob")) for r in rows]

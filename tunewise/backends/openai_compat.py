@@ -1,0 +1,534 @@
+"""OpenAI-compatible backend: vLLM, llama.cpp, Ollama, TGI servers or a hosted API.
+
+How it behaves, and why:
+
+- **Concurrent inside, simple outside.** The Backend protocol is synchronous; each call
+  sends its requests concurrently (``httpx.AsyncClient``, at most ``concurrency`` in flight)
+  so a server with parallel slots, or several replicas, is kept busy.
+- **Retries.** 408/429/5xx answers, timeouts and dropped connections are retried with
+  exponential backoff and jitter (tenacity); a ``Retry-After`` header is honoured. Each
+  attempt goes to the next base URL (round-robin), so a dead replica is skipped. A request
+  that still fails raises one :class:`TunewiseError` line naming the URL.
+- **Nothing finished is lost.** When one request fails for good, the requests already
+  answered are handed to the cache (:class:`PartialFailure`) before the error surfaces.
+- **The key stays secret.** It is read from the environment variable *named* in the task,
+  goes only into the Authorization header, and is registered for redaction; it is never
+  part of the backend id (the cache key), the store, logs or error lines.
+- **Scoring.** ``logprob``: each choice is appended to the prompt rendered with the model's
+  chat template and sent to ``/completions`` with ``echo`` + ``logprobs``; the choice's
+  token log-probs are summed (exactly what the local backend computes). This needs the
+  template (``backend.tokenizer``, or a server with ``/apply-template``) and a server that
+  echoes prompt log-probs. ``constrained``: the model generates the label, restricted by a
+  grammar where the server accepts one (llama.cpp ``grammar``, vLLM ``guided_choice``),
+  and :func:`parse_label` maps the text to a label. ``Scored.method`` records which.
+  llama-cpp-python computes echoed log-probs in Python with a full-vocabulary sort per
+  token (seconds per request), so use ``score_method: constrained`` with it.
+- **Token counts** come from the server's ``usage``. ``count_tokens`` uses the local
+  tokenizer when one is configured, else the server's tokenize endpoint (llama.cpp,
+  llama-cpp-python, vLLM), else the ~4 characters per token rule of thumb.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import email.utils
+import itertools
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from tunewise.backends.base import Completion, Messages, PartialFailure, Scored
+from tunewise.errors import TunewiseError, redact, register_secret
+from tunewise.task import BackendSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+SCORING_VERSION = "v1"  # bump when scoring semantics change: it is part of the cache key
+RETRY_STATUS = frozenset({408, 409, 425, 429})  # plus every 5xx
+MAX_RETRY_AFTER_S = 120.0  # a server asking for longer is treated as down
+CONSTRAINED_MISS = -100.0  # log-prob given to the labels a constrained answer did not pick
+CHARS_PER_TOKEN = 4  # rule of thumb for English BPE when no tokenizer is reachable
+
+Job = Callable[[httpx.AsyncClient], Awaitable[Any]]
+
+
+class _Retryable(Exception):
+    """An attempt that may succeed if repeated (429, 5xx, timeout, connection error)."""
+
+    def __init__(self, url: str, why: str, retry_after: float | None = None) -> None:
+        super().__init__(why)
+        self.url, self.why, self.retry_after = url, why, retry_after
+
+
+class HTTPStatusError(TunewiseError):
+    """The server refused a request in a way retrying cannot fix (400, 401, 404, ...)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message, field="backend")
+        self.status = status
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def parse_label(text: str, choices: list[str]) -> int | None:
+    """Index of the label a generated answer names, or None when it names none.
+
+    Exact match (ignoring case and punctuation, so ``Add to playlist`` is
+    ``add_to_playlist``), else the longest label appearing as whole words in the answer,
+    else the closest label by string similarity (difflib, ratio >= 0.6).
+    """
+    answer = _norm(text)
+    if not answer:
+        return None
+    normed = [_norm(c) for c in choices]
+    for i, c in enumerate(normed):
+        if c == answer:
+            return i
+    padded = f" {answer} "
+    found = [(len(c), -padded.index(f" {c} "), i) for i, c in enumerate(normed)
+             if c and f" {c} " in padded]
+    if found:
+        return max(found)[2]
+    close = difflib.get_close_matches(answer, [c for c in normed if c], n=1, cutoff=0.6)
+    return normed.index(close[0]) if close else None
+
+
+def choice_grammar(choices: list[str]) -> str:
+    """A GBNF grammar (llama.cpp) whose only sentences are the given choices."""
+    return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+
+
+def span_logprob(logprobs: list[float | None], n_choice: int, n_generated: int) -> float:
+    """Sum of the log-probs of the choice's tokens in an echoed prompt + choice + generation.
+
+    Counted from the end, not by character offsets: servers disagree on offsets around
+    special tokens (llama-cpp-python measures them on text without the chat markers).
+    """
+    end = len(logprobs) - n_generated
+    if n_choice < 1 or end - n_choice < 1:
+        raise ValueError(f"{len(logprobs)} echoed tokens cannot hold a {n_choice}-token choice")
+    return float(sum(lp for lp in logprobs[end - n_choice : end] if lp is not None))
+
+
+def readable(prompt: Messages) -> str:
+    """Chat messages as plain text, for servers whose chat template is unknown."""
+    return "".join(f"[{m['role']}]\n{m['content']}\n\n" for m in prompt) + "[assistant]\n"
+
+
+def _message_text(data: dict[str, Any]) -> str:
+    try:
+        return (data["choices"][0]["message"].get("content") or "").strip()
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise ValueError("no choices[0].message in the answer") from None
+
+
+def _cut(text: str, stop: list[str] | None) -> str:
+    """Apply stop strings client-side too: some servers ignore ``stop``."""
+    for s in stop or []:
+        if s and s in text:
+            text = text[: text.index(s)]
+    return text.strip()
+
+
+class OpenAIBackend:
+    """A model behind an OpenAI-compatible HTTP API."""
+
+    def __init__(self, spec: BackendSpec, *, backoff_s: float = 0.5) -> None:
+        urls = spec.base_url or DEFAULT_BASE_URL
+        self.urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
+        self.model = spec.model
+        self.timeout_s = spec.timeout_s
+        self.concurrency = spec.concurrency
+        self.batch_size = spec.concurrency  # CachedBackend saves every 4 x this many calls
+        self.max_retries = spec.max_retries
+        self.score_method = spec.score_method
+        self.backoff_s = backoff_s
+        self.tokenizer_name = spec.tokenizer
+        self._headers = {"User-Agent": "tunewise"}
+        if spec.api_key_env:
+            key = os.environ.get(spec.api_key_env, "")
+            if not key:
+                raise TunewiseError(
+                    f"environment variable {spec.api_key_env} is not set; export the API "
+                    "key in it", field="backend.api_key_env")
+            register_secret(key)
+            self._headers["Authorization"] = f"Bearer {key}"
+        self.id = f"openai:{self.model}:score={self.score_method}"
+        if self.tokenizer_name:
+            self.id += f":tok={self.tokenizer_name}"
+        self.id += f":{SCORING_VERSION}"
+        self._rr = itertools.count()
+        self._rr_lock = threading.Lock()
+        self._tok: Any = None
+        self._sync: httpx.Client | None = None
+        self._features: dict[str, Any] = {}  # probed once: tokenize, apply-template, ...
+        self._grammar = True  # cleared when the server rejects the grammar parameter
+        self._counts: dict[str, int] = {}
+
+    # ---- plumbing ------------------------------------------------------------------
+    def _next_url(self) -> str:
+        with self._rr_lock:
+            return self.urls[next(self._rr) % len(self.urls)]
+
+    @staticmethod
+    def _root(url: str) -> str:
+        """The server root, where non-OpenAI extras such as /tokenize live."""
+        return url[:-3] if url.endswith("/v1") else url
+
+    def _error(self, url: str, why: str) -> str:
+        return redact(f"{url}: {why}")
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        after = getattr(exc, "retry_after", None)
+        if after is not None:
+            return min(after, MAX_RETRY_AFTER_S) + random.uniform(0, 0.05 + 0.1 * after)
+        exp = self.backoff_s * 2 ** (state.attempt_number - 1)
+        return min(exp, 30.0) + random.uniform(0, self.backoff_s)
+
+    async def _post_once(self, client: httpx.AsyncClient, url: str, body: dict[str, Any]
+                         ) -> dict[str, Any]:
+        try:
+            resp = await client.post(url, json=body)
+        except httpx.TimeoutException:
+            raise _Retryable(url, f"no answer within {self.timeout_s:g} s") from None
+        except httpx.TransportError as exc:
+            raise _Retryable(url, f"connection failed ({type(exc).__name__})") from None
+        code = resp.status_code
+        if code in RETRY_STATUS or code >= 500:
+            after = parse_retry_after(resp.headers.get("retry-after"))
+            raise _Retryable(url, f"HTTP {code}", after)
+        if code >= 400:
+            detail = resp.text[:200].replace("\n", " ")
+            hint = " (check the key)" if code in (401, 403) else ""
+            raise HTTPStatusError(self._error(url, f"HTTP {code}{hint}: {detail}"), code)
+        try:
+            return resp.json()
+        except ValueError:
+            raise HTTPStatusError(self._error(url, "the answer is not JSON"), code) from None
+
+    async def _post(self, client: httpx.AsyncClient, path: str, body: dict[str, Any]
+                    ) -> dict[str, Any]:
+        """POST with retries; each attempt to the next base URL."""
+        result: dict[str, Any] = {}
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self.max_retries + 1), wait=self._wait,
+                retry=retry_if_exception_type(_Retryable), reraise=True,
+                before_sleep=lambda s: log.debug("retrying: %s", s.outcome.exception()),
+            ):
+                with attempt:
+                    result = await self._post_once(client, self._next_url() + path, body)
+        except _Retryable as exc:
+            raise TunewiseError(self._error(
+                exc.url, f"{exc.why}; gave up after {self.max_retries + 1} attempts"),
+                field="backend") from None
+        return result
+
+    async def _gather(self, jobs: list[Job]) -> list[Any]:
+        sem = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency,
+                              max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(headers=self._headers, timeout=self.timeout_s,
+                                     limits=limits) as client:
+
+            async def one(pos: int, job: Job) -> tuple[int, Any]:
+                async with sem:
+                    return pos, await job(client)
+
+            tasks = [asyncio.ensure_future(one(i, job)) for i, job in enumerate(jobs)]
+            done: dict[int, Any] = {}
+            try:
+                for fut in asyncio.as_completed(tasks):
+                    pos, value = await fut
+                    done[pos] = value
+            except BaseException as exc:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if isinstance(exc, TunewiseError):
+                    raise PartialFailure(str(exc), done) from None
+                raise
+        return [done[i] for i in range(len(jobs))]
+
+    def _call(self, jobs: list[Job]) -> list[Any]:
+        """Run jobs concurrently from synchronous code (even inside a running loop)."""
+        if not jobs:
+            return []
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._gather(jobs))
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self._gather(jobs)).result()
+
+    def _get_sync(self) -> httpx.Client:
+        if self._sync is None:
+            self._sync = httpx.Client(headers=self._headers, timeout=self.timeout_s)
+        return self._sync
+
+    def _try(self, path: str, body: dict[str, Any] | None, root: bool = True
+             ) -> dict[str, Any] | None:
+        """One un-retried request for an optional feature; None when it is not offered."""
+        base = self._next_url()
+        url = (self._root(base) if root else base) + path
+        try:
+            resp = (self._get_sync().post(url, json=body) if body is not None
+                    else self._get_sync().get(url))
+        except httpx.HTTPError:
+            return None
+        if resp.status_code != 200:
+            return None
+        try:
+            data = resp.json()
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    # ---- text ----------------------------------------------------------------------
+    def _tokenizer(self) -> Any:
+        if self._tok is None and self.tokenizer_name:
+            from transformers import AutoTokenizer
+            from transformers.utils import logging as hf_logging
+
+            from tunewise.backends.local import resolve_model
+
+            hf_logging.set_verbosity_error()
+            try:
+                self._tok = AutoTokenizer.from_pretrained(resolve_model(self.tokenizer_name))
+            except OSError as exc:
+                raise TunewiseError(f"cannot load tokenizer '{self.tokenizer_name}' ({exc})"
+                                    .splitlines()[0], field="backend.tokenizer") from None
+        return self._tok
+
+    def _server_template(self, prompt: Messages) -> str | None:
+        """The prompt rendered by the server's /apply-template (llama.cpp), if offered."""
+        if self._features.get("apply_template") is False:
+            return None
+        data = self._try("/apply-template", {"messages": prompt})
+        if data is not None and isinstance(data.get("prompt"), str):
+            self._features["apply_template"] = True
+            return data["prompt"]
+        if self._features.get("apply_template"):  # it worked before: do not guess now
+            raise TunewiseError(self._error(self._root(self.urls[0]) + "/apply-template",
+                                            "failed"), field="backend")
+        self._features["apply_template"] = False
+        return None
+
+    def exact_template(self) -> bool:
+        """True when render() gives the exact text the server's chat endpoint builds."""
+        if self._tokenizer() is not None:
+            return True
+        return self._server_template([{"role": "user", "content": "hi"}]) is not None
+
+    def render(self, prompt: Messages) -> str:
+        """The prompt as the model sees it: the chat template when known, else readable."""
+        tok = self._tokenizer()
+        if tok is not None:
+            return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return self._server_template(prompt) or readable(prompt)
+
+    def _local_count(self, text: str) -> int:
+        tok = self._tokenizer()
+        if tok is not None:
+            return len(tok(text, add_special_tokens=False).input_ids)
+        return max(1, round(len(text) / CHARS_PER_TOKEN))
+
+    def _server_count(self, text: str) -> int | None:
+        how = self._features.get("tokenize")
+        if how is None:
+            for name in ("extras", "tokenize"):
+                self._features["tokenize"] = name
+                if (n := self._server_count(text)) is not None:
+                    return n
+            self._features["tokenize"] = False
+            return None
+        if how == "extras":  # llama-cpp-python
+            data = self._try("/extras/tokenize/count", {"input": text, "model": self.model},
+                             root=True)
+            return int(data["count"]) if data and "count" in data else None
+        if how == "tokenize":  # llama.cpp server ("content"), vLLM ("prompt")
+            data = self._try("/tokenize", {"content": text, "prompt": text, "model": self.model,
+                                           "add_special": False})
+            return len(data["tokens"]) if data and isinstance(data.get("tokens"), list) else None
+        return None
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text``: local tokenizer, else the server's tokenizer, else ~4 chars."""
+        if text in self._counts:
+            return self._counts[text]
+        if self._tokenizer() is not None:
+            n = self._local_count(text)
+        else:
+            n = self._server_count(text) or self._local_count(text)
+        if len(self._counts) < 100_000:
+            self._counts[text] = n
+        return n
+
+    @property
+    def context_length(self) -> int | None:
+        """The served context window when the server says (vLLM ``max_model_len``)."""
+        if "context" not in self._features:
+            data = self._try("/models", None, root=False) or {}
+            models = data.get("data") or [{}]
+            length = models[0].get("max_model_len") if isinstance(models[0], dict) else None
+            self._features["context"] = int(length) if length else None
+        return self._features["context"]
+
+    # ---- generation ----------------------------------------------------------------
+    def generate(self, prompts: list[Messages], max_tokens: int,
+                 stop: list[str] | None = None) -> list[Completion]:
+        """Greedy chat completions, ``concurrency`` at a time."""
+
+        def job(prompt: Messages) -> Job:
+            async def run(client: httpx.AsyncClient) -> Completion:
+                body: dict[str, Any] = {"model": self.model, "messages": prompt,
+                                        "temperature": 0, "max_tokens": max_tokens}
+                if stop:
+                    body["stop"] = stop[:4]  # the OpenAI API accepts at most four
+                start = time.perf_counter()
+                data = await self._post(client, "/chat/completions", body)
+                latency = time.perf_counter() - start
+                text = _cut(self._checked(_message_text, data), stop)
+                usage = data.get("usage") or {}
+                return Completion(
+                    text,
+                    int(usage.get("prompt_tokens") or self._local_count(readable(prompt))),
+                    int(usage.get("completion_tokens") or self._local_count(text)),
+                    latency,
+                )
+
+            return run
+
+        return self._call([job(p) for p in prompts])
+
+    def _checked(self, read: Callable[[dict[str, Any]], Any], data: dict[str, Any]) -> Any:
+        try:
+            return read(data)
+        except ValueError as exc:
+            raise TunewiseError(self._error(self.urls[0], f"unexpected answer: {exc}"),
+                                field="backend") from None
+
+    # ---- scoring -------------------------------------------------------------------
+    def _resolve_method(self) -> str:
+        if "method" in self._features:
+            return self._features["method"]
+        method = self.score_method
+        if method in ("auto", "logprob"):
+            usable = self.exact_template() and self._echoes_logprobs()
+            if method == "logprob" and not usable:
+                raise TunewiseError(
+                    "score_method logprob needs backend.tokenizer (or a server with "
+                    "/apply-template) and a server that echoes prompt log-probs; use "
+                    "score_method: constrained", field="backend.score_method")
+            method = "logprob" if usable else "constrained"
+        self._features["method"] = method
+        return method
+
+    def _echoes_logprobs(self) -> bool:
+        data = self._try("/completions", {"model": self.model, "prompt": "Hello world",
+                                          "max_tokens": 1, "temperature": 0, "echo": True,
+                                          "logprobs": 1}, root=False)
+        try:
+            lp = data["choices"][0]["logprobs"]  # type: ignore[index]
+            return any(x is not None for x in lp["token_logprobs"]) and bool(lp["text_offset"])
+        except (KeyError, IndexError, TypeError):
+            return False
+
+    def score(self, prompts: list[Messages], choices: list[list[str]]) -> list[Scored]:
+        """Log-probability of each choice (see the module docstring for the two methods)."""
+        if not prompts:
+            return []
+        if self._resolve_method() == "logprob":
+            eot = getattr(self._tokenizer(), "eos_token", None) or ""
+            jobs = [self._logprob_job(self.render(p), opts, eot)
+                    for p, opts in zip(prompts, choices, strict=True)]
+        else:
+            jobs = [self._constrained_job(p, opts)
+                    for p, opts in zip(prompts, choices, strict=True)]
+        return self._call(jobs)
+
+    def _logprob_job(self, text: str, opts: list[str], eot: str) -> Job:
+        # Tokens of each choice as it follows the prompt (joint tokenization, so merges
+        # across the boundary count once), from the tokenizer or the server's tokenizer.
+        n_prompt = self.count_tokens(text)
+        sizes = [self.count_tokens(text + c + eot) - n_prompt for c in opts]
+
+        async def run(client: httpx.AsyncClient) -> Scored:
+            start = time.perf_counter()
+            logps: list[float] = []
+            for choice, n_choice in zip(opts, sizes, strict=True):  # in a row: prefix reuse
+                full = text + choice + eot
+                data = await self._post(client, "/completions", {
+                    "model": self.model, "prompt": full, "max_tokens": 1, "temperature": 0,
+                    "echo": True, "logprobs": 1})
+
+                def read(d: dict[str, Any], full: str = full, n: int = n_choice) -> float:
+                    try:
+                        answer = d["choices"][0]
+                        generated = 0 if answer["text"] == full else 1  # EOS is not echoed
+                        return span_logprob(answer["logprobs"]["token_logprobs"], n, generated)
+                    except (KeyError, IndexError, TypeError) as exc:
+                        raise ValueError(f"no echoed log-probs ({exc})") from None
+
+                logps.append(self._checked(read, data))
+            return Scored(logps, n_prompt, time.perf_counter() - start, method="logprob")
+
+        return run
+
+    def _constrained_job(self, prompt: Messages, opts: list[str]) -> Job:
+        async def run(client: httpx.AsyncClient) -> Scored:
+            body: dict[str, Any] = {
+                "model": self.model, "messages": prompt, "temperature": 0,
+                "max_tokens": max(len(c) for c in opts) // 2 + 8,
+            }
+            if self._grammar:
+                body["grammar"] = choice_grammar(opts)
+                body["guided_choice"] = opts
+            start = time.perf_counter()
+            try:
+                data = await self._post(client, "/chat/completions", body)
+            except HTTPStatusError as exc:
+                if "grammar" not in body or exc.status not in (400, 422):
+                    raise
+                self._grammar = False  # e.g. a hosted API: answer freely, parse the label
+                body.pop("grammar")
+                body.pop("guided_choice")
+                data = await self._post(client, "/chat/completions", body)
+            latency = time.perf_counter() - start
+            hit = parse_label(self._checked(_message_text, data), opts)
+            logps = [0.0 if i == hit else CONSTRAINED_MISS for i in range(len(opts))]
+            usage = data.get("usage") or {}
+            tokens = int(usage.get("prompt_tokens") or self._local_count(readable(prompt)))
+            return Scored(logps, tokens, latency, method="constrained")
+
+        return run
