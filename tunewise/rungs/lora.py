@@ -1,0 +1,211 @@
+"""Fine-tuning rungs: a LoRA adapter trained on the task, alone and in combination.
+
+- ``lora``: the tuned model answers the bare input (no system prompt, no shots). It is
+  trained on exactly that prompt, so the behaviour it learns needs no instructions, and
+  its prompts are the shortest of any rung (the point of tuning at volume).
+- ``lora_system_prompt``: the same adapter, prompted with the system prompt as well.
+- ``lora_rag``: the same adapter, prompted the way the ``rag`` rung prompts (retrieved
+  passages), and answered through that rung's own prediction step.
+
+The adapter is trained once per task/settings/data (see :mod:`tunewise.training.adapters`);
+the combinations reuse it and never retrain.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from typing import Any
+
+from tunewise.backends.base import CachedBackend, Messages
+from tunewise.dataset import Example
+from tunewise.errors import TunewiseError
+from tunewise.prompts import build_messages
+from tunewise.rungs.base import Prepared, PromptRung, RunContext, RungUnavailable, get_rung
+
+FINE_TUNING_RUNGS = ("lora", "lora_rag", "lora_system_prompt")
+
+
+def local_backend(ctx: RunContext) -> Any | None:
+    """The run's local (transformers) backend, or None: training needs the weights."""
+    from tunewise.backends.local import LocalBackend
+
+    inner = ctx.backend.inner
+    return inner if isinstance(inner, LocalBackend) else None
+
+
+def train_prompt(ctx: RunContext, ex: Example) -> Messages:
+    """The prompt the adapter is trained on and the ``lora`` rung predicts with."""
+    return build_messages(ctx.task, ctx.labels, ex.input, system=False)
+
+
+@dataclass
+class Tuned:
+    """A trained adapter and the model that answers with it."""
+
+    adapter: Any  # tunewise.training.adapters.Adapter
+    backend: Any  # LocalBackend with the adapter merged in
+    skipped_long: int
+
+    def info(self) -> dict[str, Any]:
+        """What the rung result reports about training (the cost model reads it too)."""
+        log = self.adapter.log
+        return {
+            "train_examples": log.get("n_train"),
+            "dev_examples": log.get("n_dev"),
+            "skipped_too_long": self.skipped_long,
+            "steps": log.get("steps_done"),
+            "epochs": log.get("epochs_done"),
+            "examples_seen": log.get("examples_seen"),
+            "train_tokens": log.get("train_tokens"),
+            "train_seconds": log.get("train_seconds"),
+            "final_loss": log.get("final_loss"),
+            "dev_loss": log.get("dev_loss"),
+            "stopped_early": log.get("stopped_early"),
+            "resumed_from_step": log.get("resumed_from_step", []),
+            "precision": log.get("precision"),
+            "device": log.get("device"),
+            "adapter_key": self.adapter.key,
+            "adapter_path": str(self.adapter.path),
+            "trained_now": self.adapter.trained_now,
+            "prompt": "bare input (no system prompt), as trained",
+        }
+
+
+def train_adapter(ctx: RunContext, train: list[Example], label: str = "lora",
+                  on_step: Any = None) -> tuple[Any, int]:
+    """The cached adapter for ``train`` (training or resuming when it is not finished).
+
+    Returns the adapter and how many examples were too long to train on.
+    """
+    from tunewise.backends.local import resolve_model
+    from tunewise.training.adapters import train_or_load
+    from tunewise.training.features import encode_all
+
+    base = local_backend(ctx)
+    if base is None:
+        raise TunewiseError("fine-tuning needs the local backend (the model's weights)",
+                            field="backend.kind")
+    spec = ctx.task.lora
+    feats, skipped = encode_all(base, [train_prompt(ctx, e) for e in train],
+                                [e.output for e in train], spec.max_length)
+    dev, _ = encode_all(base, [train_prompt(ctx, e) for e in ctx.split.dev],
+                        [e.output for e in ctx.split.dev], spec.max_length)
+    if skipped:
+        ctx.log(f"{label}: {skipped} training examples are longer than lora.max_length="
+                f"{spec.max_length} tokens and were skipped")
+    adapter = train_or_load(base.id, resolve_model(base.name), spec, feats, dev,
+                            base.tok.pad_token_id, label=label, log=ctx.log, on_step=on_step)
+    return adapter, skipped
+
+
+def load_tuned(ctx: RunContext, adapter: Any) -> Any:
+    """A local backend answering with ``adapter`` merged into the base weights.
+
+    Merging removes the adapter's extra matmuls from every decoding step; the backend id
+    still names the adapter, so its cache entries never mix with the base model's.
+    """
+    from tunewise.backends.local import LocalBackend
+
+    base = local_backend(ctx)
+    backend = LocalBackend(base.name, batch_size=base.batch_size, adapter=adapter.path)
+    backend.model = backend.model.merge_and_unload().eval()
+    return backend
+
+
+def main_adapter(ctx: RunContext, on_step: Any = None) -> tuple[Any, int]:
+    """The task's adapter on all training examples, with the guard rails on data size.
+
+    Raises:
+        TunewiseError: fewer training examples than ``lora.min_examples``.
+    """
+    n, spec = len(ctx.split.train), ctx.task.lora
+    if n < spec.min_examples:
+        raise TunewiseError(f"only {n} training examples; fine-tuning needs at least "
+                            f"{spec.min_examples} (collect more, or keep prompting)",
+                            field="lora.min_examples")
+    if n < spec.warn_examples:
+        ctx.log(f"lora: {n} training examples; under {spec.warn_examples} results are fragile")
+    return train_adapter(ctx, ctx.split.train, on_step=on_step)
+
+
+def tuned_model(ctx: RunContext) -> Tuned:
+    """The task's tuned model, built once per run and shared by the lora rungs."""
+    if "lora" not in ctx.shared:
+        adapter, skipped = main_adapter(ctx)
+        ctx.shared["lora"] = Tuned(adapter, load_tuned(ctx, adapter), skipped)
+    return ctx.shared["lora"]
+
+
+def release(backend: Any) -> None:
+    """Free a model's memory now rather than whenever the collector runs."""
+    del backend
+    gc.collect()
+
+
+class Lora(PromptRung):
+    """The tuned model on the bare input."""
+
+    name = "lora"
+
+    def requires(self, ctx: RunContext) -> str | None:
+        if local_backend(ctx) is None:
+            return "fine-tuning needs the local backend (the model's weights)"
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            return "fine-tuning needs the peft package (pip install peft)"
+        return None
+
+    def prompt(self, ctx: RunContext, ex: Example) -> Messages:
+        """How this rung prompts the tuned model."""
+        return train_prompt(ctx, ex)
+
+    def prepare(self, ctx: RunContext) -> Prepared:
+        from tunewise.training.adapters import copy_adapter
+
+        tuned = tuned_model(ctx)
+        info = tuned.info()
+        if ctx.run_id:  # a real run keeps its own copy of the adapter and training log
+            info["run_adapter_path"] = str(copy_adapter(tuned.adapter,
+                                                        ctx.work_dir / "adapters" / self.name))
+        backend = CachedBackend(tuned.backend, ctx.store, ctx.run_id or None, self.name)
+        return Prepared(self.name, lambda ex: self.prompt(ctx, ex), info=info,
+                        upfront_s=tuned.adapter.train_seconds, backend=backend)
+
+
+class LoraSystemPrompt(Lora):
+    """The tuned model with the system prompt (task description, format, rules) added."""
+
+    name = "lora_system_prompt"
+
+    def prompt(self, ctx: RunContext, ex: Example) -> Messages:
+        return build_messages(ctx.task, ctx.labels, ex.input)
+
+
+class LoraRag(Lora):
+    """The tuned model prompted and answered by the ``rag`` rung (retrieved passages)."""
+
+    name = "lora_rag"
+
+    def _rag(self) -> Any:
+        return get_rung("rag")
+
+    def requires(self, ctx: RunContext) -> str | None:
+        try:
+            rag = self._rag()
+        except (RungUnavailable, ImportError):
+            return "needs the retrieval rung (rag), which is not available in this version"
+        return rag.requires(ctx) or super().requires(ctx)
+
+    def prepare(self, ctx: RunContext) -> Prepared:
+        rag_prepared = self._rag().prepare(ctx)
+        lora_prepared = super().prepare(ctx)
+        rag_prepared.rung = self.name
+        rag_prepared.backend = lora_prepared.backend
+        rag_prepared.info = {**rag_prepared.info, "lora": lora_prepared.info}
+        rag_prepared.upfront_s = rag_prepared.upfront_s + lora_prepared.upfront_s
+        return rag_prepared
+
+    def predict(self, prepared: Prepared, examples: list[Example], ctx: RunContext) -> list:
+        return self._rag().predict(prepared, examples, ctx)

@@ -1,0 +1,109 @@
+"""Adapters in a content-addressed cache: train once, reload everywhere.
+
+The key is a hash of the base model id, the LoRA/training settings and the exact token ids
+of the training and dev examples. The same task trained twice, a re-run after Ctrl-C, and
+``tunewise predict --rung lora`` all arrive at the same folder: a finished adapter is
+loaded, a half-trained one resumes from its checkpoint, and nothing is trained twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_cache_dir
+
+from tunewise.task import LoraSpec
+from tunewise.training.features import Feature, fingerprint
+from tunewise.training.lora import CHECKPOINT, LOG_FILE, TRAINER_VERSION, LoraTrainer
+
+# Settings that change the trained weights (checkpoint cadence and the checks do not).
+TRAINING_FIELDS = {"r", "alpha", "dropout", "target_modules", "epochs", "lr", "batch_size",
+                   "grad_accum", "max_steps", "patience", "max_length", "seed", "qlora"}
+
+
+def adapter_root() -> Path:
+    """``$TUNEWISE_ADAPTERS``, else ``$TUNEWISE_HOME/adapters``, else the user cache dir."""
+    if os.environ.get("TUNEWISE_ADAPTERS"):
+        return Path(os.environ["TUNEWISE_ADAPTERS"])
+    home = os.environ.get("TUNEWISE_HOME")
+    base = Path(home) if home else Path(user_cache_dir("tunewise", appauthor=False))
+    return base / "adapters"
+
+
+def adapter_key(base_id: str, spec: LoraSpec, train: Sequence[Feature],
+                dev: Sequence[Feature]) -> str:
+    """Content address of an adapter: model, settings, and the data it learns from."""
+    settings = spec.model_dump(mode="json", include=TRAINING_FIELDS)
+    blob = json.dumps([TRAINER_VERSION, base_id, settings, fingerprint(train), fingerprint(dev)],
+                      sort_keys=True)
+    return "lora-" + hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@dataclass
+class Adapter:
+    """A finished adapter folder, its training log, and whether this call trained it."""
+
+    path: Path
+    key: str
+    log: dict[str, Any]
+    trained_now: bool
+
+    @property
+    def train_seconds(self) -> float:
+        """Measured training time (summed over resumes), whoever trained it."""
+        return float(self.log.get("train_seconds", 0.0))
+
+
+def finished(path: Path) -> dict[str, Any] | None:
+    """The training log of a finished adapter folder, or None."""
+    log_path = path / LOG_FILE
+    if not log_path.is_file():  # written last, after the adapter weights
+        return None
+    try:
+        log = json.loads(log_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return log if log.get("done") else None
+
+
+def train_or_load(base_id: str, base_path: str, spec: LoraSpec, train: Sequence[Feature],
+                  dev: Sequence[Feature], pad_id: int, *, label: str = "lora",
+                  progress: bool = True, log: Callable[[str], None] = print,
+                  on_step: Callable[[LoraTrainer], None] | None = None) -> Adapter:
+    """The cached adapter for this data and these settings, training (or resuming) if needed.
+
+    A file lock keeps two processes from training the same adapter at once; the second
+    waits and then loads what the first trained.
+    """
+    from filelock import FileLock
+
+    key = adapter_key(base_id, spec, train, dev)
+    path = adapter_root() / key
+    done = finished(path)
+    if done is not None:
+        return Adapter(path, key, done, False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        done = finished(path)
+        if done is not None:
+            return Adapter(path, key, done, False)
+        trainer = LoraTrainer(base_path, spec, train, dev, path, pad_id, label=label,
+                              progress=progress, log=log, on_step=on_step)
+        history = trainer.train()
+    return Adapter(path, key, history, True)
+
+
+def copy_adapter(adapter: Adapter, dest: Path) -> Path:
+    """Copy a finished adapter and its log into a run's folder (the per-run record)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in adapter.path.iterdir():
+        if item.is_file() and not item.name.startswith(CHECKPOINT):
+            shutil.copy2(item, dest / item.name)
+    return dest
