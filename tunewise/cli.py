@@ -629,6 +629,39 @@ def doctor(
         raise typer.Exit(1)
 
 
+# ---- train (issue 6) -----------------------------------------------------------------------
+@app.command()
+def train(
+    task: Annotated[Path, typer.Argument(help="Path to task.yaml.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Train (or resume, or just find) the task's LoRA adapter, without scoring anything.
+
+    Ctrl-C saves a checkpoint; the same command resumes it. On several GPUs:
+    `accelerate launch -m tunewise.cli train task.yaml`. `tunewise run` and `predict`
+    then load the cached adapter instead of training."""
+    from tunewise.ladder import plan_run
+    from tunewise.rungs.lora import main_adapter
+
+    plan = plan_run(_load(task), _store(), rungs=["lora"])
+    if "lora" in plan.skipped:
+        raise TunewiseError(f"rung 'lora' cannot run: {plan.skipped['lora']}")
+    plan.ctx.log = lambda m: err_console.print(m, markup=False, highlight=False)
+    adapter, _ = main_adapter(plan.ctx)
+    log = adapter.log
+    summary = {"adapter": str(adapter.path), "trained_now": adapter.trained_now,
+               "steps": log.get("steps_done"), "train_seconds": log.get("train_seconds"),
+               "final_loss": log.get("final_loss"), "dev_loss": log.get("dev_loss"),
+               "resumed_from_step": log.get("resumed_from_step", [])}
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    verb = "trained" if adapter.trained_now else "found (cached)"
+    console.print(f"adapter {verb}: {adapter.path}")
+    console.print(f"  {summary['steps']} steps in {summary['train_seconds']:.1f} s, final loss "
+                  f"{summary['final_loss']:.3f}, dev loss {summary['dev_loss']}")
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

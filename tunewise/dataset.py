@@ -262,16 +262,17 @@ def check_data(examples: list[Example], split: Split, task: TaskSpec) -> DataRep
         )
     blocks: dict[str, str] = {}
     n_train = len(split.train)
-    if n_train < MIN_EXAMPLES_FINE_TUNE:
+    min_ft, warn_ft = task.lora.min_examples, task.lora.warn_examples  # task.yaml `lora:`
+    if n_train < min_ft:
         reason = (
             f"only {n_train} training examples; fine-tuning needs at least "
-            f"{MIN_EXAMPLES_FINE_TUNE} and is not offered (collect more, keep prompting)"
+            f"{min_ft} and is not offered (collect more, keep prompting)"
         )
         blocks.update(dict.fromkeys(("lora", "lora_rag", "lora_system_prompt"), reason))
-    elif n_train < WARN_EXAMPLES_FINE_TUNE:
+    elif n_train < warn_ft:
         notes.append(
             f"{n_train} training examples: enough to try fine-tuning, but results under "
-            f"{WARN_EXAMPLES_FINE_TUNE} examples are fragile"
+            f"{warn_ft} examples are fragile"
         )
     if task.corpus is None:
         blocks.update(dict.fromkeys(("rag", "lora_rag"), "the task has no corpus"))

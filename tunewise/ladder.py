@@ -177,6 +177,10 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
         "calls_made": sum(not p.cached for p in preds),
         "cache_hits": sum(p.cached for p in preds),
     }
+    if task.kind == "extraction":  # records: field-level F1 beside exact match
+        texts = [p.text for p in preds]
+        result["secondary"] = {m: evaluate(texts, gold, m).to_dict()
+                               for m in ("exact_match", "field_f1") if m != task.metric}
     if ctx.labels:
         conf = [max(p.probs.values()) for p in preds if p.probs]
         result["ece"] = expected_calibration_error(conf, score.per_example)
@@ -303,11 +307,15 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     models = run_other_backends(plan, results, hooks)
     if models:
         result["models"] = models
+    from tunewise.training.checks import after_ladder, verdict_notes
+
+    result.update(after_ladder(plan.ctx, results))  # learning curve, forgetting (lora only)
     from tunewise.cost import summarize
 
     result["usage"] = store.usage(run_id)
     result["cost"] = summarize(result, task)
     result["verdict"] = decide(result, task, store)
+    result["verdict"].setdefault("reasons", []).extend(verdict_notes(result))
     store.finish_run(run_id, result)
     (out_dir / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     result["result_path"] = str(out_dir / "result.json")
