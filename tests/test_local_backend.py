@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,19 @@ def test_demo_runs_end_to_end_on_smollm2(runner, tmp_path):
     second = json.loads(again.stdout)
     assert sum(u["calls_made"] for u in second["usage"].values()) == 0
     assert [r["value"] for r in second["rungs"]] == [r["value"] for r in data["rungs"]]
+
+
+def test_snips_few_shot_beats_zero_shot_significantly(runner, tmp_path):
+    """Issue 4, acceptance 1 (the three cheapest selection strategies; CI keeps it short)."""
+    from tunewise.cli import app
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "snips" / "task.yaml"
+    res = runner.invoke(app, ["run", str(example), "--all", "--json", "--out", str(tmp_path),
+                              "--rungs", "zero_shot,few_shot_random,few_shot_knn"])
+    assert res.exit_code == 0, res.output
+    rungs = {r["name"]: r for r in json.loads(res.stdout)["rungs"]}
+    assert all(r["n"] == 120 and r["ci_low"] <= r["value"] <= r["ci_high"]
+               for r in rungs.values())
+    best = min(rungs["few_shot_random"]["vs_zero_shot"]["p_value"],
+               rungs["few_shot_knn"]["vs_zero_shot"]["p_value"])
+    assert best < 0.05, {k: (r["value"], r.get("vs_zero_shot")) for k, r in rungs.items()}
