@@ -37,8 +37,10 @@ def test_second_run_makes_zero_calls_and_same_numbers(runner, make_task, tmp_pat
     assert sum(u["calls_made"] for u in a["usage"].values()) == 120
     assert sum(u["calls_made"] for u in b["usage"].values()) == 0
     assert sum(u["cache_hits"] for u in b["usage"].values()) == 120
-    strip = lambda r: [(x["name"], x["value"], x["ci_low"], x["latency_ms"]) for x in r["rungs"]]
-    assert strip(a) == strip(b)
+    def numbers(r):
+        return [(x["name"], x["value"], x["ci_low"], x["latency_ms"]) for x in r["rungs"]]
+
+    assert numbers(a) == numbers(b)
 
 
 def test_predict_gives_top3_probabilities_summing_to_one(runner, make_task):

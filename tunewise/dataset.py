@@ -101,6 +101,15 @@ def _text_field(row: dict[str, Any], name: str, path: Path, line: int) -> str:
     return value
 
 
+def _claim_id(seen: dict[str, int], value: str, what: str, path: Path, line: int,
+              field: str | None) -> None:
+    """Record that ``value`` is used on ``line``; a second use is an error naming both lines."""
+    if value in seen:
+        raise TunewiseError(f"duplicate {what} '{value}' (first on line {seen[value]})",
+                            path=path, line=line, field=field)
+    seen[value] = line
+
+
 def load_examples(task: TaskSpec) -> list[Example]:
     """The task's labelled examples, validated row by row."""
     spec = task.data
@@ -113,14 +122,7 @@ def load_examples(task: TaskSpec) -> list[Example]:
         inp = _text_field(row, spec.input, spec.path, line)
         out = _text_field(row, spec.output, spec.path, line)
         ex_id = str(row[spec.id]) if spec.id and row.get(spec.id) is not None else f"L{line}"
-        if ex_id in seen_ids:
-            raise TunewiseError(
-                f"duplicate id '{ex_id}' (first on line {seen_ids[ex_id]})",
-                path=spec.path,
-                line=line,
-                field=spec.id,
-            )
-        seen_ids[ex_id] = line
+        _claim_id(seen_ids, ex_id, "id", spec.path, line, spec.id)
         extra = {k: v for k, v in row.items() if k not in (spec.input, spec.output)}
         examples.append(Example(ex_id, inp, out.strip(), extra))
     if task.kind == "classification" and task.labels:
@@ -150,14 +152,7 @@ def load_corpus(task: TaskSpec) -> list[Document]:
     for line, row in rows:
         doc_id = _text_field(row, spec.id, spec.path, line)
         text = _text_field(row, spec.text, spec.path, line)
-        if doc_id in seen:
-            raise TunewiseError(
-                f"duplicate document id '{doc_id}' (first on line {seen[doc_id]})",
-                path=spec.path,
-                line=line,
-                field=spec.id,
-            )
-        seen[doc_id] = line
+        _claim_id(seen, doc_id, "document id", spec.path, line, spec.id)
         extra = {k: v for k, v in row.items() if k not in (spec.id, spec.text)}
         docs.append(Document(doc_id, text, extra))
     return docs

@@ -420,10 +420,10 @@ def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
                 if key.value == part:
                     nxt, line = value, key.start_mark.line + 1
                     break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part < len(node.value):
-                nxt = node.value[part]
-                line = nxt.start_mark.line + 1
+        elif (isinstance(node, yaml.SequenceNode) and isinstance(part, int)
+              and part < len(node.value)):
+            nxt = node.value[part]
+            line = nxt.start_mark.line + 1
         if nxt is None:
             break
         node = nxt

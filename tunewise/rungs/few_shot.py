@@ -66,7 +66,9 @@ def fit_shots(ctx: RunContext, text: str, shots: list[Example], warn: bool = Tru
         messages = build_messages(ctx.task, ctx.labels, text,
                                   shots=[{"input": s.input, "output": s.output}
                                          for s in shots[dropped:]])
-        if dropped >= len(shots) or ctx.backend.count_tokens(ctx.backend.render(messages)) <= budget:
+        if dropped >= len(shots):
+            break
+        if ctx.backend.count_tokens(ctx.backend.render(messages)) <= budget:
             break
         dropped += 1
     if dropped and warn:
