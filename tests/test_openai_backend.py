@@ -104,6 +104,17 @@ def test_backends_list_sets_the_main_backend_and_excludes_backend() -> None:
         parse_task(BASE + "backend: {kind: dummy}\nbackends: [{kind: dummy}]\n")
 
 
+def test_shipped_remote_example_parses_with_two_distinct_models() -> None:
+    from tunewise.ladder import model_labels
+
+    path = REPO / "examples" / "snips" / "task-remote.yaml"
+    assert path.read_text().startswith("# bash scripts/llama_server.sh start && tunewise run")
+    task = load_task(path)
+    assert [b.kind for b in task.backends] == ["local", "openai"]
+    assert model_labels(task) == ["local:smollm2-135m", "openai:smollm2-135m"]
+    assert task.backends[1].score_method == "constrained" and task.backends[1].api_key_env is None
+
+
 def test_missing_key_variable_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TW_NO_SUCH_KEY", raising=False)
     with pytest.raises(TunewiseError, match="TW_NO_SUCH_KEY is not set"):
