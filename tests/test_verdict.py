@@ -95,6 +95,20 @@ def test_nothing_meets_names_the_closest_and_diagnoses_knowledge():
     assert_cited(v)
 
 
+def test_only_prompting_ran_leaves_the_gap_unmeasured():
+    r = result(rung("zero_shot", "prompting", 0.13), rung("few_shot_knn", "prompting", 0.47,
+                                                          prompt=400),
+               rung("few_shot_best", "prompting", 0.19, prompt=800, upfront_s=300))
+    v = decide(r, spec(target=0.7))
+    assert (v["rung"], v["rule"]) == ("few_shot_knn", "none_meets")
+    assert v["diagnosis"]["gap"] == "unmeasured"
+    assert "only prompting rungs ran" in v["summary"]
+    assert any("run rag and lora" in s for s in v["next"])
+    # a cheaper-per-day rung that misses the target is not offered as a break-even
+    assert not any("repays" in s for s in v["next"])
+    assert_cited(v)
+
+
 def test_nothing_ran():
     v = decide(result({"name": "lora", "family": "fine_tuning", "status": "skipped",
                        "reason": "under 100 examples"}), spec())

@@ -36,6 +36,14 @@ CLEAR_GAIN = 0.05  # a gain in metric points below this is not evidence of a gap
 FORMAT_SHARE = 0.2  # this share of wrong answers off-format points to a behaviour gap
 FOLLOWS_EDIT = 0.5  # share of answers following a corpus edit that shows retrieval works
 FORGETTING_DROP = 0.05  # general-set drop that flags a fine-tuned rung
+GAP_TEXT = {
+    "knowledge": "Diagnosis: a knowledge gap (retrieval helps).",
+    "behaviour": "Diagnosis: a behaviour gap (training or format helps).",
+    "both": "Diagnosis: both knowledge and behaviour are missing.",
+    "unclear": "Diagnosis unclear: neither retrieval nor fine-tuning helped clearly.",
+    "unmeasured": "The gap is not measured yet: only prompting rungs ran.",
+    "none": "",
+}
 
 
 # ---- error types ---------------------------------------------------------------------------
@@ -164,7 +172,7 @@ def _best(rungs: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def diagnose(result: dict[str, Any], task: TaskSpec,
              errors: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Knowledge gap, behaviour gap, both, none, or unclear, with the evidence in numbers."""
+    """Knowledge gap, behaviour gap, both, none, unclear or unmeasured, with the evidence."""
     done = _done(result)
     by_name = {r["name"]: r for r in done}
     metric = task.metric
@@ -227,6 +235,8 @@ def diagnose(result: dict[str, Any], task: TaskSpec,
         gap = "knowledge"
     elif behaviour:
         gap = "behaviour"
+    elif rag is None and tuned is None:
+        gap = "unmeasured"  # only prompting ran: nothing yet tells knowledge from behaviour
     else:
         gap = "unclear"
     out.update(gap=gap, knowledge=knowledge, behaviour=behaviour,
@@ -384,7 +394,7 @@ def decide(result: dict[str, Any], task: TaskSpec, store: Store | None = None
         "prompting_enough": f"Prompting is enough: {name} reaches {share:.0%} of the target; "
                             "improve the prompt before paying for fine-tuning.",
         "none_meets": f"No rung meets the target {target:g}; {name} comes closest "
-                      f"({value:.3f}, {share:.0%} of it). Diagnosis: {diag['gap']} gap.",
+                      f"({value:.3f}, {share:.0%} of it). " + GAP_TEXT[diag["gap"]],
     }[rule]
     return {
         "rung": name, "combination": _combination(name), "meets_target": value >= target,
@@ -431,18 +441,24 @@ def _next_steps(rule: str, chosen: dict[str, Any], diag: dict[str, Any], task: T
                 steps.append("fine-tune with more epochs or a larger adapter, or combine "
                              "it with retrieval (lora_rag) if facts are also missing")
         if gap == "unclear":
-            steps.append("no rung moved the score clearly: check label quality and the "
-                         "target, then try a larger model (backend.model)")
+            steps.append("neither retrieval nor fine-tuning moved the score clearly: check "
+                         "label quality and the target, then try a larger model "
+                         "(backend.model)")
+        if gap == "unmeasured":
+            steps.append("only prompting rungs ran: run rag and lora to tell a knowledge gap "
+                         "(retrieval helps) from a behaviour gap (training helps)")
         if "rag" not in by_name and task.corpus is None and gap != "behaviour":
             steps.append("add a corpus (task.yaml corpus:) to measure retrieval")
         if not any(r["family"] == "fine_tuning" for r in by_name.values()):
             if n_train < FEW_EXAMPLES:
                 steps.append(f"with {n_train} training examples fine-tuning is not advised "
                              f"(fewer than {FEW_EXAMPLES})")
-            elif gap in ("behaviour", "unclear"):
+            elif gap in ("behaviour", "unclear", "unmeasured"):
                 steps.append("run the lora rung to measure what fine-tuning adds")
     pairs = (cost.get("break_even") or {}).get("pairs", [])
-    paying = [p for p in pairs if p["days"] is not None and p["days"] > 0]
+    met = set(cost.get("met_target") or [])
+    paying = [p for p in pairs if p["days"] is not None and p["days"] > 0
+              and {p["a"], p["b"]} <= met]  # a cheaper rung that misses the target is no option
     if paying:
         soonest = min(paying, key=lambda p: p["days"])
         steps.append(f"at {cost['requests_per_day']:,} requests/day {soonest['b']} repays "
