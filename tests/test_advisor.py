@@ -111,3 +111,16 @@ def test_interactive_advise_in_a_real_terminal(tmp_path):
                                  "knowledge. (fine_tune+rag)")
     assert "800 examples clears the 200-example line" in transcript
     assert "allows about $0.000500 per request" in transcript
+
+
+def test_measured_shortfall_supports_moving_past_prompting():
+    run = {"run_id": "r1", "task": {"target": 0.8, "metric": "accuracy"},
+           "split": {"train": 400},
+           "rungs": [{"name": "few_shot_knn", "family": "prompting", "status": "done",
+                      "value": 0.4}],
+           "verdict": {"rule": "none_meets", "rung": "few_shot_knn",
+                       "diagnosis": {"gap": "behaviour"}}}
+    got = advise(Answers(), run)
+    assert got.recommendation == "fine_tune"  # gap and 400 examples both come from the run
+    assert "reaches only 50% of the target, under the 90% line" in got.reasons[0]
+    assert "the run's diagnosis points to a behaviour gap" in got.measured

@@ -323,6 +323,10 @@ def _overrule(m: dict[str, Any], rec: str, headline: str, approach: list[str],
                           f"(the line is {PROMPTING_ENOUGH:.0%}), so prompting is enough")
         return ("prompting", f"Prompting is enough: use and refine {best_p['name']}.",
                 ["system prompt", "few-shot examples"])
+    if rule == "none_meets" and best_p is not None and share is not None:
+        reasons.insert(0, f"measured: the best prompt ({best_p['name']}) reaches only "
+                          f"{share:.0%} of the target, under the {PROMPTING_ENOUGH:.0%} line: "
+                          "prompting alone is unlikely to close the gap")
     if rule == "target_met" and chosen:
         family = m["families"].get(chosen, "")
         new = "fine_tune+rag" if chosen == "lora_rag" else _REC_OF_FAMILY.get(family, rec)
