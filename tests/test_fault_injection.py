@@ -32,7 +32,7 @@ def scripted(key: str, attempt: int) -> str:
 
 
 def backend_for(url: str | list[str], **kw) -> OpenAIBackend:
-    spec = BackendSpec(kind="openai", model="stub", base_url=url, timeout_s=0.4,
+    spec = BackendSpec(kind="openai", model="stub", base_url=url, timeout_s=1.5,
                        concurrency=8, max_retries=4, **kw)
     return OpenAIBackend(spec, backoff_s=0.01)
 
@@ -46,7 +46,7 @@ def calls(store: Store) -> list[tuple[str, str]]:
 def test_every_request_is_answered_exactly_once_despite_faults() -> None:
     prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(24)]
     store = Store()
-    with StubServer(scripted, hang_s=1.0, retry_after="1") as stub:
+    with StubServer(scripted, hang_s=2.5, retry_after="1") as stub:
         cached = CachedBackend(backend_for(stub.url), store, run_id="r1", rung="x")
         out = cached.generate(prompts, 8, ["\n"])
         assert [c.text for c in out] == [f"answer to: question {i}" for i in range(24)]

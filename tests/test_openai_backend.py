@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai_stub import StubServer
 
@@ -52,6 +52,7 @@ def test_parse_label_maps_free_text_to_a_label(text: str, expected: int | None) 
     assert parse_label(text, LABELS) == expected
 
 
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.from_regex(r"[a-z]{2,8}(_[a-z]{2,8}){0,2}", fullmatch=True),
                 min_size=2, max_size=8, unique=True), st.data())
 def test_parse_label_finds_any_label_however_it_is_cased(labels: list[str], data) -> None:
