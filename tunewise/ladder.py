@@ -90,12 +90,13 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
 
 
 def estimate_calls(plan: Plan) -> int:
-    """Upper bound on model calls: test items per rung plus dev items scored in selection."""
+    """Model calls: test items per rung, plus every dev pass few_shot_best makes to choose."""
     n_test, n_dev = len(plan.ctx.split.test), len(plan.ctx.split.dev)
     total = 0
     copies = len(plan.task.backends or [None])  # prompting rungs run on every backend
     for name in plan.rungs:
-        per = n_test + (n_dev * 4 if name == "few_shot_best" else 0)
+        per = n_test + (n_dev * plan.task.few_shot.best_candidates
+                        if name == "few_shot_best" else 0)
         total += per * (copies if FAMILY[name] == "prompting" else 1)
     return total
 
