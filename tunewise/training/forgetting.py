@@ -107,9 +107,9 @@ def forgetting_check(ctx: RunContext, tuned: Any) -> dict[str, Any]:
         "base": _summary(base),
         "tuned": _summary(after),
         "diff": diff,
-        "diff_ci_low": -drop["ci_high"],
-        "diff_ci_high": -drop["ci_low"],
-        "p_value": drop["p_value"],
+        "diff_ci_low": 0.0 - drop["ci_high"],
+        "diff_ci_high": 0.0 - drop["ci_low"],
+        "p_value": drop["p_value"],  # one-sided: that the base model scores higher
         "threshold": spec.forgetting_threshold,
         "flagged": -diff > spec.forgetting_threshold,
     }

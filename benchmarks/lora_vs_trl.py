@@ -1,0 +1,183 @@
+"""tunewise's LoRA trainer vs TRL's SFTTrainer: same model, LoRA config and 30 batches.
+
+    pip install -e ".[bench]"          # trl
+    python benchmarks/lora_vs_trl.py   # ~10-20 min on 2 CPU cores
+
+Both train SmolLM2-135M-Instruct with LoRA r=8, alpha=16, dropout 0.05 on q/k/v/o, AdamW
+(lr 1e-3 constant, no weight decay, grad-norm clip 1.0), float32 on CPU, on the same 30
+batches of 8 e2e training examples in the same order (tunewise's length-bucketed batches;
+TRL is given them through a sequential sampler), with loss on the answer tokens only.
+TRL runs with gradient checkpointing off (its default is on, which trades time for memory).
+
+Each trainer runs in its own process so peak RSS is its own. Printed: non-padding train
+tokens per second, seconds per step, peak RSS, final train loss (mean of the last 5 steps),
+side by side with the ratio tunewise / TRL. Absolute numbers depend on the machine and its
+load; the ratios, measured in one run, are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+E2E = REPO.parent / "shared" / "data" / "e2e_records.jsonl"
+STEPS, BATCH, LR = 30, 8, 1e-3
+
+
+def batches() -> tuple[object, list[list[object]]]:
+    """The local backend and 30 full batches of features, in tunewise's bucketed order."""
+    from tunewise.backends.local import LocalBackend
+    from tunewise.training.features import encode_all, length_batches
+
+    backend = LocalBackend("smollm2-135m", batch_size=BATCH)
+    rows = [json.loads(x) for x in E2E.read_text().splitlines()]
+    random.Random(0).shuffle(rows)
+    rows = rows[: STEPS * BATCH + 64]
+    prompts = [[{"role": "user", "content": r["input"]}] for r in rows]
+    feats, _ = encode_all(backend, prompts, [r["output"] for r in rows], 1024)
+    order = length_batches([len(f.input_ids) for f in feats], BATCH, seed=0)
+    full = [b for b in order if len(b) == BATCH][:STEPS]
+    return backend, [[feats[i] for i in b] for b in full]
+
+
+def spec():
+    from tunewise.task import LoraSpec
+
+    return LoraSpec(r=8, alpha=16, dropout=0.05, lr=LR, batch_size=BATCH, patience=0)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_tunewise(out: Path) -> dict:
+    import torch
+
+    from tunewise.backends.local import resolve_model
+    from tunewise.training.lora import LoraTrainer
+
+    backend, groups = batches()
+    flat = [f for g in groups for f in g]
+    trainer = LoraTrainer(resolve_model("smollm2-135m"), spec(), flat, [], out,
+                          backend.tok.pad_token_id, progress=False)
+    del backend
+    trainer._load()
+    trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda _: 1.0)
+    trainer.train_feats = flat
+    trainer.module.train()
+    losses, tokens = [], 0
+    start = time.perf_counter()
+    for i in range(STEPS):
+        idx = list(range(i * BATCH, (i + 1) * BATCH))
+        loss, n_tokens, _ = trainer._train_step([idx])
+        losses.append(loss)
+        tokens += n_tokens
+    wall = time.perf_counter() - start
+    return {"tokens": tokens, "seconds": wall, "losses": losses, "rss_mb": peak_rss_mb()}
+
+
+def run_trl(out: Path) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from torch.utils.data import SequentialSampler
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from tunewise.backends.local import resolve_model
+    from tunewise.training.features import IGNORE
+
+    backend, groups = batches()
+    tok = backend.tok
+    del backend
+    rows = [{"input_ids": f.input_ids,
+             "completion_mask": [int(x != IGNORE) for x in f.labels]}
+            for g in groups for f in g]
+    tokens = sum(len(r["input_ids"]) for r in rows)
+    data = Dataset.from_list(rows)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m"),
+                                                 dtype=torch.float32)
+    s = spec()
+    peft_config = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
+                             target_modules=list(s.target_modules), bias="none",
+                             task_type="CAUSAL_LM")
+    args = SFTConfig(output_dir=str(out), per_device_train_batch_size=BATCH,
+                     gradient_accumulation_steps=1, max_steps=STEPS, learning_rate=LR,
+                     lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+                     max_grad_norm=1.0, optim="adamw_torch", logging_steps=1,
+                     save_strategy="no", report_to="none", seed=0, use_cpu=True,
+                     bf16=False, gradient_checkpointing=False, completion_only_loss=True,
+                     max_length=1024, dataloader_num_workers=0, disable_tqdm=True)
+    times: dict[str, float] = {}
+    losses: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            times["start"] = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            times["end"] = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **k):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    class InOrder(SFTTrainer):
+        """The same batches in the same order as tunewise (no shuffling)."""
+
+        def _get_train_sampler(self, *args, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+    trainer = InOrder(model=model, args=args, train_dataset=data, processing_class=tok,
+                      peft_config=peft_config, callbacks=[Clock()])
+    trainer.train()
+    return {"tokens": tokens, "seconds": times["end"] - times["start"], "losses": losses,
+            "rss_mb": peak_rss_mb()}
+
+
+def child(impl: str) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, __file__, "--impl", impl], env=env,
+                          capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{impl} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impl", choices=["tunewise", "trl"])
+    args = parser.parse_args()
+    if args.impl:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = run_tunewise if args.impl == "tunewise" else run_trl
+            print(json.dumps(run(Path(tmp))))
+        return
+    results = {impl: child(impl) for impl in ("trl", "tunewise")}
+    rows = []
+    for impl, r in results.items():
+        tail = r["losses"][-5:]
+        rows.append((impl, r["tokens"] / r["seconds"], r["seconds"] / STEPS, r["rss_mb"],
+                     sum(tail) / len(tail), r["losses"][0]))
+    print(f"{STEPS} steps x {BATCH} e2e examples, SmolLM2-135M, LoRA r=8 q/k/v/o, "
+          f"fp32 CPU, {results['trl']['tokens']} non-padding tokens")
+    print(f"{'':10} {'tokens/s':>10} {'s/step':>8} {'peak RSS MB':>12} "
+          f"{'loss(last5)':>12} {'loss(step1)':>12}")
+    for impl, tps, sps, rss, loss, first in rows:
+        print(f"{impl:10} {tps:10.1f} {sps:8.2f} {rss:12.0f} {loss:12.4f} {first:12.4f}")
+    (_, t_tps, t_sps, t_rss, t_loss, _), (_, w_tps, w_sps, w_rss, w_loss, _) = rows
+    print(f"{'ratio':10} {w_tps / t_tps:9.2f}x {w_sps / t_sps:7.2f}x {w_rss / t_rss:11.2f}x "
+          f"{w_loss / t_loss:11.2f}x   (tunewise / TRL)")
+
+
+if __name__ == "__main__":
+    main()
