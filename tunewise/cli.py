@@ -662,6 +662,44 @@ def train(
                   f"{summary['final_loss']:.3f}, dev loss {summary['dev_loss']}")
 
 
+# ---- freshness test (issue 5) --------------------------------------------------------------
+@app.command()
+def freshness(
+    task: Annotated[Path, typer.Argument(help="Path to task.yaml (with a corpus).")],
+    rung: Annotated[str, typer.Option(help="Rung to test, e.g. rag or lora.")] = "rag",
+    edits: Annotated[int | None, typer.Option(
+        "--edits", min=1, help="Most questions to re-ask (default: freshness.max_questions).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Edit facts in the corpus, re-ask the affected questions, count answers that follow.
+
+    Edits come from the task's `freshness.edits` rules, else answer spans are swapped
+    automatically for same-shaped values found elsewhere in the corpus."""
+    from tunewise.freshness import run_freshness
+
+    plan, rung_obj, prepared = _prepared(task, rung)
+    plan.ctx.log = lambda m: err_console.print(m, markup=False, highlight=False)
+    summary = run_freshness(plan.ctx, rung_obj, prepared, max_questions=edits)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table("question", "old", "new", "answer after the edit", "followed",
+                  title=f"freshness of {summary['rung']}: {summary['edits']} edits in "
+                        f"{summary['edited_docs']} documents ({summary['mode']})")
+    for row in summary["examples"]:
+        mark = "yes" if row["followed"] else ("kept old" if row["kept_old"] else "no")
+        table.add_row(row["question"], row["old"], row["new"], row["after"], mark)
+    console.print(table)
+    n = summary["edited_questions"]
+    if not n:
+        console.print(summary.get("note", "no question could be edited"))
+        return
+    console.print(f"{summary['followed']} of {n} answers followed the edit "
+                  f"({summary['followed_share']:.0%}); {summary['kept_old']} kept the old "
+                  f"value ({summary['kept_old_share']:.0%})")
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

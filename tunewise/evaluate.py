@@ -200,3 +200,37 @@ def reliability(confidences: Sequence[float], correct: Sequence[float],
          "accuracy": float(hit[which == b].mean()), "count": int((which == b).sum())}
         for b in range(bins) if (which == b).any()
     ]
+
+
+def contains_answer(pred: str, value: str) -> bool:
+    """True when ``value`` occurs in ``pred`` as whole words, after normalisation.
+
+    The freshness test's criterion: an answer follows an edit when it states the new value.
+    """
+    v, p = normalize_answer(value), normalize_answer(pred)
+    return bool(v) and f" {v} " in f" {p} "
+
+
+def proportion(flags: Sequence[float]) -> dict[str, float]:
+    """Mean of 0/1 outcomes (e.g. correct citations) with its bootstrap CI."""
+    low, high = bootstrap_ci(flags)
+    return {"value": float(np.mean(flags)) if len(flags) else 0.0, "ci_low": low,
+            "ci_high": high, "n": len(flags)}
+
+
+def retrieval_scores(ranked: Sequence[Sequence[str]], gold: Sequence[str], k: int
+                     ) -> dict[str, dict[str, float]]:
+    """Recall@k and MRR@k of document rankings against each query's relevant document.
+
+    Args:
+        ranked: per query, retrieved document ids, best first (repeats allowed: a document
+            counts at its first position).
+        gold: per query, the id of the document that holds the answer.
+        k: cut-off.
+    """
+    hits, rr = [], []
+    for ids, target in zip(ranked, gold, strict=True):
+        top = list(dict.fromkeys(ids))[:k]
+        hits.append(float(target in top))
+        rr.append(1.0 / (top.index(target) + 1) if target in top else 0.0)
+    return {f"recall@{k}": proportion(hits), f"mrr@{k}": proportion(rr)}

@@ -311,6 +311,10 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     from tunewise.training.checks import after_ladder, verdict_notes
 
     result.update(after_ladder(plan.ctx, results))  # learning curve, forgetting (lora only)
+    if task.freshness.run:  # edit corpus facts, re-ask: does the rung follow? (issue 5)
+        from tunewise.freshness import ladder_freshness
+
+        result["freshness"] = ladder_freshness(plan, results)
     from tunewise.cost import summarize
 
     result["usage"] = store.usage(run_id)

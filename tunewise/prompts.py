@@ -64,7 +64,8 @@ def build_messages(
         messages.append({"role": "user", "content": _render("user", input=shot["input"])})
         messages.append({"role": "assistant", "content": shot["output"]})
     if passages is not None:
-        content = _render("rag_user", input=text, passages=list(passages))
+        content = _render("rag_user", input=text, passages=list(passages), task=task,
+                          labels=list(labels or []))
     else:
         content = _render("user", input=text)
     messages.append({"role": "user", "content": content})

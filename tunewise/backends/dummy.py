@@ -84,7 +84,10 @@ class DummyBackend:
         self._wait(len(prompts))
         out = []
         for prompt in prompts:
-            question = _words(prompt[-1]["content"])
+            # Every template puts the input on the last line of the last message; the lines
+            # above it (retrieved passages) are context to answer from, not the question.
+            context, _, last_line = prompt[-1]["content"].rpartition("\n")
+            question = _words(last_line)
             best, best_overlap = None, 0
             for user, reply in zip(prompt, prompt[1:], strict=False):
                 if user["role"] == "user" and reply["role"] == "assistant":
@@ -93,7 +96,7 @@ class DummyBackend:
                         best, best_overlap = reply["content"], overlap
             if best is None:
                 sentences = re.split(r"(?<=[.!?])\s+|\n+", " ".join(
-                    m["content"] for m in prompt[:-1]) + " " + prompt[-1]["content"])
+                    m["content"] for m in prompt[:-1]) + " " + (context or last_line))
                 scored = [(len(_words(s) & question), s) for s in sentences if s.strip()]
                 best = max(scored)[1] if scored else prompt[-1]["content"]
             text = " ".join(best.split()[:max_tokens])
