@@ -168,6 +168,16 @@ def test_bad_corpus_is_one_line_error_with_file_and_line(runner, tmp_path, make_
     assert "Traceback" not in res.output
 
 
+def test_corpus_text_may_hold_unicode_line_separators(tmp_path, make_task):
+    from tunewise.dataset import load_corpus
+
+    path = write_qa_task(tmp_path, make_task)
+    with (tmp_path / "corpus.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "odd", "text": "one\u2028two"}, ensure_ascii=False) + "\n")
+    docs = load_corpus(load_task(path))
+    assert docs[-1].id == "odd" and docs[-1].text == "one\u2028two"
+
+
 def test_retrieval_settings_are_validated(tmp_path, make_task, runner):
     path = write_qa_task(tmp_path, make_task,
                          retrieval={"method": "bm25", "chunk_tokens": 32, "overlap": 32})

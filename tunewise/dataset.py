@@ -72,7 +72,9 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 )
             rows.append((reader.line_num, dict(row)))
         return rows
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: splitlines() also breaks at U+2028 and friends, which JSON
+    # strings may contain unescaped (CoQA stories do).
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
