@@ -9,11 +9,14 @@ the OpenAI-compatible backend and the store cache:
 2. concurrency 8 against a single worker (shows what one llama-cpp-python process allows:
    it answers one request at a time),
 3. concurrency 8 over every worker URL (round-robin; the "parallel slots"),
-4. run 3 again, now answered from the store cache.
+4. run 3 again, now answered from the store cache,
+5. the same calls to an in-process stub that answers after 100 ms without computing (the
+   client's own ceiling, as against a hosted API with many slots).
 
 Each timed run uses a fresh store, so nothing is cached except in step 4. Prints
-requests/s, the ratios against step 1 measured in this same run, and peak RSS of this
-process and of the servers. Timings on a shared machine are noisy: read the ratios.
+requests/s, the ratios against step 1 measured in this same run, how many cores the
+servers kept busy (CPU seconds / wall seconds: on a shared machine a worker waiting for a
+core shows here), and peak RSS of this process and of the servers.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import os
 import resource
 import subprocess
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from tunewise.backends.base import CachedBackend
@@ -53,6 +58,52 @@ def timed(urls: list[str], concurrency: int, batch: list, max_tokens: int,
     elapsed = time.perf_counter() - start
     assert len(out) == len(batch) and all(c.text for c in out), "empty answers"
     return elapsed, sum(not c.cached for c in out)
+
+
+class SlowStub(BaseHTTPRequestHandler):
+    """Answers every chat completion after STUB_LATENCY_S without computing anything: what
+    the client alone can overlap when the server has enough slots (a hosted API)."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(STUB_LATENCY_S)
+        blob = json.dumps({"choices": [{"message": {"role": "assistant", "content": "ok"}}],
+                           "usage": {"prompt_tokens": 10, "completion_tokens": 1}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(blob)))
+        self.end_headers()
+        self.wfile.write(blob)
+
+
+STUB_LATENCY_S = 0.1
+
+
+def stub_ratio(batch: list, concurrency: int, tmp: str) -> tuple[float, float]:
+    """Seconds for the batch at concurrency 1 and N against the slow stub."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), SlowStub)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    try:
+        one, _ = timed([url], 1, batch, 8, Store(Path(tmp) / "stub1.db"))
+        many, _ = timed([url], concurrency, batch, 8, Store(Path(tmp) / "stubn.db"))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    return one, many
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds the server processes have used (utime + stime), to tell a server that
+    was busy from one that waited for a core on a shared machine."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int | None = None) -> float:
@@ -93,17 +144,25 @@ def main() -> None:
             store = None
             for i, (name, where, conc) in enumerate(plan):
                 store = Store(Path(tmp) / f"s{i}.db")
+                used = cpu_s(pids)
                 secs, made = timed(where, conc, batch, args.max_tokens, store)
-                rows.append((name, secs, made))
+                rows.append((name, secs, made, cpu_s(pids) - used))
             secs, made = timed(urls, args.concurrency, batch, args.max_tokens, store)
-            rows.append(("re-run from cache", secs, made))
+            rows.append(("re-run from cache", secs, made, 0.0))
         base = rows[0][1]
-        print(f"{'run':<32} {'seconds':>8} {'req/s':>8} {'vs c=1':>8} {'calls made':>10}")
-        for name, secs, made in rows:
+        print(f"{'run':<32} {'seconds':>8} {'req/s':>8} {'vs c=1':>8} {'calls made':>10} "
+              f"{'server cores busy':>17}")
+        for name, secs, made, cpu in rows:
+            busy = f"{cpu / secs:17.2f}" if pids else f"{'n/a':>17}"
             print(f"{name:<32} {secs:8.2f} {args.calls / secs:8.1f} {base / secs:7.2f}x "
-                  f"{made:10d}")
+                  f"{made:10d} {busy}")
         print(f"re-run from cache took {100 * rows[3][1] / rows[2][1]:.2f}% of the first run "
               f"at concurrency {args.concurrency} (goal < 5%)")
+        with tempfile.TemporaryDirectory() as tmp:
+            one, many = stub_ratio(batch, args.concurrency, tmp)
+        print(f"client ceiling, stub answering in {STUB_LATENCY_S * 1000:.0f} ms: "
+              f"{args.calls / one:.1f} req/s at 1, {args.calls / many:.1f} req/s at "
+              f"{args.concurrency} ({one / many:.2f}x)")
         print(f"peak RSS: benchmark {rss_mb():.0f} MB"
               + "".join(f", server {p} {rss_mb(p):.0f} MB" for p in pids))
     finally:

@@ -87,8 +87,9 @@ def test_finished_requests_survive_one_that_fails_for_good() -> None:
         assert stub.attempts["question 13"] == 5  # 1 + max_retries
         stored = {k for k, _ in calls(store)}
         assert "question 13" not in stored
-        # every other request that finished was kept (those cancelled were never answered)
-        assert stored == {k for k, n in stub.served.items() if n}
+        # the answers that arrived were kept one by one; the call stopped at the failure
+        # (a request the server answered as the client gave up is simply asked again)
+        assert stored <= {k for k, n in stub.served.items() if n}
         assert len(stored) >= 8
         broken.clear()  # the server recovers: only what is missing is asked again
         before = dict(stub.served)
@@ -96,7 +97,6 @@ def test_finished_requests_survive_one_that_fails_for_good() -> None:
     assert [c.text for c in out] == [f"answer to: question {i}" for i in range(20)]
     asked_again = {k for k, n in stub.served.items() if n > before.get(k, 0)}
     assert asked_again == {f"question {i}" for i in range(20)} - stored
-    assert all(n == 1 for n in stub.served.values())
     assert store.db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 20
 
 

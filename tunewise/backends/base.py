@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from tunewise.errors import TunewiseError
 from tunewise.store import Store, cached_map
 
 Messages = list[dict[str, str]]
@@ -68,24 +67,13 @@ class Backend(Protocol):
 Progress = Callable[[int], None]
 
 
-class PartialFailure(TunewiseError):
-    """A backend call failed after some of its requests finished.
-
-    ``done`` maps positions in the call's prompt list to finished results (Completion or
-    Scored). Remote backends raise it so :class:`CachedBackend` stores the finished ones
-    before the error reaches the user: a re-run then repeats only what did not finish.
-    """
-
-    def __init__(self, message: str, done: dict[int, Any]) -> None:
-        super().__init__(message)
-        self.done = done
-
-
 class CachedBackend:
     """A backend whose every call is looked up in, and written to, the store.
 
     Work is sent to the inner backend in chunks so that finished chunks are saved before
-    the next starts: a run killed mid-rung loses at most one chunk.
+    the next starts: a run killed mid-rung loses at most one chunk. A backend with an
+    ``on_result`` attribute (remote ones) is handed a callback that stores each answer as
+    it arrives, so for it a failure, Ctrl-C or kill loses nothing that finished.
     """
 
     def __init__(self, inner: Backend, store: Store, run_id: str | None = None,
@@ -124,25 +112,28 @@ class CachedBackend:
 
             def chunk_compute(miss: list[int], idx: list[int] = idx) -> list[dict[str, Any]]:
                 wanted = [idx[m] for m in miss]
+                streams = hasattr(self.inner, "on_result")
+                if streams:  # a remote backend hands over each answer as it arrives
+                    self.inner.on_result = lambda pos, res: self._keep(  # type: ignore[attr-defined]
+                        kind, requests[wanted[pos]], params, convert(res))
                 try:
                     return compute(wanted)
-                except PartialFailure as exc:  # positions -> request indices, as rows
-                    exc.done = {wanted[p]: convert(v) for p, v in exc.done.items()}
-                    raise
+                finally:
+                    if streams:
+                        self.inner.on_result = None  # type: ignore[attr-defined]
 
-            try:
-                batch = cached_map(self.store, self.id, kind, [requests[i] for i in idx],
-                                   params, chunk_compute, run_id=self.run_id, rung=self.rung)
-            except PartialFailure as exc:
-                finished = [exc.done[i] for i in sorted(exc.done)]
-                cached_map(self.store, self.id, kind, [requests[i] for i in sorted(exc.done)],
-                           params, lambda miss, rows=finished: [rows[m] for m in miss],
-                           run_id=self.run_id, rung=self.rung)
-                raise
+            batch = cached_map(self.store, self.id, kind, [requests[i] for i in idx], params,
+                               chunk_compute, run_id=self.run_id, rung=self.rung)
             results.extend(batch)
             if self.progress:
                 self.progress(len(idx))
         return results
+
+    def _keep(self, kind: str, request: Any, params: dict[str, Any], row: dict[str, Any]
+              ) -> None:
+        """Store one finished call at once, so a failure or a kill later in the chunk
+        loses nothing that finished (its use is logged with the chunk, if it completes)."""
+        cached_map(self.store, self.id, kind, [request], params, lambda miss: [row])
 
     def generate(self, prompts: list[Messages], max_tokens: int,
                  stop: list[str] | None = None) -> list[Completion]:

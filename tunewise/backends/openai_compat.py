@@ -9,8 +9,9 @@ How it behaves, and why:
   exponential backoff and jitter (tenacity); a ``Retry-After`` header is honoured. Each
   attempt goes to the next base URL (round-robin), so a dead replica is skipped. A request
   that still fails raises one :class:`TunewiseError` line naming the URL.
-- **Nothing finished is lost.** When one request fails for good, the requests already
-  answered are handed to the cache (:class:`PartialFailure`) before the error surfaces.
+- **Nothing finished is lost.** Each answer is handed to the cache as it arrives
+  (``on_result``, set by :class:`CachedBackend`), so a request failing for good, Ctrl-C
+  or a kill loses only what was still in flight.
 - **The key stays secret.** It is read from the environment variable *named* in the task,
   goes only into the Authorization header, and is registered for redaction; it is never
   part of the backend id (the cache key), the store, logs or error lines.
@@ -39,6 +40,7 @@ import logging
 import os
 import random
 import re
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -48,7 +50,7 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from tunewise.backends.base import Completion, Messages, PartialFailure, Scored
+from tunewise.backends.base import Completion, Messages, Scored
 from tunewise.errors import TunewiseError, redact, register_secret
 from tunewise.task import BackendSpec
 
@@ -168,7 +170,10 @@ class OpenAIBackend:
         self.model = spec.model
         self.timeout_s = spec.timeout_s
         self.concurrency = spec.concurrency
-        self.batch_size = spec.concurrency  # CachedBackend saves every 4 x this many calls
+        # CachedBackend sends 4 x batch_size requests per chunk and waits for the chunk's
+        # slowest; answers are stored one by one anyway, so chunks can be long.
+        self.batch_size = spec.concurrency * 4
+        self.on_result: Callable[[int, Any], None] | None = None
         self.max_retries = spec.max_retries
         self.score_method = spec.score_method
         self.backoff_s = backoff_s
@@ -190,6 +195,7 @@ class OpenAIBackend:
         self._rr_lock = threading.Lock()
         self._tok: Any = None
         self._sync: httpx.Client | None = None
+        self._ssl: ssl.SSLContext | None = None
         self._features: dict[str, Any] = {}  # probed once: tokenize, apply-template, ...
         self._grammar = True  # cleared when the server rejects the grammar parameter
         self._counts: dict[str, int] = {}
@@ -254,12 +260,15 @@ class OpenAIBackend:
                 field="backend") from None
         return result
 
-    async def _gather(self, jobs: list[Job]) -> list[Any]:
+    async def _gather(self, jobs: list[Job], sink: Callable[[int, Any], None] | None
+                      ) -> list[Any]:
         sem = asyncio.Semaphore(self.concurrency)
         limits = httpx.Limits(max_connections=self.concurrency,
                               max_keepalive_connections=self.concurrency)
+        if self._ssl is None:  # building a TLS context costs ~50 ms: once per backend
+            self._ssl = httpx.create_ssl_context()
         async with httpx.AsyncClient(headers=self._headers, timeout=self.timeout_s,
-                                     limits=limits) as client:
+                                     limits=limits, verify=self._ssl) as client:
 
             async def one(pos: int, job: Job) -> tuple[int, Any]:
                 async with sem:
@@ -271,12 +280,12 @@ class OpenAIBackend:
                 for fut in asyncio.as_completed(tasks):
                     pos, value = await fut
                     done[pos] = value
-            except BaseException as exc:
+                    if sink is not None:
+                        sink(pos, value)
+            except BaseException:  # the first request that fails for good stops the call
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-                if isinstance(exc, TunewiseError):
-                    raise PartialFailure(str(exc), done) from None
                 raise
         return [done[i] for i in range(len(jobs))]
 
@@ -287,9 +296,11 @@ class OpenAIBackend:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self._gather(jobs))
+            return asyncio.run(self._gather(jobs, self.on_result))
+        # Inside a running loop (a web handler): run in a thread, without the per-answer
+        # sink (the store's connection belongs to this thread); the chunk stores them.
         with ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, self._gather(jobs)).result()
+            return pool.submit(asyncio.run, self._gather(jobs, None)).result()
 
     def _get_sync(self) -> httpx.Client:
         if self._sync is None:
