@@ -176,10 +176,10 @@ def test_lora_rag_answers_with_the_adapter_through_the_rag_rung(tmp_path,
     from tunewise.task import load_task
 
     questions = [json.loads(x) for x in
-                 (SHARED_DATA / "coqa_questions.jsonl").read_text().splitlines()[:130]]
+                 (SHARED_DATA / "coqa_questions.jsonl").read_text().split("\n")[:130]]
     wanted = {q["source_id"] for q in questions}
     stories = [s for s in (json.loads(x) for x in
-                           (SHARED_DATA / "coqa_stories.jsonl").read_text().splitlines())
+                           (SHARED_DATA / "coqa_stories.jsonl").read_text().split("\n") if x)
                if s["id"] in wanted]
     write_jsonl(tmp_path / "data.jsonl", questions)
     write_jsonl(tmp_path / "corpus.jsonl", stories)

@@ -144,7 +144,7 @@ def test_bm25_only_index_never_loads_the_embedder(tmp_path):
 def test_real_embedder_reembeds_only_the_changed_document(tmp_path):
     from tunewise.retrieval.embeddings import Embedder
 
-    rows = [json.loads(x) for x in (SHARED / "coqa_stories.jsonl").read_text().splitlines()[:12]]
+    rows = [json.loads(x) for x in (SHARED / "coqa_stories.jsonl").read_text().split("\n")[:12]]
     docs = [Document(r["id"], r["text"]) for r in rows]
     first = Embedder(tmp_path / "emb")
     index, report = RetrievalIndex.open(docs, tmp_path / "idx", chunk_tokens=128, overlap=32,

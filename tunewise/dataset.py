@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 import unicodedata
@@ -62,7 +63,7 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         raise TunewiseError("not UTF-8 text", path=path, line=line) from None
     rows: list[tuple[int, dict[str, Any]]] = []
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if not reader.fieldnames:
             raise TunewiseError("CSV file has no header row", path=path, line=1)
         for row in reader:
