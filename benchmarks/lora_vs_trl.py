@@ -39,7 +39,7 @@ def batches() -> tuple[object, list[list[object]]]:
     from tunewise.training.features import encode_all, length_batches
 
     backend = LocalBackend("smollm2-135m", batch_size=BATCH)
-    rows = [json.loads(x) for x in E2E.read_text().splitlines()]
+    rows = [json.loads(x) for x in E2E.read_text().split("\n") if x]
     random.Random(0).shuffle(rows)
     rows = rows[: STEPS * BATCH + 64]
     prompts = [[{"role": "user", "content": r["input"]}] for r in rows]

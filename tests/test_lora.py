@@ -223,7 +223,7 @@ def test_bundled_general_set_is_varied_and_well_formed() -> None:
     assert len(items) == 120
     assert all(it.output in it.choices and len(set(it.choices)) == len(it.choices)
                for it in items)
-    rows = [json.loads(x) for x in bundled_path().read_text().splitlines()]
+    rows = [json.loads(x) for x in bundled_path().read_text().split("\n") if x]
     assert len(Counter(r["category"] for r in rows)) == 5
     assert len({it.input for it in items}) == 120
 
