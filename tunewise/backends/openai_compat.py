@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 SCORING_VERSION = "v1"  # bump when scoring semantics change: it is part of the cache key
 RETRY_STATUS = frozenset({408, 409, 425, 429})  # plus every 5xx
-MAX_RETRY_AFTER_S = 120.0  # a server asking for longer is treated as down
+MAX_RETRY_AFTER_S = 120.0  # longer Retry-After requests are capped to this
 CONSTRAINED_MISS = -100.0  # log-prob given to the labels a constrained answer did not pick
 CHARS_PER_TOKEN = 4  # rule of thumb for English BPE when no tokenizer is reachable
 
