@@ -71,6 +71,33 @@ def test_cli_errors_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.stderr == f"error: backend: server said: invalid key {MASK}\n"
 
 
+def test_debug_traceback_and_internal_errors_are_redacted(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """--debug prints the traceback through redact; an unexpected crash is one masked line."""
+    register_secret(FAKE_KEY)
+
+    def user_error(*args: object, **kwargs: object) -> None:
+        raise TunewiseError(f"server said: invalid key {FAKE_KEY}", field="backend")
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"connection to http://h/v1?key={FAKE_KEY} reset")
+
+    monkeypatch.setattr("tunewise.cli._run", user_error)
+    debug = CliRunner().invoke(app, ["--debug", "run", "task.yaml"])
+    assert debug.exit_code == 2
+    assert "Traceback (most recent call last)" in debug.stderr and "user_error" in debug.stderr
+    assert FAKE_KEY not in debug.stderr and MASK in debug.stderr
+
+    monkeypatch.setattr("tunewise.cli._run", crash)
+    plain = CliRunner().invoke(app, ["run", "task.yaml"])
+    assert plain.exit_code == 1
+    assert plain.stderr.splitlines() == [
+        f"internal error: RuntimeError: connection to http://h/v1?key={MASK} reset (finished "
+        "work is saved; --debug shows the traceback, please report it)"]
+    debug = CliRunner().invoke(app, ["--debug", "run", "task.yaml"])
+    assert debug.exit_code == 1 and "in crash" in debug.stderr and FAKE_KEY not in debug.stderr
+
+
 # ---- a real run on the openai backend ----------------------------------------------------
 @pytest.fixture
 def stub_url():

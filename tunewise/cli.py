@@ -35,14 +35,26 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except TunewiseError as exc:
-            if STATE["debug"]:
-                raise
-            _print_error(f"error: {exc}")
+            _print_error(_traceback() if STATE["debug"] else f"error: {exc}")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _print_error("interrupted: finished work is saved; run the same command again "
                          "to resume from the cache")
             raise typer.Exit(130) from None
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug, not bad input: still one masked line by default
+            _print_error(_traceback() if STATE["debug"] else
+                         f"internal error: {type(exc).__name__}: {exc} (finished work is "
+                         "saved; --debug shows the traceback, please report it)")
+            raise typer.Exit(1) from None
+
+
+def _traceback() -> str:
+    """The current exception's traceback, secrets masked (``--debug`` output)."""
+    import traceback
+
+    return traceback.format_exc().rstrip()
 
 
 def _print_error(line: str) -> None:
@@ -707,9 +719,7 @@ def main() -> None:
     try:
         app()
     except TunewiseError as exc:  # raised outside a command (e.g. while parsing options)
-        if STATE["debug"]:
-            raise
-        _print_error(f"error: {exc}")
+        _print_error(_traceback() if STATE["debug"] else f"error: {exc}")
         sys.exit(2)
 
 

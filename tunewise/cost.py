@@ -422,5 +422,6 @@ def check_usd_budget(plan: Plan, log: Callable[[str], None] | None = None) -> di
             f"this run is estimated at {format_usd(est['usd'])} ({est['calls']} model calls "
             f"at price '{est['price']}') but budget.max_usd is {format_usd(limit)}{hint}; "
             "nothing was run. Raise the budget, lower split.test, or choose fewer rungs",
-            path=plan.task.source, field="budget.max_usd")
+            path=plan.task.source, line=plan.task.line_of("budget.max_usd"),
+            field="budget.max_usd")
     return est

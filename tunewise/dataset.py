@@ -197,6 +197,7 @@ def make_split(examples: list[Example], task: TaskSpec) -> Split:
             f"split asks for test={n_test} + dev={n_dev} but the data has only "
             f"{len(examples)} examples (at least one must remain for training)",
             path=task.source,
+            line=task.line_of("split.test") or task.line_of("split"),
             field="split",
         )
     order = np.random.default_rng(task.split.seed).permutation(len(examples))

@@ -110,7 +110,8 @@ def check_budget(plan: Plan, log: Callable[[str], None] | None = None) -> None:
         raise BudgetExceeded(
             f"this run needs up to {estimate} model calls but the budget allows {limit}; "
             "raise budget.max_calls, lower split.test, or choose fewer rungs",
-            path=plan.task.source, field="budget.max_calls",
+            path=plan.task.source, line=plan.task.line_of("budget.max_calls"),
+            field="budget.max_calls",
         )
     from tunewise.cost import check_usd_budget
 

@@ -408,8 +408,17 @@ class TaskSpec(Strict):
             object.__setattr__(self, "backend", self.backends[0])
         return self
 
-    # Set by load_task: the file this spec came from (not part of the YAML).
+    # Set by load_task / parse_task: the file this spec came from and its YAML node tree
+    # (not part of the YAML), so errors found later can still name the line.
     _source: Path | None = None
+    _yaml: Any = None
+
+    def line_of(self, field: str) -> int | None:
+        """Line (1-based) of the dotted ``field`` in the task file, None if not written."""
+        loc = tuple(field.split("."))
+        if self._yaml is None or _node_line(self._yaml, loc, exact=True) is None:
+            return None
+        return _node_line(self._yaml, loc)
 
     @property
     def source(self) -> Path | None:
@@ -422,8 +431,10 @@ class TaskSpec(Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """Line (1-based) of the YAML node at ``loc``, or of its deepest existing parent."""
+def _node_line(root: yaml.Node | None, loc: tuple[Any, ...], exact: bool = False
+               ) -> int | None:
+    """Line (1-based) of the YAML node at ``loc``, or of its deepest existing parent (None
+    instead with ``exact``)."""
     node, line = root, (root.start_mark.line + 1 if root is not None else None)
     for part in loc:
         nxt = None
@@ -437,7 +448,7 @@ def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
             nxt = node.value[part]
             line = nxt.start_mark.line + 1
         if nxt is None:
-            break
+            return None if exact else line
         node = nxt
     return line
 
@@ -517,7 +528,7 @@ def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
         raise TunewiseError("key given twice (the second would silently win)", path=path,
                             line=duplicate[1], field=duplicate[0])
     try:
-        return TaskSpec.model_validate(raw)
+        spec = TaskSpec.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
@@ -525,6 +536,8 @@ def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
         raise TunewiseError(
             _explain(err), path=path, line=_node_line(root, loc), field=field
         ) from None
+    spec._yaml = root
+    return spec
 
 
 def load_task(path: str | Path) -> TaskSpec:

@@ -209,3 +209,7 @@ class LoraRag(Lora):
 
     def predict(self, prepared: Prepared, examples: list[Example], ctx: RunContext) -> list:
         return self._rag().predict(prepared, examples, ctx)
+
+    def with_corpus(self, prepared: Prepared, corpus: Any, ctx: RunContext) -> Prepared:
+        """Re-point the retriever at another corpus (freshness test); the adapter stays."""
+        return self._rag().with_corpus(prepared, corpus, ctx)

@@ -152,8 +152,11 @@ class Rag:
 
     def with_corpus(self, prepared: Prepared, corpus: Sequence[Document], ctx: RunContext
                     ) -> Prepared:
-        """The same rung over another corpus (the freshness test's edited one)."""
-        return self.prepare_corpus(ctx, corpus)
+        """The same rung over another corpus (the freshness test's edited one); the rung
+        name and model of ``prepared`` are kept, so ``lora_rag`` can delegate here."""
+        fresh = self.prepare_corpus(ctx, corpus)
+        fresh.rung, fresh.backend = prepared.rung, prepared.backend
+        return fresh
 
     def predict(self, prepared: Prepared, examples: list[Example], ctx: RunContext
                 ) -> list[Prediction]:
