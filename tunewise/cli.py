@@ -197,22 +197,12 @@ def _progress_hooks(progress):
 
 def _run(task_path: Path, out: Path | None, climb_all: bool, as_json: bool,
          rungs: list[str] | None, allow_unseen_labels: bool = False) -> dict[str, Any]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    from tunewise.files import progress_bar
     from tunewise.ladder import run_ladder
 
     task = _load(task_path)
     store = _store()
-    progress = Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
-                        transient=False, disable=as_json)
+    progress = progress_bar(console=err_console, disable=as_json)
     try:
         result = run_ladder(task, store, hooks=_progress_hooks(progress), out_dir=out,
                             climb_all=climb_all, rungs=rungs,

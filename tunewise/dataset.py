@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from tunewise.errors import TunewiseError
+from tunewise.files import read_utf8
 from tunewise.task import TaskSpec
 
 MIN_EXAMPLES_FINE_TUNE = 100
@@ -52,15 +53,8 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         TunewiseError: missing file, non-UTF-8 bytes, a line that is not a JSON object.
     """
     path = Path(path)
-    if path.is_dir():
-        raise TunewiseError("is a folder, not a JSONL or CSV file", path=path)
-    if not path.is_file():
-        raise TunewiseError("file not found", path=path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise TunewiseError("not UTF-8 text", path=path, line=line) from None
+    text = read_utf8(path, missing="file not found", folder="is a folder, not a JSONL or CSV "
+                     "file", encoding="utf-8-sig")
     rows: list[tuple[int, dict[str, Any]]] = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))

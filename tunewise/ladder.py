@@ -33,6 +33,7 @@ from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable,
 from tunewise.store import Store
 from tunewise.task import RUNG_ORDER, TaskSpec
 
+
 @dataclass
 class Hooks:
     """How the ladder talks to its caller (the CLI draws progress bars with these)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import time
 import uuid
@@ -22,9 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from platformdirs import user_data_dir
-
 from tunewise.errors import TunewiseError
+from tunewise.files import user_path
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -90,11 +88,7 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 def default_store_path() -> Path:
     """``$TUNEWISE_DB``, else ``$TUNEWISE_HOME/tunewise.db``, else the per-user data dir."""
-    if os.environ.get("TUNEWISE_DB"):
-        return Path(os.environ["TUNEWISE_DB"])
-    home = os.environ.get("TUNEWISE_HOME")
-    base = Path(home) if home else Path(user_data_dir("tunewise", appauthor=False))
-    return base / "tunewise.db"
+    return user_path("TUNEWISE_DB", "tunewise.db", cache=False)
 
 
 def call_key(backend_id: str, kind: str, request: Any, params: dict[str, Any]) -> str:

@@ -542,17 +542,11 @@ def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
 
 def load_task(path: str | Path) -> TaskSpec:
     """Read, validate and resolve a task file; data and corpus paths become absolute."""
+    from tunewise.files import read_utf8
+
     path = Path(path)
-    if path.is_dir():
-        raise TunewiseError("is a folder; give the path of the task file in it", path=path)
-    if not path.is_file():
-        raise TunewiseError("task file not found", path=path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise TunewiseError(f"not UTF-8 text (byte {exc.start})", path=path, line=line
-                            ) from None
+    text = read_utf8(path, missing="task file not found",
+                     folder="is a folder; give the path of the task file in it")
     spec = parse_task(text, path)
     base = path.resolve().parent
     spec.data.path = (base / spec.data.path).resolve()

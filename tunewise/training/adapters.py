@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from platformdirs import user_cache_dir
-
+from tunewise.files import user_path
 from tunewise.task import LoraSpec
 from tunewise.training.features import Feature, fingerprint
 from tunewise.training.lora import CHECKPOINT, LOG_FILE, TRAINER_VERSION, LoraTrainer
@@ -30,11 +28,7 @@ TRAINING_FIELDS = {"r", "alpha", "dropout", "target_modules", "epochs", "lr", "b
 
 def adapter_root() -> Path:
     """``$TUNEWISE_ADAPTERS``, else ``$TUNEWISE_HOME/adapters``, else the user cache dir."""
-    if os.environ.get("TUNEWISE_ADAPTERS"):
-        return Path(os.environ["TUNEWISE_ADAPTERS"])
-    home = os.environ.get("TUNEWISE_HOME")
-    base = Path(home) if home else Path(user_cache_dir("tunewise", appauthor=False))
-    return base / "adapters"
+    return user_path("TUNEWISE_ADAPTERS", "adapters", cache=True)
 
 
 def adapter_key(base_id: str, spec: LoraSpec, train: Sequence[Feature],

@@ -334,21 +334,10 @@ class LoraTrainer:
         return loss_sum / max(answer_tokens, 1), tokens, answer_tokens
 
     def _progress(self) -> Any:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from tunewise.files import progress_bar
 
-        disable = not (self.show_progress and self.accelerator.is_main_process)
-        return Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=Console(stderr=True),
-                        transient=True, disable=disable)
+        return progress_bar(loss=True, transient=True, disable=not (
+            self.show_progress and self.accelerator.is_main_process))
 
     def train(self) -> dict[str, Any]:
         """Train (or resume) to the end; return the training log. Ctrl-C checkpoints first.

@@ -1,0 +1,63 @@
+"""Small file helpers shared by the task, data, store and training modules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_cache_dir, user_data_dir
+
+from tunewise.errors import TunewiseError
+
+
+def read_utf8(path: Path, *, missing: str, folder: str, encoding: str = "utf-8") -> str:
+    """The text of ``path``; a one-line error (with the line of the first bad byte) when it
+    is missing, a folder, or not UTF-8.
+
+    Args:
+        missing: the message when the file does not exist.
+        folder: the message when the path is a folder.
+        encoding: ``utf-8-sig`` to drop a byte-order mark.
+    """
+    if path.is_dir():
+        raise TunewiseError(folder, path=path)
+    if not path.is_file():
+        raise TunewiseError(missing, path=path)
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise TunewiseError(f"not UTF-8 text (byte {exc.start})", path=path, line=line
+                            ) from None
+
+
+def user_path(override: str, name: str, *, cache: bool) -> Path:
+    """``$<override>``, else ``$TUNEWISE_HOME/<name>``, else ``<name>`` in the per-user data
+    dir (``cache=False``) or cache dir (``cache=True``)."""
+    if os.environ.get(override):
+        return Path(os.environ[override])
+    home = os.environ.get("TUNEWISE_HOME")
+    where = user_cache_dir if cache else user_data_dir
+    return (Path(home) if home else Path(where("tunewise", appauthor=False))) / name
+
+
+def progress_bar(*, console: Any = None, loss: bool = False, transient: bool = False,
+                 disable: bool = False) -> Any:
+    """The Rich progress bar every long step uses: name, bar, n/total, elapsed, ETA (and
+    the running loss for training). On stderr unless another console is given."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    extra = [TextColumn("loss {task.fields[loss]}")] if loss else []
+    return Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
+                    *extra, TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console or Console(stderr=True), transient=transient,
+                    disable=disable)
