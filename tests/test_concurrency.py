@@ -60,3 +60,17 @@ def test_two_processes_share_one_store(make_task, tmp_path: Path) -> None:
     # the same chunk computes it in both, but the store keeps one row).
     made = sum(u["calls_made"] for res in results for u in res["usage"].values())
     assert stored <= made <= 2 * stored
+
+
+def test_processes_creating_one_new_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """Switching a brand-new file to WAL fails at once with "database is locked" while
+    another process is doing the same (SQLite does not wait there): that is retried, not
+    reported as a corrupt store. Six processes, ten fresh files."""
+    fails = []
+    for trial in range(10):
+        db = tmp_path / f"s{trial}.db"
+        code = f"from tunewise.store import Store; Store({str(db)!r}).close()"
+        procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE,
+                                  text=True) for _ in range(6)]
+        fails += [p.communicate(timeout=120)[1] for p in procs if p.wait(timeout=120)]
+    assert fails == []

@@ -109,10 +109,7 @@ class Store:
             raise TunewiseError(f"cannot open the store ({exc})", path=self.path) from None
         self.db.row_factory = sqlite3.Row
         try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA busy_timeout=30000")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
+            self._setup()
         except sqlite3.DatabaseError as exc:  # a corrupt file, or not SQLite at all
             self.db.close()
             raise TunewiseError(
@@ -120,6 +117,23 @@ class Store:
                 "--store / TUNEWISE_DB at another path",
                 path=self.path,
             ) from None
+
+    def _setup(self, patience_s: float = 60.0) -> None:
+        """WAL mode, busy timeout, migrations. Switching a new file to WAL can fail at once
+        with "database is locked" while another process creates the same store (SQLite
+        does not wait on that lock), so a locked store is retried, never called corrupt."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                self.db.execute("PRAGMA busy_timeout=30000")
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         """Close the connection."""
