@@ -121,3 +121,42 @@ def test_bad_inputs_give_one_line_errors(runner, make_task, tmp_path):
         assert expected in res.stderr, (expected, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1
         assert "Traceback" not in res.stderr
+
+
+def _e2e_rows(n: int = 300) -> list[dict]:
+    rows = [json.loads(x) for x in
+            (Path(__file__).parents[2] / "shared" / "data" / "e2e_records.jsonl")
+            .read_text(encoding="utf-8").split("\n") if x]
+    return rows[:n]
+
+
+def test_group_split_keeps_every_answer_on_one_side(make_task):
+    """split.group_by: output puts all sentences of one record in one part, seeded."""
+    from tunewise.dataset import check_data, load_examples, make_split
+    from tunewise.task import load_task
+
+    task = load_task(make_task(_e2e_rows(), kind="extraction",
+                               split={"test": 30, "dev": 20, "seed": 3, "group_by": "output"}))
+    examples = load_examples(task)
+    split = make_split(examples, task)
+    sides = [{e.output for e in part} for part in (split.test, split.dev, split.train)]
+    assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    assert len(split.test) >= 30 and len(split.dev) >= 20
+    assert len(split.test) + len(split.dev) + len(split.train) == len(examples)
+    assert [e.id for e in make_split(examples, task).test] == [e.id for e in split.test]
+    # the plain split of the same data shares answers, and the data check says so
+    plain = load_task(make_task(_e2e_rows(), kind="extraction",
+                                split={"test": 30, "dev": 20, "seed": 3}))
+    report = check_data(examples, make_split(examples, plain), plain)
+    assert any("test answers also occur as training answers" in n for n in report.notes)
+    assert not any("training answers" in n for n in check_data(examples, split, task).notes)
+
+
+def test_group_split_on_a_missing_column_names_the_field(runner, make_task):
+    path = make_task(_e2e_rows(), kind="extraction",
+                     split={"test": 30, "dev": 20, "seed": 0, "group_by": "restaurant"})
+    res = runner.invoke(app, ["run", str(path)])
+    assert res.exit_code == 2
+    line = res.stderr.strip()
+    assert line.startswith(f"error: {path}:") and "split.group_by" in line
+    assert "has no field 'restaurant'" in line

@@ -194,13 +194,48 @@ def make_split(examples: list[Example], task: TaskSpec) -> Split:
             line=task.line_of("split.test") or task.line_of("split"),
             field="split",
         )
-    order = np.random.default_rng(task.split.seed).permutation(len(examples))
+    rng = np.random.default_rng(task.split.seed)
+    if task.split.group_by:
+        return _group_split(examples, task, rng)
+    order = rng.permutation(len(examples))
     shuffled = [examples[i] for i in order]
     return Split(
         test=shuffled[:n_test],
         dev=shuffled[n_test : n_test + n_dev],
         train=shuffled[n_test + n_dev :],
     )
+
+
+def group_value(ex: Example, name: str) -> Any:
+    """The value ``split.group_by`` groups on: the input, the output or another column."""
+    if name in ("input", "output"):
+        return getattr(ex, name)
+    return ex.extra.get(name)
+
+
+def _group_split(examples: list[Example], task: TaskSpec, rng: np.random.Generator) -> Split:
+    """Whole groups, in a seeded random order, fill test, then dev; the rest is train."""
+    name = task.split.group_by or ""
+    groups: dict[str, list[Example]] = {}
+    for ex in examples:
+        value = group_value(ex, name)
+        if value is None:
+            raise TunewiseError(
+                f"example {ex.id} has no field '{name}' to group the split by",
+                path=task.source, line=task.line_of("split.group_by"), field="split.group_by")
+        groups.setdefault(json.dumps(value, sort_keys=True, default=str), []).append(ex)
+    keys = sorted(groups)
+    parts: dict[str, list[Example]] = {"test": [], "dev": [], "train": []}
+    for i in rng.permutation(len(keys)):
+        part = ("test" if len(parts["test"]) < task.split.test else
+                "dev" if len(parts["dev"]) < task.split.dev else "train")
+        parts[part].extend(groups[keys[i]])
+    if not parts["train"]:
+        raise TunewiseError(
+            f"grouping by '{name}' leaves no training examples ({len(groups)} groups for "
+            f"test={task.split.test} + dev={task.split.dev}); lower split.test or split.dev",
+            path=task.source, line=task.line_of("split.group_by"), field="split.group_by")
+    return Split(**parts)
 
 
 @dataclass
@@ -248,6 +283,14 @@ def check_data(examples: list[Example], split: Split, task: TaskSpec) -> DataRep
             notes.append(f"test labels never seen in train: {', '.join(unseen)}")
     if dupes:
         notes.append(f"{dupes} examples repeat another example's input (after normalising)")
+    if task.kind != "classification" and not task.split.group_by:
+        seen = {e.output.strip() for e in split.train}
+        copied = sum(e.output.strip() in seen for e in split.test)
+        if copied * 5 >= len(split.test):  # a fifth or more: worth knowing
+            notes.append(
+                f"{copied} of {len(split.test)} test answers also occur as training answers: "
+                "nearest-neighbour shots can copy them; set split.group_by: output to "
+                "score only new answers")
     if leak_norm:
         notes.append(
             f"leakage: {leak_norm} of {len(split.test)} test inputs also occur in train/dev "

@@ -137,6 +137,12 @@ class SplitSpec(Strict):
     test: int = Field(100, ge=1, description="Held-out examples scored for every rung.")
     dev: int = Field(50, ge=0, description="Examples used to choose shots and stop training.")
     seed: int = Field(0, description="Seed of the shuffle that makes the split.")
+    group_by: str | None = Field(
+        None, description="Keep examples that share this field together (``output``, "
+        "``input`` or any other column, e.g. ``source_id``), as scikit-learn's "
+        "GroupShuffleSplit does: no test answer or record is also seen in train/dev, so "
+        "scores measure new cases, not look-ups. Test and dev then hold whole groups and "
+        "may come out slightly larger than asked.")
 
 
 class VolumeSpec(Strict):
