@@ -274,12 +274,13 @@ def test_verdict_notes_cite_the_numbers() -> None:
 
 # ---- the real model on e2e (acceptance 1-3) ----------------------------------------------
 @pytest.mark.integration
-def test_e2e_lora_beats_few_shot_with_curve_and_forgetting(tmp_path) -> None:
+def test_e2e_lora_beats_few_shot_on_new_records_and_reports_forgetting(tmp_path) -> None:
     """SmolLM2 tuned on e2e records beats few-shot prompting on exact match (p < 0.05).
 
-    examples/e2e/task.yaml on a 270-row slice, to keep CI time bounded: 50 test, 20 dev,
-    200 train (2 epochs), one extra learning-curve point at 100 examples, 4 shots. (The
-    full example gives the 4+ point curve; this keeps CI to ~75 optimizer steps.)
+    examples/e2e/task.yaml (group split: no test record is also a training record) on a
+    260-row slice to bound CI time: about 40 test, 12 dev, 200 train (2 epochs), 4 shots.
+    The learning curve is checked on a tiny model above and on the full example in the
+    README; here the real model's forgetting check runs.
     """
     from tunewise.evaluate import compare
     from tunewise.ladder import run_ladder
@@ -287,10 +288,11 @@ def test_e2e_lora_beats_few_shot_with_curve_and_forgetting(tmp_path) -> None:
     from tunewise.task import load_task
 
     task = load_task(REPO / "examples" / "e2e" / "task.yaml")
-    write_jsonl(tmp_path / "data.jsonl", e2e_rows(270))
+    assert task.split.group_by == "output"
+    write_jsonl(tmp_path / "data.jsonl", e2e_rows(260))
     task = task.model_copy(update={
-        "split": task.split.model_copy(update={"test": 50, "dev": 20}),
-        "lora": task.lora.model_copy(update={"curve": [100]}),
+        "split": task.split.model_copy(update={"test": 40, "dev": 12}),
+        "lora": task.lora.model_copy(update={"curve": []}),
         "few_shot": task.few_shot.model_copy(update={"k": 4}),
     })
     task.data.path = tmp_path / "data.jsonl"
@@ -305,14 +307,12 @@ def test_e2e_lora_beats_few_shot_with_curve_and_forgetting(tmp_path) -> None:
     per = {r["name"]: [row["score"] for row in store.predictions(result["run_id"], r["name"])]
            for r in (lora, best)}
     test = compare(per[best["name"]], per["lora"])
+    print({n: r["value"] for n, r in by.items()}, test)
     assert lora["value"] > best["value"] and test["p_value"] < 0.05, (lora["value"],
                                                                       best["value"], test)
     for r in (lora, best):
         assert 0 <= r["secondary"]["field_f1"]["value"] <= 1
     assert lora["secondary"]["field_f1"]["value"] > best["secondary"]["field_f1"]["value"]
-    curve = lora["info"]["learning_curve"]
-    assert [p["n"] for p in curve["points"]] == [100, 200]
-    assert curve["monotone"]
     f = result["forgetting"]
     assert f["base"]["value"] > 0.35  # the base model beats chance (~0.4) on the set
     assert f["base"]["ci_low"] < f["base"]["value"] < f["base"]["ci_high"]
