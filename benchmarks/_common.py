@@ -26,5 +26,5 @@ def timer(out: dict, key: str):
 
 def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
     """Rows of a JSONL file."""
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x.strip()]
     return rows[:limit] if limit else rows

@@ -26,11 +26,15 @@ import json
 import os
 import resource
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import read_jsonl  # noqa: E402
 
 from tunewise.backends.base import CachedBackend
 from tunewise.backends.openai_compat import OpenAIBackend
@@ -42,7 +46,7 @@ DATA = REPO.parent / "shared" / "data" / "snips_intents.jsonl"
 
 
 def prompts(n: int) -> list[list[dict[str, str]]]:
-    rows = [json.loads(line) for line in DATA.read_text().splitlines()]
+    rows = read_jsonl(DATA)
     return [[{"role": "system", "content": "Rewrite the user's request in other words."},
              {"role": "user", "content": rows[i % len(rows)]["input"] + f" (#{i})"}]
             for i in range(n)]

@@ -12,7 +12,6 @@ against each question's ``source_id``. Ratios are against BM25 measured in the s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -25,6 +24,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _common import read_jsonl  # noqa: E402
 
 from tunewise.dataset import Document  # noqa: E402
 from tunewise.evaluate import retrieval_scores  # noqa: E402
@@ -37,8 +39,8 @@ METHODS = ("bm25", "dense", "hybrid")
 
 def load() -> tuple[list[Document], list[dict]]:
     """The CoQA stories (corpus) and questions (with source_id)."""
-    stories = [json.loads(x) for x in (DATA / "coqa_stories.jsonl").read_text().splitlines()]
-    questions = [json.loads(x) for x in (DATA / "coqa_questions.jsonl").read_text().splitlines()]
+    stories, questions = (read_jsonl(DATA / f"coqa_{name}.jsonl")
+                          for name in ("stories", "questions"))
     return [Document(s["id"], s["text"]) for s in stories], questions
 
 
