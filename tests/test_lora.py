@@ -280,7 +280,7 @@ def test_e2e_lora_beats_few_shot_on_new_records_and_reports_forgetting(tmp_path)
     examples/e2e/task.yaml (group split: no test record is also a training record) on a
     260-row slice to bound CI time: about 40 test, 12 dev, 200 train (2 epochs), 4 random
     shots. With 200 examples the adapter only ties nearest-neighbour shots (0.49 vs 0.49
-    measured); the full example (727 training records) beats them 0.807 vs 0.339, p =
+    measured); the full example (827 training records) beats them 0.807 vs 0.339, p =
     0.0005, as the README records. The learning curve is checked on a tiny model above and
     on the full example; here the real model's forgetting check runs.
     """
