@@ -28,6 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import read_jsonl  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 E2E = REPO.parent / "shared" / "data" / "e2e_records.jsonl"
 STEPS, BATCH, LR = 30, 8, 1e-3
@@ -39,7 +42,7 @@ def batches() -> tuple[object, list[list[object]]]:
     from tunewise.training.features import encode_all, length_batches
 
     backend = LocalBackend("smollm2-135m", batch_size=BATCH)
-    rows = [json.loads(x) for x in E2E.read_text().split("\n") if x]
+    rows = read_jsonl(E2E)
     random.Random(0).shuffle(rows)
     rows = rows[: STEPS * BATCH + 64]
     prompts = [[{"role": "user", "content": r["input"]}] for r in rows]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from test_training import e2e_rows
+
 from tunewise.cli import app
 from tunewise.store import Store
 
@@ -123,19 +125,12 @@ def test_bad_inputs_give_one_line_errors(runner, make_task, tmp_path):
         assert "Traceback" not in res.stderr
 
 
-def _e2e_rows(n: int = 300) -> list[dict]:
-    rows = [json.loads(x) for x in
-            (Path(__file__).parents[2] / "shared" / "data" / "e2e_records.jsonl")
-            .read_text(encoding="utf-8").split("\n") if x]
-    return rows[:n]
-
-
 def test_group_split_keeps_every_answer_on_one_side(make_task):
     """split.group_by: output puts all sentences of one record in one part, seeded."""
     from tunewise.dataset import check_data, load_examples, make_split
     from tunewise.task import load_task
 
-    task = load_task(make_task(_e2e_rows(), kind="extraction",
+    task = load_task(make_task(e2e_rows(300), kind="extraction",
                                split={"test": 30, "dev": 20, "seed": 3, "group_by": "output"}))
     examples = load_examples(task)
     split = make_split(examples, task)
@@ -145,7 +140,7 @@ def test_group_split_keeps_every_answer_on_one_side(make_task):
     assert len(split.test) + len(split.dev) + len(split.train) == len(examples)
     assert [e.id for e in make_split(examples, task).test] == [e.id for e in split.test]
     # the plain split of the same data shares answers, and the data check says so
-    plain = load_task(make_task(_e2e_rows(), kind="extraction",
+    plain = load_task(make_task(e2e_rows(300), kind="extraction",
                                 split={"test": 30, "dev": 20, "seed": 3}))
     report = check_data(examples, make_split(examples, plain), plain)
     assert any("test answers also occur as training answers" in n for n in report.notes)
@@ -153,7 +148,7 @@ def test_group_split_keeps_every_answer_on_one_side(make_task):
 
 
 def test_group_split_on_a_missing_column_names_the_field(runner, make_task):
-    path = make_task(_e2e_rows(), kind="extraction",
+    path = make_task(e2e_rows(300), kind="extraction",
                      split={"test": 30, "dev": 20, "seed": 0, "group_by": "restaurant"})
     res = runner.invoke(app, ["run", str(path)])
     assert res.exit_code == 2

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from tunewise.errors import TunewiseError
+from tunewise.files import read_utf8
 
 Kind = Literal["classification", "extraction", "generation", "qa"]
 Metric = Literal["accuracy", "macro_f1", "exact_match", "token_f1", "field_f1"]
@@ -421,10 +422,7 @@ class TaskSpec(Strict):
 
     def line_of(self, field: str) -> int | None:
         """Line (1-based) of the dotted ``field`` in the task file, None if not written."""
-        loc = tuple(field.split("."))
-        if self._yaml is None or _node_line(self._yaml, loc, exact=True) is None:
-            return None
-        return _node_line(self._yaml, loc)
+        return _node_line(self._yaml, tuple(field.split(".")), exact=True)
 
     @property
     def source(self) -> Path | None:
@@ -548,8 +546,6 @@ def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
 
 def load_task(path: str | Path) -> TaskSpec:
     """Read, validate and resolve a task file; data and corpus paths become absolute."""
-    from tunewise.files import read_utf8
-
     path = Path(path)
     text = read_utf8(path, missing="task file not found",
                      folder="is a folder; give the path of the task file in it")
