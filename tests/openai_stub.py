@@ -10,6 +10,7 @@ tests can assert that each request was answered exactly once.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -28,12 +29,14 @@ class StubServer:
     """Start with ``with StubServer(plan) as stub:``; ``stub.url`` ends in ``/v1``."""
 
     def __init__(self, plan: Plan = always_ok, *, hang_s: float = 1.0, retry_after: str = "1",
-                 reject_grammar: bool = False, apply_template: bool = False) -> None:
+                 reject_grammar: bool = False, apply_template: bool = False,
+                 ignore_grammar: bool = False) -> None:
         self.plan = plan
         self.hang_s = hang_s
         self.retry_after = retry_after
         self.reject_grammar = reject_grammar
         self.apply_template = apply_template
+        self.ignore_grammar = ignore_grammar
         self.lock = threading.Lock()
         self.attempts: Counter[str] = Counter()
         self.served: Counter[str] = Counter()  # 200 answers actually sent, per key
@@ -79,8 +82,20 @@ class StubServer:
     def char_logprob(ch: str) -> float:
         return -0.01 * (ord(ch) % 7 + 1)
 
+    @staticmethod
+    def token_logprob(token_id: int) -> float:
+        return -0.1 * (token_id % 5 + 1)
+
     def completion(self, body: dict[str, Any]) -> dict[str, Any]:
         prompt = str(body["prompt"])
+        forced = [int(i) for i in re.findall(r"<\[(\d+)\]>", body.get("grammar") or "")]
+        if forced and not self.ignore_grammar:  # llama.cpp token grammar: exactly these ids
+            return {"choices": [{"index": 0, "text": "".join(f"<{i}>" for i in forced),
+                                 "finish_reason": "length", "logprobs": {
+                "tokens": [f"<{i}>" for i in forced], "text_offset": list(range(len(forced))),
+                "token_logprobs": [self.token_logprob(i) for i in forced],
+                "top_logprobs": None}}],
+                "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(forced)}}
         text = prompt + "." if body.get("echo") else "."
         lps: list[float | None] = [self.char_logprob(c) for c in text]
         if body.get("echo"):

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai_stub import StubServer
+from test_training import tiny_model  # noqa: F401 (fixture)
 
 from tunewise.backends import make_backend
 from tunewise.backends.openai_compat import (
@@ -20,6 +21,7 @@ from tunewise.backends.openai_compat import (
     parse_label,
     parse_retry_after,
     span_logprob,
+    token_grammar,
 )
 from tunewise.errors import TunewiseError
 from tunewise.ladder import estimate_calls, plan_run
@@ -113,7 +115,8 @@ def test_shipped_remote_example_parses_with_two_distinct_models() -> None:
     task = load_task(path)
     assert [b.kind for b in task.backends] == ["local", "openai"]
     assert model_labels(task) == ["local:smollm2-135m", "openai:smollm2-135m"]
-    assert task.backends[1].score_method == "constrained" and task.backends[1].api_key_env is None
+    assert task.backends[1].score_method == "forced" and task.backends[1].api_key_env is None
+    assert not task.backends[0].score_end_of_turn  # like for like with the forced scores
 
 
 def test_missing_key_variable_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,6 +195,74 @@ def test_logprob_method_without_a_template_is_refused() -> None:
         backend = OpenAIBackend(spec(stub.url, score_method="logprob"))
         with pytest.raises(TunewiseError, match="needs backend.tokenizer"):
             backend.score([chat("x")], [["a", "b"]])
+
+
+def test_score_by_forced_tokens_sums_their_logprobs_on_one_server_per_item() -> None:
+    """forced: per label one completion whose grammar admits exactly the label's token
+    ids; the reported log-probs are summed; an item's requests all go to one server, so
+    its prompt is evaluated once there (llama.cpp keeps the last prompt's cache)."""
+    with StubServer() as a, StubServer() as b:
+        backend = OpenAIBackend(spec([a.url, b.url], score_method="forced",
+                                     tokenizer="smollm2-135m", concurrency=4))
+        prompts = [chat(f"request number {i}") for i in range(6)]
+        scored = backend.score(prompts, [LABELS] * 6)
+    tok = backend._tokenizer()
+    ids = [tok(label, add_special_tokens=False).input_ids for label in LABELS]
+    expected = [sum(StubServer.token_logprob(i) for i in x) for x in ids]
+    for s in scored:
+        assert s.method == "forced" and s.logprobs == pytest.approx(expected)
+        assert s.prompt_tokens > 5
+    bodies = [x["body"] for x in a.seen + b.seen]
+    assert len(bodies) == 6 * len(LABELS)
+    assert {x["grammar"] for x in bodies} == {token_grammar(x) for x in ids}
+    assert all(x["max_tokens"] == x["grammar"].count("<[") for x in bodies)
+    keys_a, keys_b = {x["key"] for x in a.seen}, {x["key"] for x in b.seen}
+    assert keys_a and keys_b and not keys_a & keys_b  # each item stayed on one server
+    assert backend.score_end_of_turn is False and "score=forced" in backend.id
+
+
+def test_forced_scoring_needs_a_tokenizer_and_a_server_that_obeys_the_grammar() -> None:
+    with StubServer(ignore_grammar=True) as stub:
+        with pytest.raises(TunewiseError, match="needs backend.tokenizer"):
+            OpenAIBackend(spec(stub.url, score_method="forced")).score([chat("x")], [["a", "b"]])
+        backend = OpenAIBackend(spec(stub.url, score_method="forced", tokenizer="smollm2-135m"))
+        with pytest.raises(TunewiseError, match="ignored the token grammar") as err:
+            backend.score([chat("x")], [["play_music", "rate_book"]])
+    assert "\n" not in str(err.value)
+
+
+def test_forced_scoring_turns_the_end_of_turn_term_off_on_every_backend() -> None:
+    """Side-by-side columns compare like with like: a forced backend cannot score the
+    end-of-turn token, so no backend of that run does (unless asked, which is an error)."""
+    forced = ("{kind: openai, base_url: 'http://127.0.0.1:1/v1', score_method: forced, "
+              "tokenizer: smollm2-135m}")
+    task = parse_task(BASE + f"backends: [{{kind: local}}, {forced}]\n")
+    assert [b.score_end_of_turn for b in task.backends] == [False, False]
+    alone = parse_task(BASE + "backends: [{kind: local}, {kind: dummy}]\n")
+    assert [b.score_end_of_turn for b in alone.backends] == [True, True]
+    with pytest.raises(TunewiseError, match="backends.0. sets score_end_of_turn: true"):
+        parse_task(BASE + f"backends: [{{kind: local, score_end_of_turn: true}}, {forced}]\n")
+    with pytest.raises(TunewiseError, match="cannot go with score_method: forced"):
+        parse_task(BASE + "backend: {kind: openai, score_method: forced, "
+                          "score_end_of_turn: true}\n")
+
+
+def test_local_backend_can_score_labels_without_the_end_of_turn_token(
+        tiny_model: Path) -> None:  # noqa: F811
+    from tunewise.backends.local import LocalBackend
+
+    full = LocalBackend(str(tiny_model))
+    bare = LocalBackend(str(tiny_model), score_end_of_turn=False)
+    eot = full.tok.convert_tokens_to_ids(full.end_of_turn)
+    assert full._choice_ids("rate_book")[-1] == eot
+    assert bare._choice_ids("rate_book") == full._choice_ids("rate_book")[:-1]
+    assert bare.id.endswith(":label-only") and bare.id != full.id
+    prompt = [chat("rate this book")]
+    with_eot = full.score(prompt, [["rate_book", "play_music"]])[0].logprobs
+    without = bare.score(prompt, [["rate_book", "play_music"]])[0].logprobs
+    assert without == pytest.approx(bare.score_naive(prompt, [["rate_book", "play_music"]])[0],
+                                     abs=1e-4)
+    assert all(w > f for w, f in zip(without, with_eot, strict=True))  # one term fewer
 
 
 def test_render_and_count_tokens_fall_back_to_server_then_heuristic() -> None:
@@ -290,7 +361,7 @@ def test_llama_cpp_label_logprobs_equal_the_local_backend(llama_server: list[str
     label's log-prob is the local transformers backend's, up to Q4 arithmetic: so the same
     rung scores the same. Two items, three labels: llama-cpp-python computes echoed
     log-probs in Python (seconds per request), which is why the side-by-side run below
-    uses constrained generation."""
+    uses forced tokens; their log-probs equal the local label-only scores too."""
     from tunewise.backends.local import LocalBackend
     from tunewise.rungs.base import get_rung
 
@@ -305,25 +376,30 @@ def test_llama_cpp_label_logprobs_equal_the_local_backend(llama_server: list[str
     labels = list(dict.fromkeys([e.output for e in items] + LABELS))[:3]
     remote = plan.ctx.backend.inner.score(prompts, [labels] * 2)
     local = LocalBackend("smollm2-135m").score(prompts, [labels] * 2)
-    for r, lo in zip(remote, local, strict=True):
-        assert r.method == "logprob" and r.prompt_tokens == lo.prompt_tokens
+    forced = make_backend(task.backends[1].model_copy(update={
+        "score_method": "forced", "score_end_of_turn": False})).score(prompts, [labels] * 2)
+    bare = LocalBackend("smollm2-135m", score_end_of_turn=False).score(prompts, [labels] * 2)
+    for r, lo in [*zip(remote, local, strict=True), *zip(forced, bare, strict=True)]:
+        assert r.method in ("logprob", "forced") and r.prompt_tokens == lo.prompt_tokens
         for a, b in zip(r.logprobs, lo.logprobs, strict=True):
-            assert abs(a - b) <= 1.0, (r.logprobs, lo.logprobs)
+            assert abs(a - b) <= 1.0, (r.method, r.logprobs, lo.logprobs)
         assert r.logprobs.index(max(r.logprobs)) == lo.logprobs.index(max(lo.logprobs))
+    assert [r.method for r in forced] == ["forced"] * 2
 
 
 @pytest.mark.integration
 def test_llama_cpp_server_and_local_side_by_side(llama_server: list[str], make_task,
                                                  runner) -> None:
-    """zero_shot and few_shot on 60 snips items through the llama.cpp server (constrained
-    generation over two worker URLs) and the local backend, in one run and one table."""
+    """zero_shot and few_shot on 60 snips items through the llama.cpp server (forced label
+    tokens over two worker URLs) and the local backend, in one run and one table: the same
+    items score within 5 points of accuracy (Q4 weights on the server, fp32 locally)."""
     from tunewise.cli import app
 
     rungs = ["zero_shot", "few_shot_random"]
     path = snips_task(make_task, rungs=rungs, few_shot={"k": 4}, backends=[
         {"kind": "local"},
         {"kind": "openai", "model": "smollm2-135m", "base_url": llama_server,
-         "tokenizer": "smollm2-135m", "score_method": "constrained", "concurrency": 4}])
+         "tokenizer": "smollm2-135m", "score_method": "forced", "concurrency": 4}])
     res = runner.invoke(app, ["run", str(path), "--all"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     result = json.loads(Path(res.output.split("result: ")[1].split()[0]).read_text())
@@ -333,8 +409,9 @@ def test_llama_cpp_server_and_local_side_by_side(llama_server: list[str], make_t
         assert remote[name]["n"] == local[name]["n"] == 60
         assert remote[name]["calls_made"] == 60 and remote[name]["tokens"]["prompt_mean"] > 20
         print(f"{name}: local {local[name]['value']:.3f}, llama.cpp {remote[name]['value']:.3f}")
+        assert abs(remote[name]["value"] - local[name]["value"]) <= 0.05
     preds = Store().predictions(result["run_id"], "few_shot_random@openai:smollm2-135m")
     assert len(preds) == 60 and {p["prediction"] for p in preds} <= set(LABELS)
-    assert all(json.loads(p["details_json"])["method"] == "constrained" for p in preds)
+    assert all(json.loads(p["details_json"])["method"] == "forced" for p in preds)
     table = [ln for ln in res.output.splitlines() if "│" in ln and "few_shot_random" in ln]
     assert "local:smollm2-135m" in table[0] and "openai:smollm2-135m" in table[1]

@@ -191,12 +191,21 @@ class BackendSpec(Strict):
         "whose chat template the server uses; gives exact show-prompt, token counts and "
         "log-prob scoring through the completions endpoint.",
     )
-    score_method: Literal["auto", "logprob", "constrained"] = Field(
+    score_method: Literal["auto", "logprob", "forced", "constrained"] = Field(
         "auto",
-        description="openai backend: how labels are scored. logprob needs the server to "
-        "echo prompt log-probs and a known chat template; constrained generates the label "
-        "(with a grammar where the server supports one) and parses it; auto picks logprob "
-        "when possible.",
+        description="openai backend: how labels are scored. logprob: the server echoes the "
+        "prompt + label log-probs (needs a known chat template; vLLM). forced: the server "
+        "generates exactly the label's tokens under a token-id grammar and reports their "
+        "log-probs (llama.cpp servers; needs tokenizer). constrained: the label is "
+        "generated (with a grammar where the server supports one) and parsed. auto picks "
+        "logprob when possible, else constrained.",
+    )
+    score_end_of_turn: bool = Field(
+        True,
+        description="Add the end-of-turn token's log-prob to each label's score (it tells "
+        "'neuro' from 'neurology'). llama.cpp never reports it, so score_method forced "
+        "scores the label's own tokens only, and a run whose backends include one turns it "
+        "off on every backend: the side-by-side columns then measure the same thing.",
     )
     seed: int = Field(0, description="Seed of the dummy backend's deterministic choices.")
 
@@ -211,6 +220,15 @@ class BackendSpec(Strict):
                         "export it and give the variable's NAME in api_key_env"
                     )
         return data
+
+    @model_validator(mode="after")
+    def _forced_scores_label_only(self) -> BackendSpec:
+        if self.kind == "openai" and self.score_method == "forced":
+            if self.score_end_of_turn and "score_end_of_turn" in self.model_fields_set:
+                raise ValueError("score_end_of_turn: true cannot go with score_method: "
+                                 "forced (llama.cpp never reports the end-of-turn log-prob)")
+            object.__setattr__(self, "score_end_of_turn", False)
+        return self
 
     @field_validator("api_key_env")
     @classmethod
@@ -357,6 +375,20 @@ class LoraSpec(Strict):
     )
 
 
+def _one_scoring_rule(specs: list[BackendSpec]) -> None:
+    """Backends compared side by side score labels the same way: when one cannot add the
+    end-of-turn log-prob (score_method forced), none does, unless a task asks otherwise."""
+    if all(s.score_end_of_turn for s in specs):
+        return
+    for i, spec in enumerate(specs):
+        if spec.score_end_of_turn and "score_end_of_turn" in spec.model_fields_set:
+            raise ValueError(
+                f"backends[{i}] sets score_end_of_turn: true but another backend scores "
+                "labels without the end-of-turn token; the side-by-side scores would not be "
+                "comparable: drop the setting")
+        object.__setattr__(spec, "score_end_of_turn", False)
+
+
 class TaskSpec(Strict):
     """A task: labelled data, what good looks like, and the traffic it must serve."""
 
@@ -413,6 +445,7 @@ class TaskSpec(Strict):
             if "backend" in self.model_fields_set:
                 raise ValueError("give either backend or backends, not both")
             object.__setattr__(self, "backend", self.backends[0])
+            _one_scoring_rule(self.backends)
         return self
 
     # Set by load_task / parse_task: the file this spec came from and its YAML node tree

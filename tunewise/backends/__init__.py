@@ -18,4 +18,5 @@ def make_backend(spec: BackendSpec) -> Backend:
         return OpenAIBackend(spec)
     from tunewise.backends.local import LocalBackend
 
-    return LocalBackend(spec.model, batch_size=spec.batch_size)
+    return LocalBackend(spec.model, batch_size=spec.batch_size,
+                        score_end_of_turn=spec.score_end_of_turn)

@@ -96,7 +96,8 @@ class LocalBackend:
     """transformers model, greedy decoding, label scoring with shared-prefix reuse."""
 
     def __init__(self, model: str = "smollm2-135m", batch_size: int = 8,
-                 adapter: str | Path | None = None, reuse_prefix: bool = True) -> None:
+                 adapter: str | Path | None = None, reuse_prefix: bool = True,
+                 score_end_of_turn: bool = True) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -124,6 +125,9 @@ class LocalBackend:
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
         self.end_of_turn = self.tok.eos_token or ""
+        self.score_end_of_turn = score_end_of_turn
+        if not score_end_of_turn:
+            suffix += ":label-only"
         self.id = f"local:{model}:fp32:{SCORING_VERSION}{suffix}"
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
 
@@ -139,7 +143,7 @@ class LocalBackend:
 
     def _choice_ids(self, choice: str) -> list[int]:
         # The end-of-turn token makes "neuro" and "neurology" different answers.
-        return self._encode(choice + self.end_of_turn)
+        return self._encode(choice + (self.end_of_turn if self.score_end_of_turn else ""))
 
     # ---- scoring -------------------------------------------------------------------
     def score(self, prompts: list[Messages], choices: list[list[str]]) -> list[Scored]:

@@ -19,11 +19,17 @@ How it behaves, and why:
   chat template and sent to ``/completions`` with ``echo`` + ``logprobs``; the choice's
   token log-probs are summed (exactly what the local backend computes). This needs the
   template (``backend.tokenizer``, or a server with ``/apply-template``) and a server that
-  echoes prompt log-probs. ``constrained``: the model generates the label, restricted by a
-  grammar where the server accepts one (llama.cpp ``grammar``, vLLM ``guided_choice``),
-  and :func:`parse_label` maps the text to a label. ``Scored.method`` records which.
-  llama-cpp-python computes echoed log-probs in Python with a full-vocabulary sort per
-  token (seconds per request), so use ``score_method: constrained`` with it.
+  echoes prompt log-probs. ``forced``: for llama.cpp servers, whose echoed log-probs cost
+  seconds per request (llama-cpp-python sorts the vocabulary in Python for every prompt
+  token): one ``/completions`` request per choice whose GBNF grammar admits exactly the
+  choice's token ids (``<[id]>``, from the local tokenizer), so the server generates the
+  choice and reports the log-prob of each of its tokens, computed before the grammar
+  masks anything. An end-of-generation token is never reported, so these scores leave out
+  the end-of-turn term (``score_end_of_turn``). ``constrained``: the model generates the
+  label, restricted by a grammar where the server accepts one (llama.cpp ``grammar``,
+  vLLM ``guided_choice``), and :func:`parse_label` maps the text to a label.
+  ``Scored.method`` records which. A multi-request score (logprob, forced) keeps one server
+  for all the choices of an item, so the server's prompt cache evaluates the prompt once.
 - **Token counts** come from the server's ``usage``. ``count_tokens`` uses the local
   tokenizer when one is configured, else the server's tokenize endpoint (llama.cpp,
   llama-cpp-python, vLLM), else the ~4 characters per token rule of thumb.
@@ -32,6 +38,7 @@ How it behaves, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import email.utils
 import itertools
@@ -43,7 +50,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -129,6 +136,11 @@ def choice_grammar(choices: list[str]) -> str:
     return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
 
 
+def token_grammar(ids: list[int]) -> str:
+    """A GBNF grammar (llama.cpp token syntax) whose only sentence is these token ids."""
+    return "root ::= " + " ".join(f"<[{int(i)}]>" for i in ids)
+
+
 def span_logprob(logprobs: list[float | None], n_choice: int, n_generated: int) -> float:
     """Sum of the log-probs of the choice's tokens in an echoed prompt + choice + generation.
 
@@ -199,6 +211,10 @@ class OpenAIBackend:
         self._features: dict[str, Any] = {}  # probed once: tokenize, apply-template, ...
         self._grammar = True  # cleared when the server rejects the grammar parameter
         self._counts: dict[str, int] = {}
+        self.score_end_of_turn = spec.score_end_of_turn
+        if not self.score_end_of_turn and self.score_method != "forced":
+            self.id = self.id.replace(f":{SCORING_VERSION}", f":label-only:{SCORING_VERSION}")
+        self._free: asyncio.Queue[str] | None = None  # servers not held by a scoring job
 
     # ---- plumbing ------------------------------------------------------------------
     def _next_url(self) -> str:
@@ -242,9 +258,10 @@ class OpenAIBackend:
         except ValueError:
             raise HTTPStatusError(self._error(url, "the answer is not JSON"), code) from None
 
-    async def _post(self, client: httpx.AsyncClient, path: str, body: dict[str, Any]
-                    ) -> dict[str, Any]:
-        """POST with retries; each attempt to the next base URL."""
+    async def _post(self, client: httpx.AsyncClient, path: str, body: dict[str, Any],
+                    url: str | None = None) -> dict[str, Any]:
+        """POST with retries; the first attempt to ``url`` if given, each retry (and every
+        attempt without ``url``) to the next base URL."""
         result: dict[str, Any] = {}
         try:
             async for attempt in AsyncRetrying(
@@ -253,7 +270,9 @@ class OpenAIBackend:
                 before_sleep=lambda s: log.debug("retrying: %s", s.outcome.exception()),
             ):
                 with attempt:
-                    result = await self._post_once(client, self._next_url() + path, body)
+                    first = url is not None and attempt.retry_state.attempt_number == 1
+                    result = await self._post_once(
+                        client, (url if first else self._next_url()) + path, body)
         except _Retryable as exc:
             raise TunewiseError(self._error(
                 exc.url, f"{exc.why}; gave up after {self.max_retries + 1} attempts"),
@@ -274,6 +293,9 @@ class OpenAIBackend:
                 async with sem:
                     return pos, await job(client)
 
+            self._free = asyncio.Queue()
+            for url in self.urls:
+                self._free.put_nowait(url)
             tasks = [asyncio.ensure_future(one(i, job)) for i, job in enumerate(jobs)]
             done: dict[int, Any] = {}
             try:
@@ -301,6 +323,17 @@ class OpenAIBackend:
         # sink (the store's connection belongs to this thread); the chunk stores them.
         with ThreadPoolExecutor(1) as pool:
             return pool.submit(asyncio.run, self._gather(jobs, None)).result()
+
+    @contextlib.asynccontextmanager
+    async def _server(self) -> AsyncIterator[str]:
+        """Hold one base URL for a job's requests (its prompt stays in that server's cache);
+        other jobs wait for a free one."""
+        assert self._free is not None
+        url = await self._free.get()
+        try:
+            yield url
+        finally:
+            self._free.put_nowait(url)
 
     def _get_sync(self) -> httpx.Client:
         if self._sync is None:
@@ -454,6 +487,9 @@ class OpenAIBackend:
         if "method" in self._features:
             return self._features["method"]
         method = self.score_method
+        if method == "forced" and self._tokenizer() is None:
+            raise TunewiseError("score_method forced needs backend.tokenizer (the token ids "
+                                "of each label)", field="backend.tokenizer")
         if method in ("auto", "logprob"):
             usable = self.exact_template() and self._echoes_logprobs()
             if method == "logprob" and not usable:
@@ -479,9 +515,14 @@ class OpenAIBackend:
         """Log-probability of each choice (see the module docstring for the two methods)."""
         if not prompts:
             return []
-        if self._resolve_method() == "logprob":
+        method = self._resolve_method()
+        if method == "logprob":
             eot = getattr(self._tokenizer(), "eos_token", None) or ""
+            eot = eot if self.score_end_of_turn else ""
             jobs = [self._logprob_job(self.render(p), opts, eot)
+                    for p, opts in zip(prompts, choices, strict=True)]
+        elif method == "forced":
+            jobs = [self._forced_job(self.render(p), opts)
                     for p, opts in zip(prompts, choices, strict=True)]
         else:
             jobs = [self._constrained_job(p, opts)
@@ -495,13 +536,17 @@ class OpenAIBackend:
         sizes = [self.count_tokens(text + c + eot) - n_prompt for c in opts]
 
         async def run(client: httpx.AsyncClient) -> Scored:
+            async with self._server() as url:
+                return await one_server(client, url)
+
+        async def one_server(client: httpx.AsyncClient, url: str) -> Scored:
             start = time.perf_counter()
             logps: list[float] = []
             for choice, n_choice in zip(opts, sizes, strict=True):  # in a row: prefix reuse
                 full = text + choice + eot
                 data = await self._post(client, "/completions", {
                     "model": self.model, "prompt": full, "max_tokens": 1, "temperature": 0,
-                    "echo": True, "logprobs": 1})
+                    "echo": True, "logprobs": 1}, url)
 
                 def read(d: dict[str, Any], full: str = full, n: int = n_choice) -> float:
                     try:
@@ -515,6 +560,42 @@ class OpenAIBackend:
             return Scored(logps, n_prompt, time.perf_counter() - start, method="logprob")
 
         return run
+
+    def _forced_job(self, text: str, opts: list[str]) -> Job:
+        tok = self._tokenizer()
+        ids = [tok(c, add_special_tokens=False).input_ids for c in opts]
+        n_prompt = self.count_tokens(text)
+
+        async def run(client: httpx.AsyncClient) -> Scored:
+            async with self._server() as url:
+                start = time.perf_counter()
+                logps = [await self._forced_logprob(client, url, text, c) for c in ids]
+            return Scored(logps, n_prompt, time.perf_counter() - start, method="forced")
+
+        return run
+
+    async def _forced_logprob(self, client: httpx.AsyncClient, url: str, text: str,
+                              ids: list[int]) -> float:
+        """Sum of the log-probs of ``ids`` after ``text``: the grammar makes the server
+        generate exactly these tokens; the log-probs it reports are the model's own."""
+        if not ids:
+            return 0.0
+        data = await self._post(client, "/completions", {
+            "model": self.model, "prompt": text, "max_tokens": len(ids), "temperature": 0,
+            "logprobs": 1, "grammar": token_grammar(ids)}, url)
+
+        def read(d: dict[str, Any]) -> float:
+            try:
+                lps = d["choices"][0]["logprobs"]["token_logprobs"]
+            except (KeyError, IndexError, TypeError) as exc:
+                raise ValueError(f"no log-probs ({exc}); is this a llama.cpp server?") from None
+            if len(lps) != len(ids) or any(x is None for x in lps):
+                raise ValueError(f"{len(lps)} log-probs for a {len(ids)}-token label; the "
+                                 "server ignored the token grammar (use score_method "
+                                 "constrained)")
+            return float(sum(lps))
+
+        return self._checked(read, data)
 
     def _constrained_job(self, prompt: Messages, opts: list[str]) -> Job:
         async def run(client: httpx.AsyncClient) -> Scored:

@@ -108,7 +108,8 @@ def load_tuned(ctx: RunContext, adapter: Any) -> Any:
     from tunewise.backends.local import LocalBackend
 
     base = local_backend(ctx)
-    backend = LocalBackend(base.name, batch_size=base.batch_size, adapter=adapter.path)
+    backend = LocalBackend(base.name, batch_size=base.batch_size, adapter=adapter.path,
+                           score_end_of_turn=base.score_end_of_turn)
     backend.model = backend.model.merge_and_unload().eval()
     return backend
 
