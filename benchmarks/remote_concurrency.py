@@ -131,8 +131,10 @@ def main() -> None:
     if os.environ.get("LLAMA_URLS"):
         urls = os.environ["LLAMA_URLS"].split(",")
     else:
+        # Generation only: no per-token logits (they cost time and ~0.8 GB per worker).
+        env = {**os.environ, "LLAMA_LOGITS_ALL": os.environ.get("LLAMA_LOGITS_ALL", "0")}
         out = subprocess.run(["bash", str(REPO / "scripts" / "llama_server.sh"), "start"],
-                             check=True, capture_output=True, text=True).stdout.split()
+                             check=True, capture_output=True, text=True, env=env).stdout.split()
         urls, pids = out[0::2], [int(p) for p in out[1::2]]
         started_here = True
     batch = prompts(args.calls)

@@ -12,7 +12,9 @@
 #                        with its own port; give tunewise all URLs for round-robin)
 #   LLAMA_THREADS        threads per worker (default: cores / workers, at least 1)
 #   LLAMA_CTX=4096       context window per worker
-#   LLAMA_LOGITS_ALL=0   1 enables echoed prompt log-probs (slow in llama-cpp-python)
+#   LLAMA_LOGITS_ALL=1   keep logits for every token: log-probs need it (score_method
+#                        forced or logprob); 0 for generation only (faster, ~0.8 GB less
+#                        per worker at LLAMA_CTX=4096)
 #   LLAMA_STATE          folder for pids, URLs and logs (default /tmp/tunewise-llama-server)
 #   LLAMA_WAIT=180       seconds to wait for health
 # Prints one "URL PID" line per worker; $LLAMA_STATE/urls lists the URLs, /url the first.
@@ -30,8 +32,8 @@ CORES="$(nproc 2>/dev/null || echo 2)"
 THREADS="${LLAMA_THREADS:-$(( CORES / WORKERS > 0 ? CORES / WORKERS : 1 ))}"
 CTX="${LLAMA_CTX:-4096}"
 WAIT="${LLAMA_WAIT:-180}"
-LOGITS_ALL=false
-[[ "${LLAMA_LOGITS_ALL:-0}" == "1" ]] && LOGITS_ALL=true
+LOGITS_ALL=true
+[[ "${LLAMA_LOGITS_ALL:-1}" == "0" ]] && LOGITS_ALL=false
 
 installed() { $PY -c "import llama_cpp.server.app" >/dev/null 2>&1; }
 

@@ -212,11 +212,11 @@ def test_score_by_forced_tokens_sums_their_logprobs_on_one_server_per_item() -> 
     for s in scored:
         assert s.method == "forced" and s.logprobs == pytest.approx(expected)
         assert s.prompt_tokens > 5
-    bodies = [x["body"] for x in a.seen + b.seen]
-    assert len(bodies) == 6 * len(LABELS)
+    bodies = [x["body"] for x in a.seen + b.seen if x["key"] != "Hello"]  # not the probe
+    assert len(bodies) == 6 * len(LABELS) and len(a.seen) + len(b.seen) == len(bodies) + 1
     assert {x["grammar"] for x in bodies} == {token_grammar(x) for x in ids}
     assert all(x["max_tokens"] == x["grammar"].count("<[") for x in bodies)
-    keys_a, keys_b = {x["key"] for x in a.seen}, {x["key"] for x in b.seen}
+    keys_a, keys_b = ({x["key"] for x in stub.seen if x["key"] != "Hello"} for stub in (a, b))
     assert keys_a and keys_b and not keys_a & keys_b  # each item stayed on one server
     assert backend.score_end_of_turn is False and "score=forced" in backend.id
 
@@ -226,9 +226,15 @@ def test_forced_scoring_needs_a_tokenizer_and_a_server_that_obeys_the_grammar() 
         with pytest.raises(TunewiseError, match="needs backend.tokenizer"):
             OpenAIBackend(spec(stub.url, score_method="forced")).score([chat("x")], [["a", "b"]])
         backend = OpenAIBackend(spec(stub.url, score_method="forced", tokenizer="smollm2-135m"))
-        with pytest.raises(TunewiseError, match="ignored the token grammar") as err:
+        with pytest.raises(TunewiseError, match="forced does not work here") as err:
             backend.score([chat("x")], [["play_music", "rate_book"]])
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and stub.url in str(err.value)
+    assert len(stub.seen) == 1  # the probe only: no item was sent, nothing retried
+    with StubServer(lambda key, n: "500") as stub:  # e.g. llama-cpp-python without logits_all
+        backend = OpenAIBackend(spec(stub.url, score_method="forced", tokenizer="smollm2-135m"))
+        with pytest.raises(TunewiseError, match="HTTP 500: scripted 500. llama-cpp-python"):
+            backend.score([chat("x")], [["play_music", "rate_book"]])
+    assert len(stub.seen) == 1
 
 
 def test_forced_scoring_turns_the_end_of_turn_term_off_on_every_backend() -> None:
@@ -328,6 +334,24 @@ def test_prompting_rungs_run_on_every_backend_side_by_side(make_task, runner) ->
     stored = {r["rung"] for r in Store().db.execute("SELECT DISTINCT rung FROM predictions")}
     assert stored == {"zero_shot", "system_prompt", "zero_shot@openai:stub",
                       "system_prompt@openai:stub"}
+    # The HTML report (and the web UI's run page, which shows the same body) has the table.
+    from fastapi.testclient import TestClient
+
+    from tunewise.report import build_report
+    from tunewise.web.app import create_app
+
+    data, html = build_report(Store(), result["run_id"])
+    assert [m["model"] for m in data["models"]["models"]] == ["dummy:smollm2-135m", "openai:stub"]
+    for row in data["models"]["rows"]:
+        name = row["rung"]
+        ours = next(r for r in result["rungs"] if r["name"] == name)
+        theirs = next(r for r in models[1]["rungs"] if r["name"] == name)
+        assert [c["value"] for c in row["cells"]] == [ours["value"], theirs["value"]]
+    page = TestClient(create_app()).get(f"/runs/{result['run_id']}").text
+    for doc in (html, page):
+        table = doc.split('id="models"', 1)[1].split("</table>", 1)[0]
+        assert "openai:stub" in table and table.count('<tr data-rung="') == 2
+        assert f"{models[1]['rungs'][1]['value']:.3f}" in table
 
 
 # ---- the real llama.cpp server -------------------------------------------------------------

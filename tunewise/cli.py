@@ -154,6 +154,11 @@ def results_table(result: dict[str, Any]) -> Table:
             f"{r['calls_made']}/{r['cache_hits']}",
         )
     table.caption = "* better than zero_shot (paired bootstrap p < 0.05)   ✓ meets the target"
+    from tunewise.report.data import label_only
+
+    if label_only(models):
+        table.caption += ("\nlabels scored without the end-of-turn token on every model (one "
+                          "scores with score_method forced)")
     return table
 
 

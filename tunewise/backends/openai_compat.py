@@ -165,6 +165,18 @@ def _message_text(data: dict[str, Any]) -> str:
         raise ValueError("no choices[0].message in the answer") from None
 
 
+def _detail(resp: httpx.Response) -> str:
+    """The server's own words on a refused request, on one short line (': ...')."""
+    try:
+        data = resp.json()
+        error = data.get("error", data) if isinstance(data, dict) else data
+        text = str(error.get("message", error) if isinstance(error, dict) else error)
+    except ValueError:
+        text = resp.text
+    text = " ".join(text.split())[:200]
+    return f": {text}" if text else ""
+
+
 def _cut(text: str, stop: list[str] | None) -> str:
     """Apply stop strings client-side too: some servers ignore ``stop``."""
     for s in stop or []:
@@ -248,11 +260,10 @@ class OpenAIBackend:
         code = resp.status_code
         if code in RETRY_STATUS or code >= 500:
             after = parse_retry_after(resp.headers.get("retry-after"))
-            raise _Retryable(url, f"HTTP {code}", after)
+            raise _Retryable(url, f"HTTP {code}{_detail(resp)}", after)
         if code >= 400:
-            detail = resp.text[:200].replace("\n", " ")
             hint = " (check the key)" if code in (401, 403) else ""
-            raise HTTPStatusError(self._error(url, f"HTTP {code}{hint}: {detail}"), code)
+            raise HTTPStatusError(self._error(url, f"HTTP {code}{hint}{_detail(resp)}"), code)
         try:
             return resp.json()
         except ValueError:
@@ -487,9 +498,8 @@ class OpenAIBackend:
         if "method" in self._features:
             return self._features["method"]
         method = self.score_method
-        if method == "forced" and self._tokenizer() is None:
-            raise TunewiseError("score_method forced needs backend.tokenizer (the token ids "
-                                "of each label)", field="backend.tokenizer")
+        if method == "forced":
+            self._probe_forced()
         if method in ("auto", "logprob"):
             usable = self.exact_template() and self._echoes_logprobs()
             if method == "logprob" and not usable:
@@ -500,6 +510,39 @@ class OpenAIBackend:
             method = "logprob" if usable else "constrained"
         self._features["method"] = method
         return method
+
+    def _probe_forced(self) -> None:
+        """One tiny forced completion, so a server that cannot do it fails at once, with
+        its reason, instead of after every retry of every item."""
+        tok = self._tokenizer()
+        if tok is None:
+            raise TunewiseError("score_method forced needs backend.tokenizer (the token ids "
+                                "of each label)", field="backend.tokenizer")
+        ids = tok("Yes, thank you", add_special_tokens=False).input_ids[:2]
+        url = self.urls[0]
+        why = ""
+        try:
+            resp = self._get_sync().post(url + "/completions", json={
+                "model": self.model, "prompt": "Hello", "max_tokens": len(ids), "temperature": 0,
+                "logprobs": 1, "grammar": token_grammar(ids)})
+        except httpx.HTTPError as exc:
+            why = f"no answer ({type(exc).__name__})"
+        else:
+            if resp.status_code != 200:
+                why = f"HTTP {resp.status_code}{_detail(resp)}"
+            else:
+                try:
+                    lps = resp.json()["choices"][0]["logprobs"]["token_logprobs"]
+                except (ValueError, KeyError, IndexError, TypeError):
+                    lps = None
+                if not isinstance(lps, list) or len(lps) != 2 or None in lps:
+                    why = ("it did not answer with the grammar's two tokens and their "
+                           "log-probs (not a llama.cpp server?)")
+        if why:
+            raise TunewiseError(self._error(
+                url, f"score_method forced does not work here: {why}. llama-cpp-python "
+                "needs --logits_all true (LLAMA_LOGITS_ALL=1 for scripts/llama_server.sh); "
+                "other servers: score_method constrained"), field="backend.score_method")
 
     def _echoes_logprobs(self) -> bool:
         data = self._try("/completions", {"model": self.model, "prompt": "Hello world",

@@ -86,6 +86,40 @@ def _rung_row(r: Mapping[str, Any], target: float, cost: Mapping[str, Any]) -> d
     return row
 
 
+def label_only(models: list[Mapping[str, Any]]) -> bool:
+    """Whether a side-by-side run scored labels without the end-of-turn token (backend ids
+    say so: ``:label-only`` or ``:score=forced``)."""
+    return any(":label-only" in str(m.get("backend")) or ":score=forced" in str(m.get("backend"))
+               for m in models)
+
+
+def models_side_by_side(result: Mapping[str, Any], target: float) -> dict[str, Any] | None:
+    """Prompt portability: each prompting rung that ran on several models, one column per
+    model (``result["models"]``: the first model's rungs are the run's own). None with one
+    model."""
+    models = [m for m in result.get("models") or [] if isinstance(m, Mapping)]
+    if len(models) < 2:
+        return None
+    per = [{r["name"]: r for r in result.get("rungs", [])}]
+    per += [{r["name"]: r for r in m.get("rungs") or []} for m in models[1:]]
+    names = [n for n in per[0] if any(n in p for p in per[1:])]
+    rows = []
+    for name in names:
+        cells = []
+        for p in per:
+            r = p.get(name)
+            if r is None or r.get("status", "done") != "done":
+                cells.append(None)
+                continue
+            vs = r.get("vs_zero_shot") or {}
+            cells.append({"value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                          "n": r.get("n"), "meets_target": r["value"] >= target,
+                          "diff": vs.get("diff"), "p_value": vs.get("p_value")})
+        rows.append({"rung": name, "cells": cells})
+    return {"models": [{"model": m.get("model"), "backend": m.get("backend")} for m in models],
+            "rows": rows, "label_only": label_only(models)}
+
+
 def calibration(rows: Iterable[Mapping[str, Any]], rungs: list[str]) -> dict[str, Any]:
     """Reliability bins per rung from the stored label probabilities (classification)."""
     conf: dict[str, list[float]] = {}
@@ -155,6 +189,7 @@ def report_data(result: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> dic
         "labels": result.get("labels"),
         "verdict": result.get("verdict") or {},
         "rungs": table,
+        "models": models_side_by_side(result, target),
         "cost": result.get("cost"),
         "cost_by_rung": cost,
         "learning_curves": curves,
