@@ -278,7 +278,8 @@ class OpenAIBackend:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.max_retries + 1), wait=self._wait,
                 retry=retry_if_exception_type(_Retryable), reraise=True,
-                before_sleep=lambda s: log.debug("retrying: %s", s.outcome.exception()),
+                before_sleep=lambda s: log.debug("retrying: %s",
+                                                 redact(str(s.outcome.exception()))),
             ):
                 with attempt:
                     first = url is not None and attempt.retry_state.attempt_number == 1
