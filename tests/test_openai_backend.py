@@ -230,6 +230,11 @@ def test_forced_scoring_needs_a_tokenizer_and_a_server_that_obeys_the_grammar() 
             backend.score([chat("x")], [["play_music", "rate_book"]])
     assert "\n" not in str(err.value) and stub.url in str(err.value)
     assert len(stub.seen) == 1  # the probe only: no item was sent, nothing retried
+    with StubServer() as stub:  # a grammar forcing <|im_end|> would abort llama.cpp
+        backend = OpenAIBackend(spec(stub.url, score_method="forced", tokenizer="smollm2-135m"))
+        with pytest.raises(TunewiseError, match="'done<.im_end.>' contains a special token"):
+            backend.score([chat("x")], [["play_music", "done<|im_end|>"]])
+    assert all("<[2]>" not in str(s["body"].get("grammar")) for s in stub.seen)
     with StubServer(lambda key, n: "500") as stub:  # e.g. llama-cpp-python without logits_all
         backend = OpenAIBackend(spec(stub.url, score_method="forced", tokenizer="smollm2-135m"))
         with pytest.raises(TunewiseError, match="HTTP 500: scripted 500. llama-cpp-python"):

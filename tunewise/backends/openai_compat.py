@@ -608,6 +608,12 @@ class OpenAIBackend:
     def _forced_job(self, text: str, opts: list[str]) -> Job:
         tok = self._tokenizer()
         ids = [tok(c, add_special_tokens=False).input_ids for c in opts]
+        special = set(tok.all_special_ids)
+        for choice, x in zip(opts, ids, strict=True):
+            if special & set(x):  # llama.cpp aborts on a grammar that forces a control token
+                raise TunewiseError(f"label {choice!r} contains a special token; score_method "
+                                    "forced cannot score it (use constrained)",
+                                    field="backend.score_method")
         n_prompt = self.count_tokens(text)
 
         async def run(client: httpx.AsyncClient) -> Scored:
