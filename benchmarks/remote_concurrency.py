@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import read_jsonl  # noqa: E402
+from _common import llama_servers, read_jsonl  # noqa: E402
 
 from tunewise.backends.base import CachedBackend
 from tunewise.backends.openai_compat import OpenAIBackend
@@ -126,55 +125,44 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args()
 
-    started_here = False
-    pids: list[int] = []
-    if os.environ.get("LLAMA_URLS"):
-        urls = os.environ["LLAMA_URLS"].split(",")
-    else:
-        # Generation only: no per-token logits (they cost time and ~0.8 GB per worker).
-        env = {**os.environ, "LLAMA_LOGITS_ALL": os.environ.get("LLAMA_LOGITS_ALL", "0")}
-        out = subprocess.run(["bash", str(REPO / "scripts" / "llama_server.sh"), "start"],
-                             check=True, capture_output=True, text=True, env=env).stdout.split()
-        urls, pids = out[0::2], [int(p) for p in out[1::2]]
-        started_here = True
+    with llama_servers(logits_all=False) as (urls, pids):
+        run(args, urls, pids)
+
+
+def run(args: argparse.Namespace, urls: list[str], pids: list[int]) -> None:
     batch = prompts(args.calls)
     print(f"{args.calls} generate calls, max_tokens {args.max_tokens}, "
           f"{len(urls)} server worker(s): {', '.join(urls)}  ({os.cpu_count()} cores)")
-    try:
-        rows = []
-        with tempfile.TemporaryDirectory() as tmp:
-            timed(urls, 2, prompts(4), 4, Store(Path(tmp) / "warm.db"))  # load, first eval
-            plan = [("concurrency 1, all workers", urls, 1),
-                    (f"concurrency {args.concurrency}, one worker", urls[:1], args.concurrency),
-                    (f"concurrency {args.concurrency}, all workers", urls, args.concurrency)]
-            store = None
-            for i, (name, where, conc) in enumerate(plan):
-                store = Store(Path(tmp) / f"s{i}.db")
-                used = cpu_s(pids)
-                secs, made = timed(where, conc, batch, args.max_tokens, store)
-                rows.append((name, secs, made, cpu_s(pids) - used))
-            secs, made = timed(urls, args.concurrency, batch, args.max_tokens, store)
-            rows.append(("re-run from cache", secs, made, 0.0))
-        base = rows[0][1]
-        print(f"{'run':<32} {'seconds':>8} {'req/s':>8} {'vs c=1':>8} {'calls made':>10} "
-              f"{'server cores busy':>17}")
-        for name, secs, made, cpu in rows:
-            busy = f"{cpu / secs:17.2f}" if pids else f"{'n/a':>17}"
-            print(f"{name:<32} {secs:8.2f} {args.calls / secs:8.1f} {base / secs:7.2f}x "
-                  f"{made:10d} {busy}")
-        print(f"re-run from cache took {100 * rows[3][1] / rows[2][1]:.2f}% of the first run "
-              f"at concurrency {args.concurrency} (goal < 5%)")
-        with tempfile.TemporaryDirectory() as tmp:
-            one, many = stub_ratio(batch, args.concurrency, tmp)
-        print(f"client ceiling, stub answering in {STUB_LATENCY_S * 1000:.0f} ms: "
-              f"{args.calls / one:.1f} req/s at 1, {args.calls / many:.1f} req/s at "
-              f"{args.concurrency} ({one / many:.2f}x)")
-        print(f"peak RSS: benchmark {rss_mb():.0f} MB"
-              + "".join(f", server {p} {rss_mb(p):.0f} MB" for p in pids))
-    finally:
-        if started_here:
-            subprocess.run(["bash", str(REPO / "scripts" / "llama_server.sh"), "stop"],
-                           check=False)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        timed(urls, 2, prompts(4), 4, Store(Path(tmp) / "warm.db"))  # load, first eval
+        plan = [("concurrency 1, all workers", urls, 1),
+                (f"concurrency {args.concurrency}, one worker", urls[:1], args.concurrency),
+                (f"concurrency {args.concurrency}, all workers", urls, args.concurrency)]
+        store = None
+        for i, (name, where, conc) in enumerate(plan):
+            store = Store(Path(tmp) / f"s{i}.db")
+            used = cpu_s(pids)
+            secs, made = timed(where, conc, batch, args.max_tokens, store)
+            rows.append((name, secs, made, cpu_s(pids) - used))
+        secs, made = timed(urls, args.concurrency, batch, args.max_tokens, store)
+        rows.append(("re-run from cache", secs, made, 0.0))
+    base = rows[0][1]
+    print(f"{'run':<32} {'seconds':>8} {'req/s':>8} {'vs c=1':>8} {'calls made':>10} "
+          f"{'server cores busy':>17}")
+    for name, secs, made, cpu in rows:
+        busy = f"{cpu / secs:17.2f}" if pids else f"{'n/a':>17}"
+        print(f"{name:<32} {secs:8.2f} {args.calls / secs:8.1f} {base / secs:7.2f}x "
+              f"{made:10d} {busy}")
+    print(f"re-run from cache took {100 * rows[3][1] / rows[2][1]:.2f}% of the first run "
+          f"at concurrency {args.concurrency} (goal < 5%)")
+    with tempfile.TemporaryDirectory() as tmp:
+        one, many = stub_ratio(batch, args.concurrency, tmp)
+    print(f"client ceiling, stub answering in {STUB_LATENCY_S * 1000:.0f} ms: "
+          f"{args.calls / one:.1f} req/s at 1, {args.calls / many:.1f} req/s at "
+          f"{args.concurrency} ({one / many:.2f}x)")
+    print(f"peak RSS: benchmark {rss_mb():.0f} MB"
+          + "".join(f", server {p} {rss_mb(p):.0f} MB" for p in pids))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, peak_rss_mib  # noqa: E402
+from _common import SHARED_DATA, llama_servers, peak_rss_mib  # noqa: E402
 
 from tunewise.backends.local import LocalBackend
 from tunewise.backends.openai_compat import OpenAIBackend
@@ -33,8 +32,6 @@ from tunewise.ladder import plan_run
 from tunewise.rungs.base import get_rung
 from tunewise.store import Store
 from tunewise.task import BackendSpec, load_task
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def prompts_and_items(tmp: Path, rung: str, n: int) -> tuple[list, list, list[str]]:
@@ -76,15 +73,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=40)
     parser.add_argument("--echo-items", type=int, default=3)
     args = parser.parse_args()
-    started_here = False
-    if os.environ.get("LLAMA_URLS"):
-        urls = os.environ["LLAMA_URLS"].split(",")
-    else:
-        env = {**os.environ, "LLAMA_LOGITS_ALL": "1"}
-        out = subprocess.run(["bash", str(REPO / "scripts" / "llama_server.sh"), "start"],
-                             check=True, capture_output=True, text=True, env=env).stdout.split()
-        urls, started_here = out[0::2], True
-    try:
+    with llama_servers(logits_all=True) as (urls, _):
         local = LocalBackend("smollm2-135m")
         bare = LocalBackend("smollm2-135m", score_end_of_turn=False)
 
@@ -117,10 +106,6 @@ def main() -> None:
         print("max gap: largest |log-prob difference| of one label (nats; Q4 server vs fp32); "
               "constrained gives 0 / -100 by design")
         print(f"peak RSS of this process: {peak_rss_mib():.0f} MiB")
-    finally:
-        if started_here:
-            subprocess.run(["bash", str(REPO / "scripts" / "llama_server.sh"), "stop"],
-                           check=False)
 
 
 if __name__ == "__main__":
