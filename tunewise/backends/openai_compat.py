@@ -165,6 +165,20 @@ def _message_text(data: dict[str, Any]) -> str:
         raise ValueError("no choices[0].message in the answer") from None
 
 
+def forced_logprobs(data: Any, n: int) -> list[float]:
+    """The ``n`` token log-probs of a token-grammar completion; ValueError when the answer
+    does not hold exactly ``n`` of them (the server ignored the grammar or gave none)."""
+    try:
+        lps = data["choices"][0]["logprobs"]["token_logprobs"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"no log-probs ({exc}); is this a llama.cpp server?") from None
+    if not isinstance(lps, list) or len(lps) != n or any(x is None for x in lps):
+        got = len(lps) if isinstance(lps, list) else 0
+        raise ValueError(f"{got} log-probs for {n} grammar-forced tokens; the server ignored "
+                         "the token grammar (use score_method constrained)")
+    return [float(x) for x in lps]
+
+
 def _detail(resp: httpx.Response) -> str:
     """The server's own words on a refused request, on one short line (': ...')."""
     try:
@@ -211,9 +225,12 @@ class OpenAIBackend:
                     "key in it", field="backend.api_key_env")
             register_secret(key)
             self._headers["Authorization"] = f"Bearer {key}"
+        self.score_end_of_turn = spec.score_end_of_turn
         self.id = f"openai:{self.model}:score={self.score_method}"
         if self.tokenizer_name:
             self.id += f":tok={self.tokenizer_name}"
+        if not self.score_end_of_turn and self.score_method != "forced":  # forced says so
+            self.id += ":label-only"
         self.id += f":{SCORING_VERSION}"
         self._rr = itertools.count()
         self._rr_lock = threading.Lock()
@@ -223,9 +240,6 @@ class OpenAIBackend:
         self._features: dict[str, Any] = {}  # probed once: tokenize, apply-template, ...
         self._grammar = True  # cleared when the server rejects the grammar parameter
         self._counts: dict[str, int] = {}
-        self.score_end_of_turn = spec.score_end_of_turn
-        if not self.score_end_of_turn and self.score_method != "forced":
-            self.id = self.id.replace(f":{SCORING_VERSION}", f":label-only:{SCORING_VERSION}")
         self._free: asyncio.Queue[str] | None = None  # servers not held by a scoring job
 
     # ---- plumbing ------------------------------------------------------------------
@@ -533,12 +547,9 @@ class OpenAIBackend:
                 why = f"HTTP {resp.status_code}{_detail(resp)}"
             else:
                 try:
-                    lps = resp.json()["choices"][0]["logprobs"]["token_logprobs"]
-                except (ValueError, KeyError, IndexError, TypeError):
-                    lps = None
-                if not isinstance(lps, list) or len(lps) != 2 or None in lps:
-                    why = ("it did not answer with the grammar's two tokens and their "
-                           "log-probs (not a llama.cpp server?)")
+                    forced_logprobs(resp.json(), len(ids))
+                except ValueError as exc:  # also a body that is not JSON
+                    why = str(exc)
         if why:
             raise TunewiseError(self._error(
                 url, f"score_method forced does not work here: {why}. llama-cpp-python "
@@ -566,7 +577,9 @@ class OpenAIBackend:
             jobs = [self._logprob_job(self.render(p), opts, eot)
                     for p, opts in zip(prompts, choices, strict=True)]
         elif method == "forced":
-            jobs = [self._forced_job(self.render(p), opts)
+            label_ids = {key: self._label_ids(list(key))
+                         for key in dict.fromkeys(map(tuple, choices))}  # once per label set
+            jobs = [self._forced_job(self.render(p), label_ids[tuple(opts)])
                     for p, opts in zip(prompts, choices, strict=True)]
         else:
             jobs = [self._constrained_job(p, opts)
@@ -605,7 +618,8 @@ class OpenAIBackend:
 
         return run
 
-    def _forced_job(self, text: str, opts: list[str]) -> Job:
+    def _label_ids(self, opts: list[str]) -> list[list[int]]:
+        """Token ids of each label as the forced grammar will spell them."""
         tok = self._tokenizer()
         ids = [tok(c, add_special_tokens=False).input_ids for c in opts]
         special = set(tok.all_special_ids)
@@ -614,6 +628,9 @@ class OpenAIBackend:
                 raise TunewiseError(f"label {choice!r} contains a special token; score_method "
                                     "forced cannot score it (use constrained)",
                                     field="backend.score_method")
+        return ids
+
+    def _forced_job(self, text: str, ids: list[list[int]]) -> Job:
         n_prompt = self.count_tokens(text)
 
         async def run(client: httpx.AsyncClient) -> Scored:
@@ -633,19 +650,7 @@ class OpenAIBackend:
         data = await self._post(client, "/completions", {
             "model": self.model, "prompt": text, "max_tokens": len(ids), "temperature": 0,
             "logprobs": 1, "grammar": token_grammar(ids)}, url)
-
-        def read(d: dict[str, Any]) -> float:
-            try:
-                lps = d["choices"][0]["logprobs"]["token_logprobs"]
-            except (KeyError, IndexError, TypeError) as exc:
-                raise ValueError(f"no log-probs ({exc}); is this a llama.cpp server?") from None
-            if len(lps) != len(ids) or any(x is None for x in lps):
-                raise ValueError(f"{len(lps)} log-probs for a {len(ids)}-token label; the "
-                                 "server ignored the token grammar (use score_method "
-                                 "constrained)")
-            return float(sum(lps))
-
-        return self._checked(read, data)
+        return sum(self._checked(lambda d: forced_logprobs(d, len(ids)), data))
 
     def _constrained_job(self, prompt: Messages, opts: list[str]) -> Job:
         async def run(client: httpx.AsyncClient) -> Scored:
