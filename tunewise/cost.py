@@ -139,8 +139,10 @@ def price_table(user_file: Path | None = None) -> dict[str, tuple[str, dict[str,
 
 
 def resolve_price(task: TaskSpec, name: str | None = None,
-                  user_file: Path | None = None) -> Price:
-    """The price entry a task uses, with ``cost.override`` applied and derived prices filled.
+                  user_file: Path | None = None, override: PriceFields | None = None
+                  ) -> Price:
+    """The price entry a task uses, with ``cost.override`` (or ``override``) applied and
+    derived prices filled.
 
     Raises:
         TunewiseError: unknown entry (with the closest name), or an entry that leaves the
@@ -162,7 +164,7 @@ def resolve_price(task: TaskSpec, name: str | None = None,
         raise TunewiseError(f"price entry '{name}': {where}: {err['msg']}",
                             path=user_file or task.cost.prices_file) from None
     fields = entry.model_dump()
-    fields.update(task.cost.override.model_dump(exclude_none=True))
+    fields.update((override or task.cost.override).model_dump(exclude_none=True))
     hourly = fields["compute_per_hour"]
     for price_key, speed_key in (("input_per_1m", "prefill_tokens_per_s"),
                                  ("output_per_1m", "decode_tokens_per_s")):
@@ -172,6 +174,17 @@ def resolve_price(task: TaskSpec, name: str | None = None,
             raise TunewiseError(f"price entry '{name}' gives no {price_key} (nor "
                                 f"compute_per_hour with {speed_key})", field="cost.price")
     return Price(name, as_of, PriceEntry.model_validate(fields))
+
+
+def model_price(task: TaskSpec, model: str | None = None, price_name: str | None = None
+                ) -> Price:
+    """The price of one of the task's models: its own ``price:`` entry and ``override``, or
+    (when it names none) ``price_name`` / ``cost.price`` with ``cost.override``."""
+    entries = task.model_entries()
+    spec = entries.get(model) if model else next(iter(entries.values()))
+    if spec is not None and spec.price:
+        return resolve_price(task, spec.price, override=spec.override)
+    return resolve_price(task, price_name)
 
 
 def format_usd(x: float) -> str:
@@ -220,6 +233,17 @@ def request_cost(tokens: dict[str, float], price: Price, tuned: bool = False
             "uncached_tokens": prompt - cached, "completion_tokens": completion}
 
 
+def measured_request_cost(rung: dict[str, Any], price: Price) -> float | None:
+    """USD of one request on a self-hosted machine: its $/hour over the throughput this
+    run measured (mean seconds per request x ``measured_time_scale``). None when the entry
+    is hosted or the rung has no measured mean latency."""
+    entry = price.entry
+    mean_ms = (rung.get("latency_ms") or {}).get("mean")
+    if entry.kind != "self_hosted" or not entry.compute_per_hour or not mean_ms:
+        return None
+    return float(mean_ms) / 1000 * entry.measured_time_scale * entry.compute_per_hour / 3600
+
+
 def training_tokens(rung: dict[str, Any], n_train: int) -> tuple[float, str]:
     """Tokens a hosted fine-tune would bill (x epochs), and how the figure was obtained."""
     info = rung.get("info") or {}
@@ -240,6 +264,9 @@ def rung_cost(rung: dict[str, Any], task: TaskSpec, price: Price, volume: int,
     tuned = family == "fine_tuning"
     req = request_cost(rung["tokens"], price, tuned)
     seconds = float(rung.get("upfront_s") or 0.0) * price.entry.measured_time_scale
+    served = measured_request_cost(rung, price)
+    if served is not None:
+        req = {**req, "usd": served, "measured_serving": True}
     parts = {"compute": 0.0, "training": 0.0, "data_prep": 0.0, "evaluation": 0.0}
     basis: list[str] = []
     hourly = price.entry.compute_per_hour
@@ -257,6 +284,9 @@ def rung_cost(rung: dict[str, Any], task: TaskSpec, price: Price, volume: int,
     if spec.count_eval_calls:
         parts["evaluation"] = eval_calls * req["usd"]
         basis.append(f"evaluation: {eval_calls} calls")
+    if req.get("measured_serving"):
+        basis.insert(0, f"serving: {rung['latency_ms']['mean']:.0f} ms/request measured x "
+                        f"{price.entry.measured_time_scale:g} at ${hourly}/h")
     maintenance = 0.0
     if tuned and spec.retrain_every_days:
         maintenance = (parts["training"] + parts["compute"]) / spec.retrain_every_days
@@ -306,7 +336,7 @@ def summarize(result: dict[str, Any], task: TaskSpec, *, volume: int | None = No
     Break-even compares the rungs that meet the target; when fewer than two do, it
     compares the best rungs instead and says so in ``basis``, so a table is always there.
     """
-    price = resolve_price(task, price_name)
+    price = model_price(task, result.get("model"), price_name)
     volume = task.volume.requests_per_day if volume is None else volume
     target = task.target
     n_train = int((result.get("split") or {}).get("train", 0) or 0)
@@ -360,7 +390,7 @@ def estimate_run(plan: Plan) -> dict[str, Any]:
 
     task, ctx = plan.task, plan.ctx
     backend = ctx.backend
-    price = resolve_price(task)
+    price = model_price(task)
     sample = ctx.split.test[:20]
     query = _mean_tokens(backend, [backend.render([{"role": "user", "content": e.input}])
                                    for e in sample])
@@ -385,7 +415,7 @@ def estimate_run(plan: Plan) -> dict[str, Any]:
     n_train = len(ctx.split.train)
     rungs: dict[str, dict[str, float]] = {}
     for name in plan.rungs:
-        calls = estimate_calls(replace(plan, rungs=[name]))
+        calls = estimate_calls(replace(plan, rungs=[name], models=[]))
         tokens = {"prompt_mean": prompt.get(name, query + system), "completion_mean": completion}
         tuned = name.startswith("lora")
         usd = calls * request_cost(tokens, price, tuned)["usd"]

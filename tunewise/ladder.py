@@ -31,7 +31,7 @@ from tunewise.errors import BudgetExceeded
 from tunewise.evaluate import compare, evaluate, expected_calibration_error
 from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable, get_rung
 from tunewise.store import Store
-from tunewise.task import RUNG_ORDER, TaskSpec
+from tunewise.task import RUNG_ORDER, ModelSpec, TaskSpec
 
 
 @dataclass
@@ -45,60 +45,105 @@ class Hooks:
 
 
 @dataclass
+class ModelPlan:
+    """One model of the task: its context (backend, shots, adapters) and the rungs it can
+    serve; a cell is one of these rungs on this model."""
+
+    name: str
+    spec: ModelSpec
+    ctx: RunContext
+    rungs: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+    tag: str = ""  # suffix of its rung names in the store ("" for the first model)
+
+
+@dataclass
 class Plan:
-    """A loaded task ready to run: data, split, checks and the rungs to climb."""
+    """A loaded task ready to run: data, split, checks and the rungs to climb.
+
+    ``ctx``, ``rungs`` and ``skipped`` are the first model's; ``models`` holds every model
+    (the first included), so a one-model task reads exactly as before.
+    """
 
     task: TaskSpec
     ctx: RunContext
     report: DataReport
     rungs: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
+    models: list[ModelPlan] = field(default_factory=list)
 
 
 def default_rungs(task: TaskSpec) -> list[str]:
-    """Every rung in ladder order (requirements are checked per rung later)."""
-    return [r for r in RUNG_ORDER if r in (task.rungs or RUNG_ORDER)]
+    """Every rung in ladder order (requirements are checked per rung later). ``distill``
+    is in the default only when the task has a second model to teach it."""
+    names = [r for r in RUNG_ORDER if r in (task.rungs or RUNG_ORDER)]
+    if task.rungs is None and len(task.model_entries()) < 2:
+        names.remove("distill")
+    return names
+
+
+def _serves(ctx: RunContext, report: DataReport, name: str) -> str | None:
+    """Why this rung cannot run on this context's model (None when it can)."""
+    try:
+        return report.rung_blocks.get(name) or get_rung(name).requires(ctx)
+    except RungUnavailable as exc:
+        return exc.message
 
 
 def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
              run_id: str = "", out_dir: Path | None = None,
-             rungs: list[str] | None = None) -> Plan:
-    """Load data, split it, check it, and decide which rungs can run (no model calls)."""
+             rungs: list[str] | None = None,
+             backends: dict[str, Backend] | None = None) -> Plan:
+    """Load data, split it, check it, and decide which rungs run on which model (no model
+    calls). ``backend`` replaces the first model's backend, ``backends`` any model's by
+    name (tests pass dummies)."""
     examples = load_examples(task)
     split = make_split(examples, task)
     report = check_data(examples, split, task)
     corpus = load_corpus(task)
     labels = task_labels(task, examples) if task.kind == "classification" else None
-    inner = backend or make_backend(task.backend)
-    ctx = RunContext(
-        task=task, examples=examples, split=split, labels=labels,
-        backend=CachedBackend(inner, store, run_id or None), store=store,
-        run_id=run_id, work_dir=out_dir or Path("runs") / (run_id or "preview"),
-        corpus=corpus,
-    )
     wanted = rungs or default_rungs(task)
-    chosen, skipped = [], {}
-    for name in wanted:
-        try:
-            reason = report.rung_blocks.get(name) or get_rung(name).requires(ctx)
-        except RungUnavailable as exc:
-            reason = exc.message
-        if reason:
-            skipped[name] = reason
-        else:
-            chosen.append(name)
-    return Plan(task, ctx, report, chosen, skipped)
+    peers: dict[str, RunContext] = {}
+    models: list[ModelPlan] = []
+    for i, (name, spec) in enumerate(task.model_entries().items()):
+        inner = (backends or {}).get(name) or (backend if i == 0 else None) \
+            or make_backend(spec.backend_spec())
+        sub_task = task if i == 0 else task.model_copy(update={"backend": spec.backend_spec()})
+        ctx = RunContext(
+            task=sub_task, examples=examples, split=split, labels=labels,
+            backend=CachedBackend(inner, store, run_id or None), store=store,
+            run_id=run_id, work_dir=out_dir or Path("runs") / (run_id or "preview"),
+            corpus=corpus, model=name, peers=peers,
+        )
+        if models:  # one embedder for every model: retrieval does not depend on the LLM
+            ctx.shared = {k: v for k, v in models[0].ctx.shared.items() if k == "embedder"}
+        peers[name] = ctx
+        chosen, skipped = [], {}
+        for rung in wanted:
+            if spec.rungs is not None and rung not in spec.rungs:
+                continue
+            reason = _serves(ctx, report, rung)
+            if reason:
+                skipped[rung] = reason
+            else:
+                chosen.append(rung)
+        models.append(ModelPlan(name, spec, ctx, chosen, skipped, "" if i == 0 else f"@{name}"))
+    first = models[0]
+    return Plan(task, first.ctx, report, first.rungs, first.skipped, models)
 
 
 def estimate_calls(plan: Plan) -> int:
-    """Model calls: test items per rung, plus every dev pass few_shot_best makes to choose."""
+    """Model calls: test items per cell, plus every dev pass few_shot_best makes to choose
+    (and, for distill, the teacher's labels)."""
     n_test, n_dev = len(plan.ctx.split.test), len(plan.ctx.split.dev)
+    n_train = len(plan.ctx.split.train)
     total = 0
-    copies = len(plan.task.backends or [None])  # prompting rungs run on every backend
-    for name in plan.rungs:
-        per = n_test + (n_dev * plan.task.few_shot.best_candidates
-                        if name == "few_shot_best" else 0)
-        total += per * (copies if FAMILY[name] == "prompting" else 1)
+    rung_lists = [m.rungs for m in plan.models[1:]] if len(plan.models) > 1 else []
+    for names in [plan.rungs, *rung_lists]:
+        for name in names:
+            total += n_test + (n_dev * plan.task.few_shot.best_candidates
+                               if name == "few_shot_best" else 0)
+            total += n_train if name == "distill" else 0
     return total
 
 
@@ -172,6 +217,7 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
             "shared_prefix": shared,
         },
         "latency_ms": {
+            "mean": float(np.mean([p.latency_s * 1000 for p in preds])) if preds else 0.0,
             "p50": _percentile([p.latency_s * 1000 for p in preds], 50),
             "p95": _percentile([p.latency_s * 1000 for p in preds], 95),
         },
@@ -204,45 +250,43 @@ def meets_target(result: dict[str, Any], target: float) -> bool:
 
 
 def model_labels(task: TaskSpec) -> list[str]:
-    """``kind:model`` of each backend in ``task.backends``, made unique with ``#n``."""
-    labels = [f"{s.kind}:{s.model}" for s in task.backends or [task.backend]]
-    return [x if labels.count(x) == 1 else f"{x}#{i + 1}" for i, x in enumerate(labels)]
+    """Names of the task's models (``models:`` keys, else ``kind:model`` of each backend)."""
+    return list(task.model_entries())
 
 
-def run_other_backends(plan: Plan, results: list[dict[str, Any]], hooks: Hooks
-                       ) -> list[dict[str, Any]]:
-    """Prompt portability: the prompting rungs that ran, again on each further backend.
-
-    Same split, same prompt templates; each backend chooses its own shots where a rung
-    selects them. These results are kept apart from ``rungs`` (the verdict and costs are
-    the first backend's) and stored as ``rung@model``. Empty with a single backend.
-    """
-    specs = (plan.task.backends or [])[1:]
-    names = [r["name"] for r in results
-             if r.get("status") == "done" and FAMILY.get(r["name"]) == "prompting"]
-    if not specs or not names:
-        return []
-    labels = model_labels(plan.task)
-    out: list[dict[str, Any]] = [{"model": labels[0], "backend": plan.ctx.backend.id}]
-    for label, spec in zip(labels[1:], specs, strict=True):
-        sub_task = plan.task.model_copy(update={"backend": spec})
-        backend = CachedBackend(make_backend(spec), plan.ctx.store, plan.ctx.run_id)
-        ctx = replace(plan.ctx, task=sub_task, backend=backend, shared=dict(plan.ctx.shared))
-        sub = replace(plan, task=sub_task, ctx=ctx)
-        rungs: list[dict[str, Any]] = []
-        baseline: list[float] | None = None
-        for name in names:
-            result, per = run_rung(sub, name, hooks, baseline, tag=f"@{label}")
-            result["model"] = label
-            rungs.append(result)
-            hooks.end_rung(result)
-            if name == "zero_shot":
-                baseline = per
-        out.append({"model": label, "backend": backend.id, "rungs": rungs})
-    return out
+def climb(plan: Plan, model: ModelPlan, names: list[str], hooks: Hooks, climb_all: bool
+          ) -> list[dict[str, Any]]:
+    """One model's ladder: its rungs cheapest first, stopping at the first that meets the
+    target (unless ``climb_all``); rungs it cannot serve are listed as skipped."""
+    sub = replace(plan, task=model.ctx.task, ctx=model.ctx)
+    results: list[dict[str, Any]] = []
+    baseline: list[float] | None = None
+    stopped_at: str | None = None
+    for name in names:
+        if model.spec.rungs is not None and name not in model.spec.rungs:
+            continue
+        if name in model.skipped:
+            results.append({"name": name, "family": FAMILY[name], "status": "skipped",
+                            "reason": model.skipped[name]})
+            continue
+        if stopped_at and not climb_all:
+            results.append({"name": name, "family": FAMILY[name], "status": "not_needed",
+                            "reason": f"{stopped_at} already meets the target"})
+            continue
+        result, per = run_rung(sub, name, hooks, baseline, tag=model.tag)
+        if model.tag:
+            result["model"] = model.name
+        results.append(result)
+        hooks.end_rung(result)
+        if name == "zero_shot" and per is not None:
+            baseline = per
+        if per is not None and meets_target(result, plan.task.target) and not stopped_at:
+            stopped_at = name
+    return results
 
 
 def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
+               backends: dict[str, Backend] | None = None,
                hooks: Hooks | None = None, out_dir: Path | None = None,
                climb_all: bool = False, rungs: list[str] | None = None,
                allow_unseen_labels: bool = False) -> dict[str, Any]:
@@ -251,7 +295,8 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     Args:
         task: the loaded task.
         store: where calls, predictions and results go.
-        backend: a ready backend (tests pass a dummy); default from the task.
+        backend: a ready backend for the first model (tests pass a dummy).
+        backends: ready backends by model name (default: built from the task).
         hooks: progress callbacks.
         out_dir: where ``result.json`` and run artefacts go (default ``runs/RUN_ID``).
         climb_all: run every rung even after one meets the target (for comparisons).
@@ -259,7 +304,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         allow_unseen_labels: score even when a test label never occurs in train.
     """
     hooks = hooks or Hooks()
-    plan = plan_run(task, store, backend, rungs=rungs)
+    plan = plan_run(task, store, backend, rungs=rungs, backends=backends)
     if not allow_unseen_labels:
         require_seen_labels(plan.report, task)
     for note in plan.report.notes:
@@ -270,28 +315,14 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
                               plan.ctx.split.ids())
     out_dir = Path(out_dir) if out_dir else Path("runs") / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan.ctx.run_id, plan.ctx.work_dir = run_id, out_dir
-    plan.ctx.backend = CachedBackend(plan.ctx.backend.inner, store, run_id)
-    plan.ctx.log = hooks.log
-    results: list[dict[str, Any]] = []
-    baseline: list[float] | None = None
-    stopped_at: str | None = None
-    for name in default_rungs(task) if rungs is None else rungs:
-        if name in plan.skipped:
-            results.append({"name": name, "family": FAMILY[name], "status": "skipped",
-                            "reason": plan.skipped[name]})
-            continue
-        if stopped_at and not climb_all:
-            results.append({"name": name, "family": FAMILY[name], "status": "not_needed",
-                            "reason": f"{stopped_at} already meets the target"})
-            continue
-        result, per = run_rung(plan, name, hooks, baseline)
-        results.append(result)
-        hooks.end_rung(result)
-        if name == "zero_shot" and per is not None:
-            baseline = per
-        if per is not None and meets_target(result, task.target) and not stopped_at:
-            stopped_at = name
+    for model in plan.models:
+        model.ctx.run_id, model.ctx.work_dir = run_id, out_dir
+        model.ctx.backend = CachedBackend(model.ctx.backend.inner, store, run_id)
+        model.ctx.log = hooks.log
+    plan.ctx = plan.models[0].ctx
+    names = default_rungs(task) if rungs is None else rungs
+    per_model = [climb(plan, model, names, hooks, climb_all) for model in plan.models]
+    results = per_model[0]
     from tunewise.verdict import decide
 
     result = {
@@ -302,14 +333,17 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
                  "requests_per_day": task.volume.requests_per_day,
                  "latency_ms": task.latency_ms},
         "backend": plan.ctx.backend.id,
+        "model": plan.models[0].name,
         "data": plan.report.to_dict(),
         "split": {"seed": task.split.seed, **plan.report.sizes},
         "labels": plan.ctx.labels,
         "rungs": results,
     }
-    models = run_other_backends(plan, results, hooks)
-    if models:
-        result["models"] = models
+    if len(plan.models) > 1:  # the first model's rungs are the run's own ``rungs``
+        result["models"] = [
+            {"model": m.name, "backend": m.ctx.backend.id, "price": m.spec.price,
+             **({"rungs": per_model[i]} if i else {})}
+            for i, m in enumerate(plan.models)]
     from tunewise.training.checks import after_ladder, verdict_notes
 
     result.update(after_ladder(plan.ctx, results))  # learning curve, forgetting (lora only)
@@ -323,6 +357,9 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     result["cost"] = summarize(result, task)
     result["verdict"] = decide(result, task, store)
     result["verdict"].setdefault("reasons", []).extend(verdict_notes(result))
+    from tunewise.cells import add_cells
+
+    add_cells(result, task, store)  # cells, cost matrix, verdict across models
     store.finish_run(run_id, result)
     (out_dir / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     result["result_path"] = str(out_dir / "result.json")

@@ -36,10 +36,12 @@ RungName = Literal[
     "few_shot_best",
     "rag",
     "lora",
+    "distill",
     "lora_rag",
     "lora_system_prompt",
 ]
 RUNG_ORDER: tuple[str, ...] = RungName.__args__  # type: ignore[attr-defined]
+FINE_TUNING: tuple[str, ...] = ("lora", "distill", "lora_rag", "lora_system_prompt")
 
 DEFAULT_METRIC: dict[str, str] = {
     "classification": "accuracy",
@@ -314,6 +316,54 @@ class CostSpec(Strict):
     )
 
 
+class ModelSpec(BackendSpec):
+    """One model of ``models:``: where it runs (the backend keys) and what it costs."""
+
+    price: str | None = Field(
+        None, description="Price-table entry of this model (default: cost.price)."
+    )
+    override: PriceFields = Field(
+        default_factory=PriceFields, description="Per-field overrides of this model's entry."
+    )
+    rungs: list[RungName] | None = Field(
+        None, description="Only these rungs on this model (default: every rung of the task "
+        "the model can serve; fine-tuning needs a local model).",
+    )
+
+    @model_validator(mode="after")
+    def _can_train(self) -> ModelSpec:
+        tuned = [r for r in self.rungs or [] if r in FINE_TUNING]
+        if tuned and self.kind != "local":
+            raise ValueError(f"{tuned[0]} needs the model's weights (kind: local); a model "
+                             f"of kind {self.kind} can only be prompted: drop it from rungs")
+        return self
+
+    def backend_spec(self) -> BackendSpec:
+        """The backend part alone (what ``make_backend`` builds)."""
+        return BackendSpec.model_validate(self.model_dump(include=set(BackendSpec.model_fields)))
+
+
+class UnlabelledSpec(Strict):
+    """Inputs without outputs: more for the distill rung's teacher to label."""
+
+    path: Path = Field(description="JSONL or CSV file of inputs, relative to the task file.")
+    input: str = Field("input", description="Field (column) holding the model input.")
+
+
+class DistillSpec(Strict):
+    """The distill rung: a large model's answers train a small model (LoRA)."""
+
+    teacher: str | None = Field(
+        None, description="Name of the model in models: whose best prompting rung (on dev) "
+        "labels the training inputs; default: the model, other than the student, whose best "
+        "prompting rung scores highest on the test split's neighbour, the dev split.",
+    )
+    rungs: list[RungName] | None = Field(
+        None, description="Teacher rungs to choose from (default: the prompting rungs of the "
+        "task).",
+    )
+
+
 class FewShotSpec(Strict):
     """How many examples the few-shot rungs put in the prompt."""
 
@@ -422,6 +472,19 @@ class TaskSpec(Strict):
         description="Instead of backend: several models compared side by side. The first "
         "runs the whole ladder; the prompting rungs also run on each of the others.",
     )
+    models: dict[str, ModelSpec] | None = Field(
+        None, min_length=1,
+        description="Instead of backend: named models, each a backend plus its own price "
+        "entry. Every rung runs on every model that can serve it; the verdict picks the "
+        "cheapest (rung, model) cell that meets the target.",
+    )
+    unlabelled: UnlabelledSpec | None = Field(
+        None, description="Optional inputs without outputs; the distill rung's teacher labels "
+        "them too.",
+    )
+    distill: DistillSpec = Field(
+        default_factory=DistillSpec, description="Distillation (the distill rung)."
+    )
     rungs: list[RungName] | None = Field(
         None, description="Rungs to climb, cheapest first; default: every rung that applies."
     )
@@ -444,9 +507,33 @@ class TaskSpec(Strict):
         if self.backends:
             if "backend" in self.model_fields_set:
                 raise ValueError("give either backend or backends, not both")
+            if self.models:
+                raise ValueError("give either models or backends, not both (models: "
+                                 "{name: {kind: ..., model: ..., price: ...}} replaces backends)")
             object.__setattr__(self, "backend", self.backends[0])
             _one_scoring_rule(self.backends)
+        if self.models:
+            if "backend" in self.model_fields_set:
+                raise ValueError("give either backend or models, not both (put the backend "
+                                 "under models: as one named model)")
+            specs = list(self.models.values())
+            _one_scoring_rule(specs)
+            object.__setattr__(self, "backend", specs[0].backend_spec())
         return self
+
+    def model_entries(self) -> dict[str, ModelSpec]:
+        """Every model of the task by name, the first one leading the ladder.
+
+        ``models:`` as written; ``backends:`` named ``kind:model``; a lone ``backend:`` is one
+        model named the same way. Each entry's price defaults to ``cost.price``.
+        """
+        if self.models:
+            return dict(self.models)
+        specs = self.backends or [self.backend]
+        labels = [f"{s.kind}:{s.model}" for s in specs]
+        labels = [x if labels.count(x) == 1 else f"{x}#{i + 1}" for i, x in enumerate(labels)]
+        return {label: ModelSpec.model_validate(s.model_dump())
+                for label, s in zip(labels, specs, strict=True)}
 
     # Set by load_task / parse_task: the file this spec came from and its YAML node tree
     # (not part of the YAML), so errors found later can still name the line.
@@ -574,7 +661,37 @@ def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
             _explain(err), path=path, line=_node_line(root, loc), field=field
         ) from None
     spec._yaml = root
+    _check_model_names(spec, path)
     return spec
+
+
+def _check_model_names(spec: TaskSpec, path: Path) -> None:
+    """Model names used elsewhere in the task must be defined under ``models:``."""
+    teacher = spec.distill.teacher
+    names = list(spec.model_entries())
+    if teacher is not None and teacher not in names:
+        close = difflib.get_close_matches(teacher, names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise TunewiseError(f"model '{teacher}' is not defined{hint}; models: "
+                            f"{', '.join(names)}", path=path,
+                            line=spec.line_of("distill.teacher"), field="distill.teacher")
+
+
+def check_prices(spec: TaskSpec) -> None:
+    """Every model's price entry exists in the price table (error names the line)."""
+    from tunewise.cost import price_table
+
+    table = price_table(spec.cost.prices_file)
+    for name, model in spec.model_entries().items():
+        entry = model.price or spec.cost.price
+        if entry in table:
+            continue
+        field = f"models.{name}.price" if model.price else "cost.price"
+        close = difflib.get_close_matches(entry, list(table), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise TunewiseError(f"unknown price entry '{entry}'{hint}; valid names: "
+                            f"{', '.join(sorted(table))}", path=spec.source,
+                            line=spec.line_of(field), field=field)
 
 
 def load_task(path: str | Path) -> TaskSpec:
@@ -591,5 +708,8 @@ def load_task(path: str | Path) -> TaskSpec:
         spec.cost.prices_file = (base / spec.cost.prices_file).resolve()
     if spec.lora.general is not None:
         spec.lora.general = (base / spec.lora.general).resolve()
+    if spec.unlabelled is not None:
+        spec.unlabelled.path = (base / spec.unlabelled.path).resolve()
     spec._source = path.resolve()
+    check_prices(spec)
     return spec

@@ -30,13 +30,15 @@ REGISTRY: dict[str, str] = {
     "few_shot_best": "tunewise.rungs.few_shot:FewShotBest",
     "rag": "tunewise.rungs.rag:Rag",
     "lora": "tunewise.rungs.lora:Lora",
+    "distill": "tunewise.rungs.distill:Distill",
     "lora_rag": "tunewise.rungs.lora:LoraRag",
     "lora_system_prompt": "tunewise.rungs.lora:LoraSystemPrompt",
 }
 FAMILY: dict[str, str] = {
     "zero_shot": "prompting", "system_prompt": "prompting", "few_shot_random": "prompting",
     "few_shot_knn": "prompting", "few_shot_best": "prompting", "rag": "retrieval",
-    "lora": "fine_tuning", "lora_rag": "fine_tuning", "lora_system_prompt": "fine_tuning",
+    "lora": "fine_tuning", "distill": "fine_tuning", "lora_rag": "fine_tuning",
+    "lora_system_prompt": "fine_tuning",
 }
 
 
@@ -69,6 +71,8 @@ class RunContext:
     corpus: list[Document] = field(default_factory=list)
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
     shared: dict[str, Any] = field(default_factory=dict)  # lazily built helpers (embedder)
+    model: str = ""  # name of the model (task.models) this context runs on
+    peers: dict[str, RunContext] = field(default_factory=dict)  # every model's context, by name
 
 
 @dataclass
