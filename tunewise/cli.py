@@ -17,6 +17,7 @@ import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from tunewise.errors import TunewiseError, redact
@@ -131,7 +132,8 @@ def results_table(result: dict[str, Any]) -> Table:
         for r in m["rungs"]:
             others.setdefault(r["name"], []).append((m["model"], r))
     rows = [(models[0]["model"] if models else "", r) for r in result["rungs"]]
-    rows = [row for main in rows for row in [main, *others.get(main[1]["name"], [])]]
+    rows = [row for main in rows for row in [main, *others.pop(main[1]["name"], [])]]
+    rows += [row for extra in others.values() for row in extra]  # not asked of the first
     for col in ("score (95% CI)", "vs zero-shot", "ECE", "tokens in/out", "ms p50/p95",
                 "calls/cached"):
         table.add_column(col, justify="right")
@@ -427,6 +429,34 @@ def cost_tables(cost: dict[str, Any]) -> list[Table]:
     return [per, pairs]
 
 
+def matrix_tables(cells: list[dict[str, Any]], matrix: dict[str, Any]) -> list[Table]:
+    """Every (rung, model) cell with its own model's cost, and break-even across cells."""
+    from tunewise.cost import format_days, format_usd
+
+    volume, horizon = matrix["requests_per_day"], matrix["horizon_days"]
+    per = Table(title=f"Cells (rung x model) at {volume:,} requests/day, total over "
+                      f"{horizon:g} days")
+    for col in ("rung", "model", "price"):
+        per.add_column(col, no_wrap=True)
+    for col in ("score", "meets", "per 1k req", "per day", "upfront", "total"):
+        per.add_column(col, justify="right")
+    for c in cells:
+        k = c["cost"]
+        per.add_row(Text(c["rung"]), Text(c["model"]), Text(k["price"]), f"{c['value']:.3f}",
+                    "yes" if c["meets_target"] else "no",
+                    format_usd(k["per_request_usd"] * 1000), format_usd(k["daily_usd"]),
+                    format_usd(k["upfront_usd"]), format_usd(k["total_usd"]))
+    be = matrix["break_even"]
+    pairs = Table(title=f"Break-even across cells ({be['basis']})")
+    for col in ("cheaper upfront", "vs", "extra upfront", "saves/day", "break-even"):
+        pairs.add_column(col)
+    for p in be["pairs"]:
+        pairs.add_row(Text(p["a"]), Text(p["b"]), format_usd(p["extra_upfront"]),
+                      format_usd(p["daily_saving"]) if p["daily_saving"] > 0 else "-",
+                      format_days(p["days"]))
+    return [per, pairs]
+
+
 def print_cost(result: dict[str, Any]) -> None:
     """The cost and break-even tables of a result, when it has a cost section."""
     cost = result.get("cost")
@@ -434,6 +464,10 @@ def print_cost(result: dict[str, Any]) -> None:
         return
     for table in cost_tables(cost):
         console.print(table)
+    cells = result.get("cells") or []
+    if len({c["model"] for c in cells}) > 1 and cost.get("matrix"):
+        for table in matrix_tables(cells, cost["matrix"]):
+            console.print(table)
 
 
 def _finished_run(task: Any, run_id: str | None) -> dict[str, Any] | None:
@@ -477,6 +511,10 @@ def cost_cmd(
         raise TunewiseError("no finished run of this task in the store; run it first "
                             "(tunewise run TASK)", path=spec.source)
     cost = summarize(result, spec, volume=volume, price_name=price)
+    from tunewise.cells import build_cells, matrix_cost
+
+    cells = build_cells(result, spec, volume=volume, price_name=price)
+    cost["matrix"] = matrix_cost(cells, spec, volume)
     if as_json:
         print(json.dumps(cost, indent=2))
         return
@@ -486,6 +524,9 @@ def cost_cmd(
         console.print(table)
     for pair in cost["break_even"]["pairs"]:
         console.print(f"  • {pair['text']}")
+    if len({c["model"] for c in cells}) > 1:
+        for table in matrix_tables(cells, cost["matrix"]):
+            console.print(table)
 
 
 def print_advice(advice: Any) -> None:

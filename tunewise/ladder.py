@@ -102,6 +102,12 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
     report = check_data(examples, split, task)
     corpus = load_corpus(task)
     labels = task_labels(task, examples) if task.kind == "classification" else None
+    if task.unlabelled is not None:
+        from tunewise.rungs.distill import unlabelled_inputs
+
+        warning = unlabelled_inputs(task)[1]
+        if warning and warning not in report.notes:
+            report.notes.append(warning)
     wanted = rungs or default_rungs(task)
     peers: dict[str, RunContext] = {}
     models: list[ModelPlan] = []

@@ -23,7 +23,7 @@ from tunewise.errors import TunewiseError
 from tunewise.prompts import build_messages
 from tunewise.rungs.base import Prepared, PromptRung, RunContext, RungUnavailable, get_rung
 
-FINE_TUNING_RUNGS = ("lora", "lora_rag", "lora_system_prompt")
+FINE_TUNING_RUNGS = ("lora", "distill", "lora_rag", "lora_system_prompt")
 
 
 def local_backend(ctx: RunContext) -> Any | None:
@@ -162,10 +162,14 @@ class Lora(PromptRung):
         """How this rung prompts the tuned model."""
         return train_prompt(ctx, ex)
 
+    def tuned(self, ctx: RunContext) -> Tuned:
+        """The tuned model this rung answers with (``distill`` trains another)."""
+        return tuned_model(ctx)
+
     def prepare(self, ctx: RunContext) -> Prepared:
         from tunewise.training.adapters import copy_adapter
 
-        tuned = tuned_model(ctx)
+        tuned = self.tuned(ctx)
         info = tuned.info()
         if ctx.run_id:  # a real run keeps its own copy of the adapter and training log
             info["run_adapter_path"] = str(copy_adapter(tuned.adapter,
