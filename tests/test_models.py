@@ -224,3 +224,92 @@ def test_cost_command_reprices_the_matrix_without_model_calls(make_task, runner)
         assert new["daily_usd"] == pytest.approx(20000 * new["per_request_usd"]
                                                  + new["maintenance_per_day_usd"])
     assert matrix["requests_per_day"] == 20000
+
+
+# ---- distillation ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_training(monkeypatch, tmp_path):
+    """LoRA training replaced by a recorder: the dummy model 'trains' on whatever it is given
+    and answers as another dummy. Records the examples each training call received."""
+    from tunewise.rungs import distill, lora
+    from tunewise.training.adapters import Adapter
+
+    seen: list[list] = []
+
+    def train(ctx, train, label="lora", on_step=None):
+        seen.append(list(train))
+        folder = tmp_path / f"adapter{len(seen)}"
+        folder.mkdir()
+        log = {"n_train": len(train), "train_seconds": 36.0, "train_tokens": 1000}
+        return Adapter(folder, f"key{len(seen)}", log, True), 0
+
+    monkeypatch.setattr(lora, "local_backend", lambda ctx: ctx.backend.inner)
+    monkeypatch.setattr(distill, "train_adapter", train)
+    monkeypatch.setattr(distill, "load_tuned", lambda ctx, adapter: DummyBackend(seed=5))
+    return seen
+
+
+def test_distillation_trains_on_the_teachers_labels_not_the_gold_ones(make_task, tmp_path,
+                                                                       fake_training) -> None:
+    from tunewise.rungs.base import get_rung
+
+    extra = [{"input": "play some jazz by miles davis"}, {"input": "will it snow in oslo"}]
+    (tmp_path / "more.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extra))
+    path = make_task(limit=200, backend=None, target=0.99, unlabelled={"path": "more.jsonl"},
+                     distill={"teacher": "large"},
+                     models={"large": {"kind": "dummy", "price": HOSTED,
+                                       "rungs": ["zero_shot", "few_shot_knn"]},
+                             "small": {"kind": "dummy", "price": "local-cpu",
+                                       "rungs": ["zero_shot", "distill"]}})
+    path.write_text(path.read_text().replace("backend: null\n", ""))
+    task = load_task(path)
+    store = Store()
+    result = run_ladder(task, store, climb_all=True)
+
+    assert len(fake_training) == 1
+    trained = fake_training[0]
+    plan = plan_run(task, store)
+    train = plan.ctx.split.train
+    assert [e.input for e in trained] == [e.input for e in train] + [r["input"] for r in extra]
+    # what the teacher cell answers for those inputs, asked independently
+    cell = next(c for c in result["models"][1]["rungs"] if c["name"] == "distill")
+    teacher = cell["info"]["teacher"]
+    assert teacher["model"] == "large" and teacher["rung"] in ("zero_shot", "few_shot_knn")
+    large = plan.models[0].ctx
+    rung = get_rung(teacher["rung"])
+    inputs = train + [type(train[0])(f"x{i}", r["input"], "") for i, r in enumerate(extra)]
+    expected = [p.text for p in rung.predict(rung.prepare(large), inputs, large)]
+    assert [e.output for e in trained] == expected
+    gold = [e.output for e in train]
+    assert [e.output for e in trained[:len(train)]] != gold  # the teacher errs: not gold
+    agree = sum(a == b for a, b in zip(expected, gold, strict=False)) / len(gold)
+    assert teacher["agreement_with_gold"] == pytest.approx(agree) and agree < 1
+
+    # scored on the gold test split, priced with the teacher's labelling at its price
+    rows = store.predictions(result["run_id"], "distill@small")
+    assert [r["gold"] for r in rows] == sorted_gold(plan, rows)
+    c = next(c for c in result["cells"] if c["label"] == "distill@small")
+    assert c["n"] == len(plan.ctx.split.test) and c["family"] == "fine_tuning"
+    parts = c["cost"]["upfront_parts"]
+    per = teacher["tokens"]
+    teacher_usd = teacher["calls"] * (per["prompt_mean"] * 2.5 + per["completion_mean"] * 10) / 1e6
+    assert parts["teacher_labels"] == pytest.approx(teacher_usd) and teacher_usd > 0
+    assert teacher["calls"] == len(inputs) + len(plan.ctx.split.dev) * 2
+
+
+def sorted_gold(plan, rows) -> list[str]:
+    by_id = {e.id: e.output for e in plan.ctx.split.test}
+    return [by_id[r["example_id"]] for r in rows]
+
+
+def test_distill_needs_a_second_model_and_is_not_a_default_with_one(make_task) -> None:
+    from tunewise.ladder import default_rungs
+
+    one = load_task(make_task(limit=200))
+    assert "distill" not in default_rungs(one)
+    two = load_task(two_models(make_task))
+    assert "distill" in default_rungs(two)
+    plan = plan_run(load_task(make_task(limit=200, rungs=["zero_shot", "distill"])), Store())
+    assert "second model" in plan.skipped["distill"]

@@ -333,7 +333,7 @@ class ModelSpec(BackendSpec):
     @model_validator(mode="after")
     def _can_train(self) -> ModelSpec:
         tuned = [r for r in self.rungs or [] if r in FINE_TUNING]
-        if tuned and self.kind != "local":
+        if tuned and self.kind == "openai":  # a served model: no weights to tune
             raise ValueError(f"{tuned[0]} needs the model's weights (kind: local); a model "
                              f"of kind {self.kind} can only be prompted: drop it from rungs")
         return self

@@ -37,7 +37,7 @@ class Teacher:
     dev_value: float
     ctx: RunContext
     prepared: Any
-    dev_scores: dict[str, float] = field(default_factory=dict)
+    dev_calls: int = 0  # calls made to choose the teacher (every candidate on dev)
 
 
 @dataclass
@@ -57,9 +57,12 @@ def teacher_models(ctx: RunContext) -> list[str]:
     return [n for n in names if n != ctx.model and n in ctx.peers]
 
 
-def teacher_rungs(ctx: RunContext) -> list[str]:
-    """Prompting rungs the teacher is chosen from (``distill.rungs`` or the task's)."""
-    names = ctx.task.distill.rungs or ctx.task.rungs or list(RUNG_ORDER)
+def teacher_rungs(ctx: RunContext, model: str) -> list[str]:
+    """Prompting rungs ``model`` is tried with as a teacher: ``distill.rungs``, else the
+    rungs it runs in this task (its own ``rungs:``, else the task's)."""
+    spec = ctx.task.model_entries().get(model)
+    names = (ctx.task.distill.rungs or (spec.rungs if spec else None) or ctx.task.rungs
+             or list(RUNG_ORDER))
     return [n for n in names if FAMILY.get(n) == "prompting"]
 
 
@@ -101,23 +104,25 @@ def choose_teacher(ctx: RunContext) -> Teacher:
     """
     dev = ctx.split.dev
     best: Teacher | None = None
+    tried = 0
     for model in teacher_models(ctx):
         peer = ctx.peers[model]
-        for name in teacher_rungs(ctx):
+        for name in teacher_rungs(ctx, model):
             rung = get_rung(name)
             if rung.requires(peer):
                 continue
             tctx = _as_rung(peer, f"distill:teacher:{name}@{model}")
             prepared = rung.prepare(tctx)
-            value, scores = -1.0, {}
+            value = -1.0
             if dev:
                 preds = rung.predict(prepared, dev, tctx)
-                score = evaluate([p.text for p in preds], [e.output for e in dev],
-                                 ctx.task.metric)
-                value = score.value
-                scores = {e.id: s for e, s in zip(dev, score.per_example, strict=True)}
+                value = evaluate([p.text for p in preds], [e.output for e in dev],
+                                 ctx.task.metric).value
+                tried += len(dev)
             if best is None or value > best.dev_value:
-                best = Teacher(model, name, value, tctx, prepared, scores)
+                best = Teacher(model, name, value, tctx, prepared)
+    if best is not None:
+        best.dev_calls = tried
     if best is None:
         raise TunewiseError("distill needs another model to teach it (models:) with a "
                             "prompting rung it can serve", field="distill.teacher")
@@ -135,8 +140,8 @@ def teacher_labels(ctx: RunContext, teacher: Teacher, inputs: list[Example]
     tokens = {"prompt_mean": sum(p.prompt_tokens for p in preds) / n,
               "completion_mean": sum(p.completion_tokens for p in preds) / n,
               "shared_prefix": 0}
-    return labelled, {"calls": len(preds) + len(ctx.split.dev) * len(teacher_rungs(ctx)),
-                      "labelled": len(preds), "tokens": tokens}
+    return labelled, {"calls": len(preds) + teacher.dev_calls, "labelled": len(preds),
+                      "tokens": tokens}
 
 
 class Distill(Lora):
