@@ -313,3 +313,31 @@ def test_distill_needs_a_second_model_and_is_not_a_default_with_one(make_task) -
     assert "distill" in default_rungs(two)
     plan = plan_run(load_task(make_task(limit=200, rungs=["zero_shot", "distill"])), Store())
     assert "second model" in plan.skipped["distill"]
+
+
+def test_report_and_web_show_the_matrix_and_chart_every_cell(make_task) -> None:
+    from fastapi.testclient import TestClient
+
+    from tunewise.report import build_report
+    from tunewise.web.app import create_app
+
+    task = load_task(two_models(make_task, rungs=["zero_shot", "few_shot_knn"]))
+    result = run_ladder(task, Store(), climb_all=True)
+    data, html = build_report(Store(), result["run_id"])
+    assert [m["model"] for m in data["models"]["models"]] == ["large", "small"]
+    by = {c["label"]: c for c in result["cells"]}
+    for row in data["models"]["rows"]:
+        for model, cell in zip(("large", "small"), row["cells"], strict=True):
+            mine = by[f"{row['rung']}@{model}"]
+            assert cell["value"] == mine["value"]
+            assert cell["per_1k"] == pytest.approx(mine["cost"]["per_request_usd"] * 1000)
+    chosen = [c for row in data["models"]["rows"] for c in row["cells"] if c["chosen"]]
+    assert len(chosen) == 1
+    page = TestClient(create_app()).get(f"/runs/{result['run_id']}").text
+    for doc in (html, page):
+        table = doc.split('id="models"', 1)[1].split("</table>", 1)[0]
+        assert table.count('<tr data-rung="') == 2 and table.count("◆") == 1
+        assert "example-hosted-large" in table and "/1k req" in table
+        chart = doc.split('data-chart="quality_cost"', 1)[1].split("</figure>", 1)[0]
+        for label in by:
+            assert label in chart

@@ -333,7 +333,8 @@ def test_prompting_rungs_run_on_every_backend_side_by_side(make_task, runner) ->
     assert models[1]["backend"].startswith("openai:stub:")
     served = sum(1 for s in stub.seen if s["mode"] == "ok")
     assert served == 2 * 40  # 40 test items per rung, each asked once
-    lines = [ln for ln in res.output.splitlines() if "│" in ln
+    results_table = res.output.split("Cost at")[0]  # the cells table below names models too
+    lines = [ln for ln in results_table.splitlines() if "│" in ln
              and ("dummy:" in ln or "openai:" in ln)]
     assert len(lines) == 4 and "dummy:smollm2-135m" in lines[0] and "openai:stub" in lines[1]
     stored = {r["rung"] for r in Store().db.execute("SELECT DISTINCT rung FROM predictions")}

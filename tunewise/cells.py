@@ -324,14 +324,19 @@ def add_cells(result: dict[str, Any], task: TaskSpec, store: Store | None = None
     if len(model_runs(result)) > 1:
         across = verdict_across(result, cells, task, store)
         choice = across["choice"]
+        cell = next((c for c in cells if choice and (c["rung"], c["model"]) ==
+                     (choice["rung"], choice["model"])), None)
         verdict.update(rung=choice["rung"] if choice else None,
-                       model=choice["model"] if choice else None)
+                       model=choice["model"] if choice else None, choice=choice,
+                       rule=across["rule_across"],
+                       meets_target=bool(cell and cell["meets_target"]))
         if "summary_across" in across:
             first = model_runs(result)[0][0]
             verdict["reasons"] = across["parity_text"] + [
                 f"on {first}: {line}" for line in verdict.get("reasons", [])]
+            verdict["rejected"] = [f"on {first}: {line}"
+                                   for line in verdict.get("rejected", [])]
             verdict["summary"] = across["summary_across"]
-        verdict["choice"] = choice
     else:
         model = model_runs(result)[0][0]
         rung = verdict.get("rung")

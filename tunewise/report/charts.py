@@ -46,11 +46,18 @@ def quality_vs_cost(data: dict[str, Any]) -> tuple[Markup, str] | None:
     """
     done = [r for r in data["rungs"] if r["status"] == "done"]
     with_cost = [r for r in done if r.get("cost_per_request") is not None]
+    cells = data.get("cells") or []
+    if len({c.get("model") for c in cells}) > 1:  # several models: every (rung, model) cell
+        with_cost = [{"name": c["label"], "family": c.get("family", ""), "value": c["value"],
+                      "ci_low": c["ci_low"], "ci_high": c["ci_high"],
+                      "cost_per_request": c["cost"]["per_request_usd"]} for c in cells]
     if with_cost:
         # Per 1,000 requests: the same quantity, in numbers a reader can take in.
         rows, key, unit = with_cost, "cost_per_request", "cost per 1,000 requests (USD"
         price = (data.get("cost") or {}).get("price", {}).get("name", "")
         note = f"Prices: {price}." if price else ""
+        if len({c.get("model") for c in cells}) > 1:
+            note = "Each cell (rung@model) is priced with its own model's entry."
     elif done:
         rows, key, unit = done, "tokens", "tokens per request (prompt + completion"
         note = "This result has no cost section, so x is tokens per request."
@@ -104,12 +111,17 @@ def learning_curve(data: dict[str, Any]) -> Markup | None:
 def break_even(data: dict[str, Any]) -> Markup | None:
     """Cumulative cost (upfront + daily x days) of the compared rungs at the task's volume."""
     cost = data.get("cost") or {}
+    if len({c.get("model") for c in data.get("cells") or []}) > 1 and cost.get("matrix"):
+        cost = {**cost["matrix"], "rungs": {  # across models: cells, in the same shape
+            label: {"upfront": c["upfront_usd"], "daily": c["daily_usd"]}
+            for label, c in cost["matrix"]["cells"].items()}}
     chart_data = cost.get("chart") or {}
     days = chart_data.get("days") or []
     series_data = chart_data.get("series") or {}
     if not days or not series_data:
         return None
     rungs = {r["name"]: r for r in data["rungs"]}
+    rungs.update({c["label"]: c for c in data.get("cells") or [] if "label" in c})
     series = []
     for name, values in series_data.items():
         fam = rungs.get(name, {}).get("family", "")

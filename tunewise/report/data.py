@@ -94,30 +94,45 @@ def label_only(models: list[Mapping[str, Any]]) -> bool:
 
 
 def models_side_by_side(result: Mapping[str, Any], target: float) -> dict[str, Any] | None:
-    """Prompt portability: each prompting rung that ran on several models, one column per
-    model (``result["models"]``: the first model's rungs are the run's own). None with one
-    model."""
+    """The matrix of rungs x models (``result["models"]``: the first model's rungs are the
+    run's own), each cell with its score, CI, significance and its own model's cost (from
+    ``result["cells"]``). None with one model."""
     models = [m for m in result.get("models") or [] if isinstance(m, Mapping)]
     if len(models) < 2:
         return None
     per = [{r["name"]: r for r in result.get("rungs", [])}]
     per += [{r["name"]: r for r in m.get("rungs") or []} for m in models[1:]]
-    names = [n for n in per[0] if any(n in p for p in per[1:])]
+    names: list[str] = []
+    for p in per:  # rungs in ladder order, each once, whichever model ran it
+        names += [n for n, r in p.items() if n not in names]
+    costs = {(c.get("rung"), c.get("model")): c.get("cost") or {}
+             for c in result.get("cells") or [] if isinstance(c, Mapping)}
+    choice = (result.get("verdict") or {}).get("choice") or {}
     rows = []
     for name in names:
         cells = []
-        for p in per:
+        for m, p in zip(models, per, strict=True):
             r = p.get(name)
             if r is None or r.get("status", "done") != "done":
                 cells.append(None)
                 continue
             vs = r.get("vs_zero_shot") or {}
+            cost = costs.get((name, m.get("model")), {})
             cells.append({"value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
                           "n": r.get("n"), "meets_target": r["value"] >= target,
-                          "diff": vs.get("diff"), "p_value": vs.get("p_value")})
-        rows.append({"rung": name, "cells": cells})
-    return {"models": [{"model": m.get("model"), "backend": m.get("backend")} for m in models],
-            "rows": rows, "label_only": label_only(models)}
+                          "diff": vs.get("diff"), "p_value": vs.get("p_value"),
+                          "per_1k": _num(cost.get("per_request_usd")) * 1000
+                          if _num(cost.get("per_request_usd")) is not None else None,
+                          "total": _num(cost.get("total_usd")),
+                          "chosen": choice.get("rung") == name
+                          and choice.get("model") == m.get("model")})
+        if any(cells):
+            rows.append({"rung": name, "cells": cells})
+    horizon = (result.get("verdict") or {}).get("horizon_days")
+    return {"models": [{"model": m.get("model"), "backend": m.get("backend"),
+                        "price": m.get("price")} for m in models],
+            "rows": rows, "label_only": label_only(models), "horizon_days": horizon,
+            "parity": (result.get("verdict") or {}).get("parity") or []}
 
 
 def calibration(rows: Iterable[Mapping[str, Any]], rungs: list[str]) -> dict[str, Any]:
@@ -190,6 +205,7 @@ def report_data(result: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> dic
         "verdict": result.get("verdict") or {},
         "rungs": table,
         "models": models_side_by_side(result, target),
+        "cells": list(result.get("cells") or []),
         "cost": result.get("cost"),
         "cost_by_rung": cost,
         "learning_curves": curves,
