@@ -247,6 +247,9 @@ class BackendSpec(Strict):
     @field_validator("base_url")
     @classmethod
     def _url_without_secret(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not value:  # never fall back to a public API
+            raise ValueError("an empty list names no server: give one URL or several, or "
+                             "leave base_url out for the OpenAI API")
         for url in [value] if isinstance(value, str) else value or []:
             if not re.match(r"https?://", url):
                 raise ValueError("base_url must start with http:// or https://")

@@ -8,7 +8,16 @@ How it behaves, and why:
 - **Retries.** 408/429/5xx answers, timeouts and dropped connections are retried with
   exponential backoff and jitter (tenacity); a ``Retry-After`` header is honoured. Each
   attempt goes to the next base URL (round-robin), so a dead replica is skipped. A request
-  that still fails raises one :class:`TunewiseError` line naming the URL.
+  that still fails raises one :class:`TunewiseError` line naming the URL. No wait between
+  attempts exceeds ``MAX_RETRY_AFTER_S``, jitter included, whatever the server asks for.
+- **Deadlines.** ``timeout_s`` bounds each attempt as a whole (connecting, sending and
+  reading the complete answer), not each read: a server that trickles a byte at a time
+  cannot hold a run for ever.
+- **Cache identity.** The backend ``id`` (part of every cache key) names the server as well
+  as the model: the base URLs, the model id ``/v1/models`` reports, and the weights'
+  fingerprint where the server gives one (llama.cpp: ``/v1/models`` meta and ``/props``;
+  Ollama: ``/api/tags`` digest). Probed once per backend, when the id is first needed. A
+  server that cannot be asked gets ``server=unverified-...``: base URLs and model name only.
 - **Nothing finished is lost.** Each answer is handed to the cache as it arrives
   (``on_result``, set by :class:`CachedBackend`), so a request failing for good, Ctrl-C
   or a kill loses only what was still in flight.
@@ -41,6 +50,7 @@ import asyncio
 import contextlib
 import difflib
 import email.utils
+import hashlib
 import itertools
 import json
 import logging
@@ -50,7 +60,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -69,6 +79,12 @@ RETRY_STATUS = frozenset({408, 409, 425, 429})  # plus every 5xx
 MAX_RETRY_AFTER_S = 120.0  # longer Retry-After requests are capped to this
 CONSTRAINED_MISS = -100.0  # log-prob given to the labels a constrained answer did not pick
 CHARS_PER_TOKEN = 4  # rule of thumb for English BPE when no tokenizer is reachable
+# What names the served weights, per answer. Only fields that stay put while the same
+# weights are served: never ``created`` (llama.cpp and vLLM put the current time there),
+# build info, slot or sleep state, or context settings.
+MODEL_FIELDS = ("id", "aliases", "owned_by", "root", "parent")  # a /v1/models entry
+META_FIELDS = ("vocab_type", "n_vocab", "n_ctx_train", "n_embd", "n_params", "size", "ftype")
+PROPS_FIELDS = ("model_path", "model_ftype", "chat_template", "bos_token", "eos_token")
 
 Job = Callable[[httpx.AsyncClient], Awaitable[Any]]
 
@@ -191,6 +207,94 @@ def _detail(resp: httpx.Response) -> str:
     return f": {text}" if text else ""
 
 
+def _usage(data: dict[str, Any], key: str) -> int | None:
+    """A token count from the answer's ``usage``; None when the server gives none.
+
+    ValueError when ``usage`` is there but is not an object of whole non-negative counts,
+    so a broken server is named instead of failing deep inside (or counting nonsense).
+    """
+    usage = data.get("usage")
+    if usage is None:
+        return None
+    if not isinstance(usage, dict):
+        raise ValueError(f"'usage' is {type(usage).__name__}, not an object")
+    value = usage.get(key)
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0
+            or value != int(value)):
+        raise ValueError(f"usage.{key} is {repr(value)[:40]}, not a token count")
+    return int(value)
+
+
+def check_api_key(name: str, key: str) -> None:
+    """Refuse a key that no server would accept, saying why without showing the key.
+
+    A newline kept from a file (``KEY=$(cat key.txt)`` keeps none, ``read`` or an editor's
+    ``.env`` may) or a typographic quote pasted with the key would otherwise surface as a
+    401 or as a header encoding error far from its cause.
+    """
+    where = f"environment variable {name}"
+    if key.endswith(("\n", "\r")):
+        raise TunewiseError(f"{where} ends with a newline; export the key without it",
+                            field="backend.api_key_env")
+    if key != key.strip():
+        raise TunewiseError(f"{where} has spaces before or after the key; export it without "
+                            "them", field="backend.api_key_env")
+    for i, ch in enumerate(key, 1):
+        if not ch.isascii():
+            raise TunewiseError(f"{where} holds a non-ASCII character (U+{ord(ch):04X} at "
+                                f"position {i}: a pasted quote or dash?); API keys are ASCII",
+                                field="backend.api_key_env")
+        if not ch.isprintable() or ch.isspace():
+            raise TunewiseError(f"{where} holds a space or control character at position {i}; "
+                                "API keys have none", field="backend.api_key_env")
+
+
+def _served_entry(models: Any, name: str) -> dict[str, Any] | None:
+    """The ``/v1/models`` entry of the model asked for: listed under its name or an alias,
+    else the only entry (llama.cpp and llama-cpp-python serve one model whatever it is
+    called in the request)."""
+    entries = models.get("data") if isinstance(models, dict) else None
+    entries = [e for e in entries or [] if isinstance(e, dict)]
+    for entry in entries:
+        aliases = entry.get("aliases")
+        if entry.get("id") == name or (isinstance(aliases, list) and name in aliases):
+            return entry
+    return entries[0] if len(entries) == 1 else None
+
+
+def server_identity(url: str, name: str, models: Any, props: Any, tags: Any
+                    ) -> dict[str, Any]:
+    """What identifies the weights behind one base URL, from its (optional) answers to
+    ``/v1/models``, llama.cpp's ``/props`` and Ollama's ``/api/tags``.
+
+    ``verified`` is False when ``/v1/models`` did not answer or does not list the model:
+    the identity is then only the URL and the model name.
+    """
+    out: dict[str, Any] = {"url": url}
+    entry = _served_entry(models, name)
+    out["verified"] = entry is not None
+    if entry is None:
+        return out
+    out["model"] = {k: entry[k] for k in MODEL_FIELDS if entry.get(k) is not None}
+    meta = entry.get("meta")
+    if isinstance(meta, dict):  # llama.cpp
+        out["meta"] = {k: meta[k] for k in META_FIELDS if meta.get(k) is not None}
+    if isinstance(props, dict):  # llama.cpp
+        kept = {k: props[k] for k in PROPS_FIELDS if props.get(k) not in (None, "")}
+        if kept:
+            out["props"] = kept
+    served = str(entry.get("id", name))
+    wanted = {served, f"{served}:latest"}  # Ollama adds the default tag
+    for tag in (tags.get("models") if isinstance(tags, dict) else None) or []:
+        if (isinstance(tag, dict) and tag.get("digest")  # llama.cpp leaves it empty
+                and (tag.get("name") in wanted or tag.get("model") in wanted)):
+            out["digest"] = str(tag["digest"])  # Ollama: the model's content digest
+            break
+    return out
+
+
 def _cut(text: str, stop: list[str] | None) -> str:
     """Apply stop strings client-side too: some servers ignore ``stop``."""
     for s in stop or []:
@@ -203,8 +307,11 @@ class OpenAIBackend:
     """A model behind an OpenAI-compatible HTTP API."""
 
     def __init__(self, spec: BackendSpec, *, backoff_s: float = 0.5) -> None:
-        urls = spec.base_url or DEFAULT_BASE_URL
+        urls = DEFAULT_BASE_URL if spec.base_url is None else spec.base_url
         self.urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
+        if not self.urls:  # never fall back to a public API that would receive the key
+            raise TunewiseError("base_url is an empty list: name the server(s), or leave "
+                                "base_url out for the OpenAI API", field="backend.base_url")
         self.model = spec.model
         self.timeout_s = spec.timeout_s
         self.concurrency = spec.concurrency
@@ -224,23 +331,71 @@ class OpenAIBackend:
                     f"environment variable {spec.api_key_env} is not set; export the API "
                     "key in it", field="backend.api_key_env")
             register_secret(key)
+            register_secret(key.strip())
+            check_api_key(spec.api_key_env, key)
             self._headers["Authorization"] = f"Bearer {key}"
         self.score_end_of_turn = spec.score_end_of_turn
-        self.id = f"openai:{self.model}:score={self.score_method}"
+        self._settings_id = f"openai:{self.model}:score={self.score_method}"
         if self.tokenizer_name:
-            self.id += f":tok={self.tokenizer_name}"
+            self._settings_id += f":tok={self.tokenizer_name}"
         if not self.score_end_of_turn and self.score_method != "forced":  # forced says so
-            self.id += ":label-only"
-        self.id += f":{SCORING_VERSION}"
+            self._settings_id += ":label-only"
+        self._settings_id += f":{SCORING_VERSION}"
+        self._id: str | None = None
+        self._id_lock = threading.Lock()
+        self.servers: list[dict[str, Any]] = []  # what the id was built from, per base URL
         self._rr = itertools.count()
         self._rr_lock = threading.Lock()
         self._tok: Any = None
-        self._sync: httpx.Client | None = None
         self._ssl: ssl.SSLContext | None = None
         self._features: dict[str, Any] = {}  # probed once: tokenize, apply-template, ...
         self._grammar = True  # cleared when the server rejects the grammar parameter
         self._counts: dict[str, int] = {}
         self._free: asyncio.Queue[str] | None = None  # servers not held by a scoring job
+
+    @property
+    def id(self) -> str:
+        """Model, scoring settings and server identity: part of every cache key.
+
+        The servers are asked once, on first use (not when the backend is built, so a task
+        can be checked or estimated without them). The same weights behind the same URLs
+        give the same id run after run; another model served under the same ``model:``
+        name, or another server, gives another id, so no cached answer is reused.
+        """
+        with self._id_lock:
+            if self._id is None:
+                self.servers = self._identify()
+                verified = all(s["verified"] for s in self.servers)
+                blob = json.dumps({"model": self.model, "servers": self.servers},
+                                  sort_keys=True, ensure_ascii=False)
+                digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+                self._id = (f"{self._settings_id}:server="
+                            f"{digest if verified else 'unverified-' + digest}")
+                if not verified:
+                    log.warning("%s", redact(
+                        f"{', '.join(s['url'] for s in self.servers if not s['verified'])}: "
+                        f"/models does not list '{self.model}'; cached answers are keyed by "
+                        "URL and model name only"))
+            return self._id
+
+    def _identify(self) -> list[dict[str, Any]]:
+        """Each base URL's identity (see :func:`server_identity`), its probes concurrent."""
+
+        async def probe(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
+            root = self._root(url)
+            models, props, tags = await asyncio.gather(
+                self._get_json(client, url + "/models"), self._get_json(client, root + "/props"),
+                self._get_json(client, root + "/api/tags"))
+            if models is not None:
+                self._features.setdefault("models", models)
+            return server_identity(url, self.model, models, props, tags)
+
+        async def all_urls() -> list[dict[str, Any]]:
+            async with self._client(3 * len(self.urls)) as client:
+                return list(await asyncio.gather(*(probe(client, u)
+                                                   for u in sorted(set(self.urls)))))
+
+        return self._run_sync(all_urls)
 
     # ---- plumbing ------------------------------------------------------------------
     def _next_url(self) -> str:
@@ -256,21 +411,43 @@ class OpenAIBackend:
         return redact(f"{url}: {why}")
 
     def _wait(self, state: RetryCallState) -> float:
+        """Seconds before the next attempt: the server's Retry-After, or exponential backoff;
+        both with jitter, and never more than MAX_RETRY_AFTER_S in all."""
         exc = state.outcome.exception() if state.outcome else None
         after = getattr(exc, "retry_after", None)
         if after is not None:
-            return min(after, MAX_RETRY_AFTER_S) + random.uniform(0, 0.05 + 0.1 * after)
-        exp = self.backoff_s * 2 ** (state.attempt_number - 1)
-        return min(exp, 30.0) + random.uniform(0, self.backoff_s)
+            after = min(after, MAX_RETRY_AFTER_S)
+            wait = after + random.uniform(0, 0.05 + 0.1 * after)
+        else:
+            exp = self.backoff_s * 2 ** (state.attempt_number - 1)
+            wait = min(exp, 30.0) + random.uniform(0, self.backoff_s)
+        return min(wait, MAX_RETRY_AFTER_S)
+
+    def _client(self, connections: int) -> httpx.AsyncClient:
+        if self._ssl is None:  # building a TLS context costs ~50 ms: once per backend
+            self._ssl = httpx.create_ssl_context()
+        limits = httpx.Limits(max_connections=connections,
+                              max_keepalive_connections=connections)
+        return httpx.AsyncClient(headers=self._headers, timeout=self.timeout_s, limits=limits,
+                                 verify=self._ssl)
+
+    async def _send(self, client: httpx.AsyncClient, url: str, body: dict[str, Any] | None
+                    ) -> httpx.Response:
+        """One request (POST ``body``, or GET when None) that must be over, answer read in
+        full, within ``timeout_s``: httpx's own timeouts bound each read, not the whole."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if body is None:
+                    return await client.get(url)
+                return await client.post(url, json=body)
+        except (TimeoutError, httpx.TimeoutException):
+            raise _Retryable(url, f"no complete answer within {self.timeout_s:g} s") from None
+        except httpx.TransportError as exc:
+            raise _Retryable(url, f"connection failed ({type(exc).__name__})") from None
 
     async def _post_once(self, client: httpx.AsyncClient, url: str, body: dict[str, Any]
                          ) -> dict[str, Any]:
-        try:
-            resp = await client.post(url, json=body)
-        except httpx.TimeoutException:
-            raise _Retryable(url, f"no answer within {self.timeout_s:g} s") from None
-        except httpx.TransportError as exc:
-            raise _Retryable(url, f"connection failed ({type(exc).__name__})") from None
+        resp = await self._send(client, url, body)
         code = resp.status_code
         if code in RETRY_STATUS or code >= 500:
             after = parse_retry_after(resp.headers.get("retry-after"))
@@ -279,9 +456,12 @@ class OpenAIBackend:
             hint = " (check the key)" if code in (401, 403) else ""
             raise HTTPStatusError(self._error(url, f"HTTP {code}{hint}{_detail(resp)}"), code)
         try:
-            return resp.json()
+            data = resp.json()
         except ValueError:
             raise HTTPStatusError(self._error(url, "the answer is not JSON"), code) from None
+        if not isinstance(data, dict):
+            raise HTTPStatusError(self._error(url, "the answer is not a JSON object"), code)
+        return data
 
     async def _post(self, client: httpx.AsyncClient, path: str, body: dict[str, Any],
                     url: str | None = None) -> dict[str, Any]:
@@ -308,12 +488,7 @@ class OpenAIBackend:
     async def _gather(self, jobs: list[Job], sink: Callable[[int, Any], None] | None
                       ) -> list[Any]:
         sem = asyncio.Semaphore(self.concurrency)
-        limits = httpx.Limits(max_connections=self.concurrency,
-                              max_keepalive_connections=self.concurrency)
-        if self._ssl is None:  # building a TLS context costs ~50 ms: once per backend
-            self._ssl = httpx.create_ssl_context()
-        async with httpx.AsyncClient(headers=self._headers, timeout=self.timeout_s,
-                                     limits=limits, verify=self._ssl) as client:
+        async with self._client(self.concurrency) as client:
 
             async def one(pos: int, job: Job) -> tuple[int, Any]:
                 async with sem:
@@ -347,8 +522,18 @@ class OpenAIBackend:
             return asyncio.run(self._gather(jobs, self.on_result))
         # Inside a running loop (a web handler): run in a thread, without the per-answer
         # sink (the store's connection belongs to this thread); the chunk stores them.
+        return self._run_sync(lambda: self._gather(jobs, None))
+
+    @staticmethod
+    def _run_sync(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        """Run a coroutine to its end from synchronous code, in a thread when this thread
+        already runs an event loop (a web handler)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(make())
         with ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, self._gather(jobs, None)).result()
+            return pool.submit(lambda: asyncio.run(make())).result()
 
     @contextlib.asynccontextmanager
     async def _server(self) -> AsyncIterator[str]:
@@ -361,20 +546,12 @@ class OpenAIBackend:
         finally:
             self._free.put_nowait(url)
 
-    def _get_sync(self) -> httpx.Client:
-        if self._sync is None:
-            self._sync = httpx.Client(headers=self._headers, timeout=self.timeout_s)
-        return self._sync
-
-    def _try(self, path: str, body: dict[str, Any] | None, root: bool = True
-             ) -> dict[str, Any] | None:
-        """One un-retried request for an optional feature; None when it is not offered."""
-        base = self._next_url()
-        url = (self._root(base) if root else base) + path
+    async def _get_json(self, client: httpx.AsyncClient, url: str,
+                        body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """One un-retried request; its JSON object, or None for any failure."""
         try:
-            resp = (self._get_sync().post(url, json=body) if body is not None
-                    else self._get_sync().get(url))
-        except httpx.HTTPError:
+            resp = await self._send(client, url, body)
+        except _Retryable:
             return None
         if resp.status_code != 200:
             return None
@@ -383,6 +560,28 @@ class OpenAIBackend:
         except ValueError:
             return None
         return data if isinstance(data, dict) else None
+
+    def _request(self, url: str, body: dict[str, Any] | None) -> httpx.Response:
+        """One un-retried request from synchronous code, under the same total deadline
+        (:meth:`_send`); raises :class:`_Retryable` on a timeout or connection failure."""
+
+        async def go() -> httpx.Response:
+            async with self._client(1) as client:
+                return await self._send(client, url, body)
+
+        return self._run_sync(go)
+
+    def _try(self, path: str, body: dict[str, Any] | None, root: bool = True
+             ) -> dict[str, Any] | None:
+        """One un-retried request for an optional feature; None when it is not offered."""
+        base = self._next_url()
+        url = (self._root(base) if root else base) + path
+
+        async def go() -> dict[str, Any] | None:
+            async with self._client(1) as client:
+                return await self._get_json(client, url, body)
+
+        return self._run_sync(go)
 
     # ---- text ----------------------------------------------------------------------
     def _tokenizer(self) -> Any:
@@ -468,10 +667,11 @@ class OpenAIBackend:
     def context_length(self) -> int | None:
         """The served context window when the server says (vLLM ``max_model_len``)."""
         if "context" not in self._features:
-            data = self._try("/models", None, root=False) or {}
-            models = data.get("data") or [{}]
-            length = models[0].get("max_model_len") if isinstance(models[0], dict) else None
-            self._features["context"] = int(length) if length else None
+            models = self._features.get("models") or self._try("/models", None, root=False)
+            entry = _served_entry(models, self.model) or {}
+            length = entry.get("max_model_len")
+            ok = isinstance(length, int) and not isinstance(length, bool) and length > 0
+            self._features["context"] = length if ok else None
         return self._features["context"]
 
     # ---- generation ----------------------------------------------------------------
@@ -489,13 +689,10 @@ class OpenAIBackend:
                 data = await self._post(client, "/chat/completions", body)
                 latency = time.perf_counter() - start
                 text = _cut(self._checked(_message_text, data), stop)
-                usage = data.get("usage") or {}
-                return Completion(
-                    text,
-                    int(usage.get("prompt_tokens") or self._local_count(readable(prompt))),
-                    int(usage.get("completion_tokens") or self._local_count(text)),
-                    latency,
-                )
+                prompt_n = self._checked(lambda d: _usage(d, "prompt_tokens"), data)
+                completion_n = self._checked(lambda d: _usage(d, "completion_tokens"), data)
+                return Completion(text, prompt_n or self._local_count(readable(prompt)),
+                                  completion_n or self._local_count(text), latency)
 
             return run
 
@@ -537,11 +734,11 @@ class OpenAIBackend:
         url = self.urls[0]
         why = ""
         try:
-            resp = self._get_sync().post(url + "/completions", json={
+            resp = self._request(url + "/completions", {
                 "model": self.model, "prompt": "Hello", "max_tokens": len(ids), "temperature": 0,
                 "logprobs": 1, "grammar": token_grammar(ids)})
-        except httpx.HTTPError as exc:
-            why = f"no answer ({type(exc).__name__})"
+        except _Retryable as exc:
+            why = exc.why
         else:
             if resp.status_code != 200:
                 why = f"HTTP {resp.status_code}{_detail(resp)}"
@@ -674,8 +871,8 @@ class OpenAIBackend:
             latency = time.perf_counter() - start
             hit = parse_label(self._checked(_message_text, data), opts)
             logps = [0.0 if i == hit else CONSTRAINED_MISS for i in range(len(opts))]
-            usage = data.get("usage") or {}
-            tokens = int(usage.get("prompt_tokens") or self._local_count(readable(prompt)))
+            tokens = (self._checked(lambda d: _usage(d, "prompt_tokens"), data)
+                      or self._local_count(readable(prompt)))
             return Scored(logps, tokens, latency, method="constrained")
 
         return run
