@@ -179,7 +179,11 @@ class BackendSpec(Strict):
     )
     batch_size: int = Field(8, ge=1, description="Prompts per forward pass (local backend).")
     max_new_tokens: int = Field(48, ge=1, description="Cap on generated tokens per answer.")
-    timeout_s: float = Field(60.0, gt=0, description="openai backend: request timeout.")
+    timeout_s: float = Field(
+        60.0, gt=0,
+        description="openai backend: seconds one attempt of a request may take in all "
+        "(connect, send, read the whole answer); each retry gets its own.",
+    )
     concurrency: int = Field(8, ge=1, description="openai backend: requests in flight.")
     max_retries: int = Field(
         6, ge=0, le=20,

@@ -48,15 +48,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
-import email.utils
-import hashlib
 import itertools
-import json
 import logging
 import os
 import random
-import re
 import ssl
 import threading
 import time
@@ -68,6 +63,21 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from tunewise.backends.base import Completion, Messages, Scored
+from tunewise.backends.openai_identity import served_entry, server_identity, server_key
+from tunewise.backends.openai_wire import (
+    check_api_key,
+    choice_grammar,
+    cut_at_stop,
+    forced_logprobs,
+    http_detail,
+    message_text,
+    parse_label,
+    parse_retry_after,
+    readable,
+    span_logprob,
+    token_grammar,
+    usage_count,
+)
 from tunewise.errors import TunewiseError, redact, register_secret
 from tunewise.task import BackendSpec
 
@@ -79,12 +89,6 @@ RETRY_STATUS = frozenset({408, 409, 425, 429})  # plus every 5xx
 MAX_RETRY_AFTER_S = 120.0  # longer Retry-After requests are capped to this
 CONSTRAINED_MISS = -100.0  # log-prob given to the labels a constrained answer did not pick
 CHARS_PER_TOKEN = 4  # rule of thumb for English BPE when no tokenizer is reachable
-# What names the served weights, per answer. Only fields that stay put while the same
-# weights are served: never ``created`` (llama.cpp and vLLM put the current time there),
-# build info, slot or sleep state, or context settings.
-MODEL_FIELDS = ("id", "aliases", "owned_by", "root", "parent")  # a /v1/models entry
-META_FIELDS = ("vocab_type", "n_vocab", "n_ctx_train", "n_embd", "n_params", "size", "ftype")
-PROPS_FIELDS = ("model_path", "model_ftype", "chat_template", "bos_token", "eos_token")
 
 Job = Callable[[httpx.AsyncClient], Awaitable[Any]]
 
@@ -103,204 +107,6 @@ class HTTPStatusError(TunewiseError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message, field="backend")
         self.status = status
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _norm(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
-
-
-def parse_label(text: str, choices: list[str]) -> int | None:
-    """Index of the label a generated answer names, or None when it names none.
-
-    Exact match (ignoring case and punctuation, so ``Add to playlist`` is
-    ``add_to_playlist``), else the longest label appearing as whole words in the answer,
-    else the closest label by string similarity (difflib, ratio >= 0.6).
-    """
-    answer = _norm(text)
-    if not answer:
-        return None
-    normed = [_norm(c) for c in choices]
-    for i, c in enumerate(normed):
-        if c == answer:
-            return i
-    padded = f" {answer} "
-    found = [(len(c), -padded.index(f" {c} "), i) for i, c in enumerate(normed)
-             if c and f" {c} " in padded]
-    if found:
-        return max(found)[2]
-    close = difflib.get_close_matches(answer, [c for c in normed if c], n=1, cutoff=0.6)
-    return normed.index(close[0]) if close else None
-
-
-def choice_grammar(choices: list[str]) -> str:
-    """A GBNF grammar (llama.cpp) whose only sentences are the given choices."""
-    return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
-
-
-def token_grammar(ids: list[int]) -> str:
-    """A GBNF grammar (llama.cpp token syntax) whose only sentence is these token ids."""
-    return "root ::= " + " ".join(f"<[{int(i)}]>" for i in ids)
-
-
-def span_logprob(logprobs: list[float | None], n_choice: int, n_generated: int) -> float:
-    """Sum of the log-probs of the choice's tokens in an echoed prompt + choice + generation.
-
-    Counted from the end, not by character offsets: servers disagree on offsets around
-    special tokens (llama-cpp-python measures them on text without the chat markers).
-    """
-    end = len(logprobs) - n_generated
-    if n_choice < 1 or end - n_choice < 1:
-        raise ValueError(f"{len(logprobs)} echoed tokens cannot hold a {n_choice}-token choice")
-    return float(sum(lp for lp in logprobs[end - n_choice : end] if lp is not None))
-
-
-def readable(prompt: Messages) -> str:
-    """Chat messages as plain text, for servers whose chat template is unknown."""
-    return "".join(f"[{m['role']}]\n{m['content']}\n\n" for m in prompt) + "[assistant]\n"
-
-
-def _message_text(data: dict[str, Any]) -> str:
-    try:
-        return (data["choices"][0]["message"].get("content") or "").strip()
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise ValueError("no choices[0].message in the answer") from None
-
-
-def forced_logprobs(data: Any, n: int) -> list[float]:
-    """The ``n`` token log-probs of a token-grammar completion; ValueError when the answer
-    does not hold exactly ``n`` of them (the server ignored the grammar or gave none)."""
-    try:
-        lps = data["choices"][0]["logprobs"]["token_logprobs"]
-    except (KeyError, IndexError, TypeError) as exc:
-        raise ValueError(f"no log-probs ({exc}); is this a llama.cpp server?") from None
-    if not isinstance(lps, list) or len(lps) != n or any(x is None for x in lps):
-        got = len(lps) if isinstance(lps, list) else 0
-        raise ValueError(f"{got} log-probs for {n} grammar-forced tokens; the server ignored "
-                         "the token grammar (use score_method constrained)")
-    return [float(x) for x in lps]
-
-
-def _detail(resp: httpx.Response) -> str:
-    """The server's own words on a refused request, on one short line (': ...')."""
-    try:
-        data = resp.json()
-        error = data.get("error", data) if isinstance(data, dict) else data
-        text = str(error.get("message", error) if isinstance(error, dict) else error)
-    except ValueError:
-        text = resp.text
-    text = " ".join(text.split())[:200]
-    return f": {text}" if text else ""
-
-
-def _usage(data: dict[str, Any], key: str) -> int | None:
-    """A token count from the answer's ``usage``; None when the server gives none.
-
-    ValueError when ``usage`` is there but is not an object of whole non-negative counts,
-    so a broken server is named instead of failing deep inside (or counting nonsense).
-    """
-    usage = data.get("usage")
-    if usage is None:
-        return None
-    if not isinstance(usage, dict):
-        raise ValueError(f"'usage' is {type(usage).__name__}, not an object")
-    value = usage.get(key)
-    if value is None:
-        return None
-    if (isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0
-            or value != int(value)):
-        raise ValueError(f"usage.{key} is {repr(value)[:40]}, not a token count")
-    return int(value)
-
-
-def check_api_key(name: str, key: str) -> None:
-    """Refuse a key that no server would accept, saying why without showing the key.
-
-    A newline kept from a file (``KEY=$(cat key.txt)`` keeps none, ``read`` or an editor's
-    ``.env`` may) or a typographic quote pasted with the key would otherwise surface as a
-    401 or as a header encoding error far from its cause.
-    """
-    where = f"environment variable {name}"
-    if key.endswith(("\n", "\r")):
-        raise TunewiseError(f"{where} ends with a newline; export the key without it",
-                            field="backend.api_key_env")
-    if key != key.strip():
-        raise TunewiseError(f"{where} has spaces before or after the key; export it without "
-                            "them", field="backend.api_key_env")
-    for i, ch in enumerate(key, 1):
-        if not ch.isascii():
-            raise TunewiseError(f"{where} holds a non-ASCII character (U+{ord(ch):04X} at "
-                                f"position {i}: a pasted quote or dash?); API keys are ASCII",
-                                field="backend.api_key_env")
-        if not ch.isprintable() or ch.isspace():
-            raise TunewiseError(f"{where} holds a space or control character at position {i}; "
-                                "API keys have none", field="backend.api_key_env")
-
-
-def _served_entry(models: Any, name: str) -> dict[str, Any] | None:
-    """The ``/v1/models`` entry of the model asked for: listed under its name or an alias,
-    else the only entry (llama.cpp and llama-cpp-python serve one model whatever it is
-    called in the request)."""
-    entries = models.get("data") if isinstance(models, dict) else None
-    entries = [e for e in entries or [] if isinstance(e, dict)]
-    for entry in entries:
-        aliases = entry.get("aliases")
-        if entry.get("id") == name or (isinstance(aliases, list) and name in aliases):
-            return entry
-    return entries[0] if len(entries) == 1 else None
-
-
-def server_identity(url: str, name: str, models: Any, props: Any, tags: Any
-                    ) -> dict[str, Any]:
-    """What identifies the weights behind one base URL, from its (optional) answers to
-    ``/v1/models``, llama.cpp's ``/props`` and Ollama's ``/api/tags``.
-
-    ``verified`` is False when ``/v1/models`` did not answer or does not list the model:
-    the identity is then only the URL and the model name.
-    """
-    out: dict[str, Any] = {"url": url}
-    entry = _served_entry(models, name)
-    out["verified"] = entry is not None
-    if entry is None:
-        return out
-    out["model"] = {k: entry[k] for k in MODEL_FIELDS if entry.get(k) is not None}
-    meta = entry.get("meta")
-    if isinstance(meta, dict):  # llama.cpp
-        out["meta"] = {k: meta[k] for k in META_FIELDS if meta.get(k) is not None}
-    if isinstance(props, dict):  # llama.cpp
-        kept = {k: props[k] for k in PROPS_FIELDS if props.get(k) not in (None, "")}
-        if kept:
-            out["props"] = kept
-    served = str(entry.get("id", name))
-    wanted = {served, f"{served}:latest"}  # Ollama adds the default tag
-    for tag in (tags.get("models") if isinstance(tags, dict) else None) or []:
-        if (isinstance(tag, dict) and tag.get("digest")  # llama.cpp leaves it empty
-                and (tag.get("name") in wanted or tag.get("model") in wanted)):
-            out["digest"] = str(tag["digest"])  # Ollama: the model's content digest
-            break
-    return out
-
-
-def _cut(text: str, stop: list[str] | None) -> str:
-    """Apply stop strings client-side too: some servers ignore ``stop``."""
-    for s in stop or []:
-        if s and s in text:
-            text = text[: text.index(s)]
-    return text.strip()
 
 
 class OpenAIBackend:
@@ -365,17 +171,12 @@ class OpenAIBackend:
         with self._id_lock:
             if self._id is None:
                 self.servers = self._identify()
-                verified = all(s["verified"] for s in self.servers)
-                blob = json.dumps({"model": self.model, "servers": self.servers},
-                                  sort_keys=True, ensure_ascii=False)
-                digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
-                self._id = (f"{self._settings_id}:server="
-                            f"{digest if verified else 'unverified-' + digest}")
-                if not verified:
+                self._id = f"{self._settings_id}:server={server_key(self.model, self.servers)}"
+                if not all(s["verified"] for s in self.servers):
+                    unknown = ", ".join(s["url"] for s in self.servers if not s["verified"])
                     log.warning("%s", redact(
-                        f"{', '.join(s['url'] for s in self.servers if not s['verified'])}: "
-                        f"/models does not list '{self.model}'; cached answers are keyed by "
-                        "URL and model name only"))
+                        f"{unknown}: /models names no model '{self.model}' (or no answer), "
+                        "so cached answers are keyed by base URL and model name only"))
             return self._id
 
     def _identify(self) -> list[dict[str, Any]]:
@@ -451,10 +252,11 @@ class OpenAIBackend:
         code = resp.status_code
         if code in RETRY_STATUS or code >= 500:
             after = parse_retry_after(resp.headers.get("retry-after"))
-            raise _Retryable(url, f"HTTP {code}{_detail(resp)}", after)
+            raise _Retryable(url, f"HTTP {code}{http_detail(resp)}", after)
         if code >= 400:
             hint = " (check the key)" if code in (401, 403) else ""
-            raise HTTPStatusError(self._error(url, f"HTTP {code}{hint}{_detail(resp)}"), code)
+            raise HTTPStatusError(
+                self._error(url, f"HTTP {code}{hint}{http_detail(resp)}"), code)
         try:
             data = resp.json()
         except ValueError:
@@ -668,7 +470,7 @@ class OpenAIBackend:
         """The served context window when the server says (vLLM ``max_model_len``)."""
         if "context" not in self._features:
             models = self._features.get("models") or self._try("/models", None, root=False)
-            entry = _served_entry(models, self.model) or {}
+            entry = served_entry(models, self.model) or {}
             length = entry.get("max_model_len")
             ok = isinstance(length, int) and not isinstance(length, bool) and length > 0
             self._features["context"] = length if ok else None
@@ -688,9 +490,9 @@ class OpenAIBackend:
                 start = time.perf_counter()
                 data = await self._post(client, "/chat/completions", body)
                 latency = time.perf_counter() - start
-                text = _cut(self._checked(_message_text, data), stop)
-                prompt_n = self._checked(lambda d: _usage(d, "prompt_tokens"), data)
-                completion_n = self._checked(lambda d: _usage(d, "completion_tokens"), data)
+                text = cut_at_stop(self._checked(message_text, data), stop)
+                prompt_n = self._checked(lambda d: usage_count(d, "prompt_tokens"), data)
+                completion_n = self._checked(lambda d: usage_count(d, "completion_tokens"), data)
                 return Completion(text, prompt_n or self._local_count(readable(prompt)),
                                   completion_n or self._local_count(text), latency)
 
@@ -741,7 +543,7 @@ class OpenAIBackend:
             why = exc.why
         else:
             if resp.status_code != 200:
-                why = f"HTTP {resp.status_code}{_detail(resp)}"
+                why = f"HTTP {resp.status_code}{http_detail(resp)}"
             else:
                 try:
                     forced_logprobs(resp.json(), len(ids))
@@ -869,9 +671,9 @@ class OpenAIBackend:
                 body.pop("guided_choice")
                 data = await self._post(client, "/chat/completions", body)
             latency = time.perf_counter() - start
-            hit = parse_label(self._checked(_message_text, data), opts)
+            hit = parse_label(self._checked(message_text, data), opts)
             logps = [0.0 if i == hit else CONSTRAINED_MISS for i in range(len(opts))]
-            tokens = (self._checked(lambda d: _usage(d, "prompt_tokens"), data)
+            tokens = (self._checked(lambda d: usage_count(d, "prompt_tokens"), data)
                       or self._local_count(readable(prompt)))
             return Scored(logps, tokens, latency, method="constrained")
 
