@@ -245,6 +245,8 @@ class OpenAIBackend:
             raise _Retryable(url, f"no complete answer within {self.timeout_s:g} s") from None
         except httpx.TransportError as exc:
             raise _Retryable(url, f"connection failed ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:  # a body that does not decode, a redirect loop
+            raise _Retryable(url, f"unreadable answer ({type(exc).__name__})") from None
 
     async def _post_once(self, client: httpx.AsyncClient, url: str, body: dict[str, Any]
                          ) -> dict[str, Any]:
