@@ -149,12 +149,12 @@ def test_probes_and_feature_requests_keep_the_deadline_too(trickle: str) -> None
     backend = OpenAIBackend(spec(trickle, timeout_s=0.8, max_retries=0))
     start = time.monotonic()
     backend_id = backend.id  # /v1/models, /props and /api/tags, concurrently
-    assert time.monotonic() - start < 0.8 + 2.0
+    assert time.monotonic() - start < 0.8 + 3.0
     assert ":server=unverified-" in backend_id
     start = time.monotonic()
     assert backend.count_tokens("x" * 40) == 10  # two tokenize endpoints tried, then ~4 chars
     assert backend.render(chat("hi")) == "[user]\nhi\n\n[assistant]\n"
-    assert time.monotonic() - start < 3 * 0.8 + 2.5
+    assert time.monotonic() - start < 3 * 0.8 + 4.0
 
 
 def test_a_run_against_a_trickling_server_ends_with_one_line(
@@ -171,7 +171,7 @@ def test_a_run_against_a_trickling_server_ends_with_one_line(
     result = runner.invoke(app, ["run", str(path)])
     elapsed = time.monotonic() - start
     assert result.exit_code == 2, result.output
-    assert elapsed < 10, f"took {elapsed:.1f} s"
+    assert elapsed < 20, f"took {elapsed:.1f} s"  # ~6 s: five 1 s deadlines in a row
     errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
     assert errors == [f"error: backend: {trickle}/chat/completions: no complete answer within "
                       "1 s; gave up after 1 attempts"], result.stderr
