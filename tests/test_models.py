@@ -341,3 +341,19 @@ def test_report_and_web_show_the_matrix_and_chart_every_cell(make_task) -> None:
         chart = doc.split('data-chart="quality_cost"', 1)[1].split("</figure>", 1)[0]
         for label in by:
             assert label in chart
+
+
+def test_budget_estimate_prices_each_models_calls_with_its_own_entry(make_task) -> None:
+    from tunewise.cost import estimate_run
+
+    rungs = ["zero_shot", "system_prompt"]
+    one = estimate_run(plan_run(load_task(two_models(make_task, HOSTED, HOSTED, rungs=rungs)),
+                                Store()))
+    mixed = estimate_run(plan_run(load_task(two_models(make_task, HOSTED, CHEAP, rungs=rungs)),
+                                  Store()))
+    assert one["calls"] == mixed["calls"] == 2 * 2 * 40
+    assert set(mixed["rungs"]) == {f"{r}@{m}" for r in rungs for m in ("large", "small")}
+    large = sum(mixed["rungs"][f"{r}@large"]["usd"] for r in rungs)
+    small = sum(mixed["rungs"][f"{r}@small"]["usd"] for r in rungs)
+    assert one["usd"] == pytest.approx(2 * large) and small < large / 10
+    assert mixed["usd"] == pytest.approx(large + small)

@@ -211,8 +211,8 @@ def _scores(store: Store | None, run_id: str | None, cell: dict[str, Any]
             for row in store.predictions(run_id, cell["stored_as"])}
 
 
-def paired(a: dict[str, Any], b: dict[str, Any], store: Store | None, run_id: str | None
-           ) -> dict[str, Any] | None:
+def paired(a: dict[str, Any], b: dict[str, Any], store: Store | None, run_id: str | None,
+           metric: str = "") -> dict[str, Any] | None:
     """Paired bootstrap of cell ``a`` against cell ``b`` on the test items both scored.
 
     ``diff`` is a - b; ``p`` is two-sided (twice the smaller one-sided p, capped at 1).
@@ -224,7 +224,8 @@ def paired(a: dict[str, Any], b: dict[str, Any], store: Store | None, run_id: st
     xa, xb = [sa[i] for i in ids], [sb[i] for i in ids]
     test = compare(xb, xa)  # b -> a: diff = a - b
     other = compare(xa, xb)
-    return {"a": a["label"], "b": b["label"], "diff": test["diff"], "ci_low": test["ci_low"],
+    return {"a": a["label"], "b": b["label"], "metric": metric, "purpose": "parity",
+            "diff": test["diff"], "ci_low": test["ci_low"],
             "ci_high": test["ci_high"], "p": min(1.0, 2 * min(test["p_value"],
                                                            other["p_value"])),
             "n": len(ids)}
@@ -289,7 +290,7 @@ def verdict_across(result: dict[str, Any], cells: list[dict[str, Any]], task: Ta
     volume = task.volume.requests_per_day
     parity, lines = [], []
     for ref in references(cells, chosen):
-        test = paired(chosen, ref, store, result.get("run_id"))
+        test = paired(chosen, ref, store, result.get("run_id"), task.metric or "")
         sentence = parity_sentence(chosen, ref, test, volume)
         lines.append(sentence)
         if test:
@@ -345,7 +346,7 @@ def add_cells(result: dict[str, Any], task: TaskSpec, store: Store | None = None
         mine = next((c for c in cells if c["rung"] == rung), None)
         across = {"parity": []}
         for ref in references(cells, mine) if mine is not None else []:
-            test = paired(mine, ref, store, result.get("run_id"))
+            test = paired(mine, ref, store, result.get("run_id"), task.metric or "")
             if test:
                 sentence = parity_sentence(mine, ref, test, task.volume.requests_per_day)
                 across["parity"].append({**test, "text": sentence})

@@ -379,7 +379,22 @@ def _mean_tokens(backend: Any, texts: list[str]) -> float:
 
 
 def estimate_run(plan: Plan) -> dict[str, Any]:
-    """A conservative cost estimate of a planned run, made without any model call.
+    """A conservative cost estimate of a planned run, made without any model call: the sum
+    over the task's models, each priced with its own entry (see :func:`estimate_model`)."""
+    if len(plan.models) < 2:
+        return estimate_model(plan, model_price(plan.task))
+    parts = [estimate_model(replace(plan, task=m.ctx.task, ctx=m.ctx, rungs=m.rungs,
+                                    models=[]), model_price(plan.task, m.name))
+             for m in plan.models]
+    rungs = {f"{name}@{m.name}": r for m, est in zip(plan.models, parts, strict=True)
+             for name, r in est["rungs"].items()}
+    return {"price": ", ".join(dict.fromkeys(p["price"] for p in parts)),
+            "calls": sum(p["calls"] for p in parts), "usd": sum(p["usd"] for p in parts),
+            "rungs": rungs}
+
+
+def estimate_model(plan: Plan, price: Price) -> dict[str, Any]:
+    """A conservative cost estimate of one model's rungs at ``price``.
 
     Prompts are sized from a sample of real items rendered by the backend's chat template:
     the user turn, the system message, shots (k or the few_shot_best maximum) and passages.
@@ -390,7 +405,6 @@ def estimate_run(plan: Plan) -> dict[str, Any]:
 
     task, ctx = plan.task, plan.ctx
     backend = ctx.backend
-    price = model_price(task)
     sample = ctx.split.test[:20]
     query = _mean_tokens(backend, [backend.render([{"role": "user", "content": e.input}])
                                    for e in sample])
@@ -417,7 +431,7 @@ def estimate_run(plan: Plan) -> dict[str, Any]:
     for name in plan.rungs:
         calls = estimate_calls(replace(plan, rungs=[name], models=[]))
         tokens = {"prompt_mean": prompt.get(name, query + system), "completion_mean": completion}
-        tuned = name.startswith("lora")
+        tuned = name.startswith("lora") or name == "distill"
         usd = calls * request_cost(tokens, price, tuned)["usd"]
         if tuned:
             train_tokens = n_train * DEFAULT_EPOCHS * (query + shot)
