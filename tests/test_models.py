@@ -357,3 +357,15 @@ def test_budget_estimate_prices_each_models_calls_with_its_own_entry(make_task) 
     small = sum(mixed["rungs"][f"{r}@small"]["usd"] for r in rungs)
     assert one["usd"] == pytest.approx(2 * large) and small < large / 10
     assert mixed["usd"] == pytest.approx(large + small)
+
+
+def test_split_train_caps_the_training_examples_and_keeps_test_and_dev(make_task) -> None:
+    from tunewise.dataset import load_examples, make_split
+
+    full = load_task(make_task(limit=200))
+    capped = load_task(make_task(limit=200, split={"test": 40, "dev": 20, "seed": 0,
+                                                   "train": 30}))
+    a, b = make_split(load_examples(full), full), make_split(load_examples(capped), capped)
+    assert [e.id for e in b.test] == [e.id for e in a.test]
+    assert [e.id for e in b.dev] == [e.id for e in a.dev]
+    assert [e.id for e in b.train] == [e.id for e in a.train[:30]] and len(a.train) == 140

@@ -202,7 +202,7 @@ def make_split(examples: list[Example], task: TaskSpec) -> Split:
     return Split(
         test=shuffled[:n_test],
         dev=shuffled[n_test : n_test + n_dev],
-        train=shuffled[n_test + n_dev :],
+        train=shuffled[n_test + n_dev :][: task.split.train],
     )
 
 
@@ -235,6 +235,7 @@ def _group_split(examples: list[Example], task: TaskSpec, rng: np.random.Generat
             f"grouping by '{name}' leaves no training examples ({len(groups)} groups for "
             f"test={task.split.test} + dev={task.split.dev}); lower split.test or split.dev",
             path=task.source, line=task.line_of("split.group_by"), field="split.group_by")
+    parts["train"] = parts["train"][: task.split.train]
     return Split(**parts)
 
 

