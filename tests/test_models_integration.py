@@ -36,7 +36,7 @@ def test_two_real_models_give_a_priced_matrix_and_a_verdict_naming_a_cell(tmp_pa
     assert set(cells) == {("zero_shot", "gemma"), ("few_shot_knn", "gemma"),
                           ("zero_shot", "smollm2"), ("few_shot_knn", "smollm2"),
                           ("lora", "smollm2"), ("distill", "smollm2")}
-    for (rung, model), c in cells.items():
+    for (_rung, model), c in cells.items():
         assert c["n"] == 20 and c["ci_low"] <= c["value"] <= c["ci_high"]
         cost = c["cost"]
         assert cost["price"] == ("example-hosted-small" if model == "gemma" else "local-cpu")
