@@ -369,3 +369,21 @@ def test_split_train_caps_the_training_examples_and_keeps_test_and_dev(make_task
     assert [e.id for e in b.test] == [e.id for e in a.test]
     assert [e.id for e in b.dev] == [e.id for e in a.dev]
     assert [e.id for e in b.train] == [e.id for e in a.train[:30]] and len(a.train) == 140
+
+
+def test_self_hosted_cells_are_priced_by_measured_throughput() -> None:
+    from tunewise.cost import Price, PriceEntry, rung_cost
+
+    task = parse_task(BASE + "backend: {kind: dummy}\n")
+    machine = Price("box", "2026", PriceEntry(kind="self_hosted", compute_per_hour=3.6,
+                                              input_per_1m=1.0, output_per_1m=1.0))
+    rung = {"name": "zero_shot", "family": "prompting", "value": 0.5, "n": 10,
+            "tokens": {"prompt_mean": 100, "completion_mean": 1, "shared_prefix": 0},
+            "latency_ms": {"mean": 500.0, "p50": 400.0, "p95": 900.0}}
+    c = rung_cost(rung, task, machine, 1000, 0, 0)
+    assert c["per_request"] == pytest.approx(0.5 * 3.6 / 3600)  # 0.5 s of a $3.60/h machine
+    assert c["daily"] == pytest.approx(1000 * 0.5 * 3.6 / 3600)
+    assert "serving: 500 ms/request measured" in c["basis"][0]
+    hosted = Price("api", "2026", PriceEntry(kind="hosted", input_per_1m=1.0,
+                                             output_per_1m=1.0))
+    assert rung_cost(rung, task, hosted, 1000, 0, 0)["per_request"] == pytest.approx(101 / 1e6)

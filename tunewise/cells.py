@@ -310,6 +310,24 @@ def verdict_across(result: dict[str, Any], cells: list[dict[str, Any]], task: Ta
             "parity_text": lines}
 
 
+def distill_vs_lora(result: dict[str, Any], cells: list[dict[str, Any]], task: TaskSpec,
+                    store: Store | None) -> list[dict[str, Any]]:
+    """Each model's distilled cell against its LoRA on gold labels, when both ran: what the
+    teacher's labels cost or gain over gold ones (paired test on the same test items)."""
+    out = []
+    for d in (c for c in cells if c["rung"] == "distill"):
+        gold = next((c for c in cells if c["rung"] == "lora" and c["model"] == d["model"]),
+                    None)
+        test = paired(d, gold, store, result.get("run_id"), task.metric or "") if gold else None
+        if test:
+            test["text"] = (f"distill on {d['model']} (teacher labels) scores {d['value']:.3f} "
+                            f"against lora on gold labels {gold['value']:.3f}: paired "
+                            f"difference {test['diff']:+.3f} (95% CI {test['ci_low']:+.3f} to "
+                            f"{test['ci_high']:+.3f}, p = {test['p']:.2g})")
+            out.append(test)
+    return out
+
+
 def add_cells(result: dict[str, Any], task: TaskSpec, store: Store | None = None) -> None:
     """Put ``cells``, ``cost.matrix`` and the verdict across models into a run's result.
 
@@ -334,6 +352,7 @@ def add_cells(result: dict[str, Any], task: TaskSpec, store: Store | None = None
         if "summary_across" in across:
             first = model_runs(result)[0][0]
             verdict["reasons"] = across["parity_text"] + [
+                p["text"] for p in distill_vs_lora(result, cells, task, store)] + [
                 f"on {first}: {line}" for line in verdict.get("reasons", [])]
             verdict["rejected"] = [f"on {first}: {line}"
                                    for line in verdict.get("rejected", [])]
@@ -351,6 +370,7 @@ def add_cells(result: dict[str, Any], task: TaskSpec, store: Store | None = None
                 sentence = parity_sentence(mine, ref, test, task.volume.requests_per_day)
                 across["parity"].append({**test, "text": sentence})
     verdict["parity"] = across["parity"]
+    verdict["distill_vs_lora"] = distill_vs_lora(result, cells, task, store)
     verdict["horizon_days"] = horizon_days(task)
     verdict["break_even_cells"] = [p["text"] for p in
                                    result["cost"]["matrix"]["break_even"]["pairs"]]
