@@ -264,18 +264,23 @@ class LocalBackend:
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.reorder_cache(torch.zeros(B, dtype=torch.long, device=self.device))
+        # Only positions from the earliest item end on predict a label token: the output
+        # layer runs on those alone (with a 262k-token vocabulary it costs more than the
+        # rest of a small model, per position).
+        first = min(len(s) for s in suffixes) - 1
         logits = self.model(input_ids=x.to(self.device),
                             attention_mask=mask[:, None].to(self.device),
                             position_ids=pos.to(self.device), past_key_values=cache,
-                            use_cache=prefix_cache is not None).logits
+                            use_cache=prefix_cache is not None,
+                            logits_to_keep=torch.arange(first, T, device=self.device)).logits
         logp = torch.log_softmax(logits.float(), -1)
         scores = []
         for i, (s, segs) in enumerate(zip(suffixes, layouts, strict=True)):
             row = []
             for start, c in segs:
-                total = float(logp[i, len(s) - 1, c[0]])
+                total = float(logp[i, len(s) - 1 - first, c[0]])
                 for t in range(1, len(c)):
-                    total += float(logp[i, start + t - 1, c[t]])
+                    total += float(logp[i, start + t - 1 - first, c[t]])
                 row.append(total)
             scores.append(row)
         return scores
