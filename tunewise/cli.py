@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -24,6 +23,41 @@ from tunewise.errors import TunewiseError, redact
 STATE: dict[str, Any] = {"store": None, "debug": False}
 
 
+def _framework_signals() -> tuple[type[BaseException], ...]:
+    """The exception classes typer and click use for help, usage errors, Exit and Abort.
+
+    Typer up to 0.1x raises click's own classes; 0.2x vendors click and raises copies
+    (``typer._click``) that are not click's. Both are collected from public names
+    (``typer.Exit``, ``typer.Abort``, ``typer.BadParameter``'s ``ClickException`` base), plus
+    click's when it is installed, so neither generation is mistaken for a bug.
+    """
+    found: set[type[BaseException]] = {typer.Exit, typer.Abort}
+    found.update(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    try:
+        import click
+    except ImportError:  # typer 0.2x no longer needs click
+        pass
+    else:
+        found.update({click.exceptions.Exit, click.ClickException, click.exceptions.Abort})
+    return tuple(found)
+
+
+_SIGNALS = _framework_signals()
+
+
+def is_framework_signal(exc: BaseException) -> bool:
+    """True when typer/click raised ``exc`` to end the command on purpose (``--help``, a usage
+    error, ``Exit(code)``, Abort): it must reach typer's handler, not the bug handler.
+
+    Besides the known classes, any exception defined by typer or click that carries an
+    integer ``exit_code`` counts, so a future reshuffle of their classes still works.
+    """
+    if isinstance(exc, _SIGNALS):
+        return True
+    home = type(exc).__module__.split(".")[0]
+    return home in ("typer", "click") and isinstance(getattr(exc, "exit_code", None), int)
+
+
 class _Group(TyperGroup):
     """The root command group: user errors become one redacted line on stderr and exit 2.
 
@@ -31,7 +65,7 @@ class _Group(TyperGroup):
     see exactly what a user sees, and Ctrl-C gets the resume hint instead of "Aborted!".
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except TunewiseError as exc:
@@ -41,9 +75,10 @@ class _Group(TyperGroup):
             _print_error("interrupted: finished work is saved; run the same command again "
                          "to resume from the cache")
             raise typer.Exit(130) from None
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
-        except Exception as exc:  # a bug, not bad input: still one masked line by default
+        except Exception as exc:
+            if is_framework_signal(exc):  # --help, usage errors, Exit: typer shows them
+                raise
+            # A bug, not bad input: still one masked line by default.
             _print_error(_traceback() if STATE["debug"] else
                          f"internal error: {type(exc).__name__}: {exc} (finished work is "
                          "saved; --debug shows the traceback, please report it)")
