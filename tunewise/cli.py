@@ -19,6 +19,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from tunewise.errors import TunewiseError, redact
+from tunewise.terminal import printable, safe
 
 STATE: dict[str, Any] = {"store": None, "debug": False}
 
@@ -93,8 +94,9 @@ def _traceback() -> str:
 
 
 def _print_error(line: str) -> None:
-    """One line on stderr, secrets masked, never wrapped or marked up by Rich."""
-    err_console.print(redact(line), markup=False, highlight=False, soft_wrap=True)
+    """One line on stderr, secrets masked, never wrapped or marked up by Rich; control
+    characters from user text shown as escapes."""
+    err_console.print(printable(redact(line)), markup=False, highlight=False, soft_wrap=True)
 
 
 app = typer.Typer(
@@ -154,7 +156,7 @@ def _fmt_score(r: dict[str, Any]) -> str:
 def results_table(result: dict[str, Any]) -> Table:
     """The run table: one row per rung, numbers with CIs, significance against zero-shot."""
     task = result["task"]
-    table = Table(title=f"{task['name']}: {task['metric']} on {result['split']['test']} "
+    table = Table(title=f"{safe(task['name'])}: {task['metric']} on {result['split']['test']} "
                         f"test examples (target {task['target']})")
     table.add_column("rung", no_wrap=True)
     # Several backends (task.backends): a model column, each rung's rows side by side.
@@ -171,9 +173,9 @@ def results_table(result: dict[str, Any]) -> Table:
                 "calls/cached"):
         table.add_column(col, justify="right")
     for model, r in rows:
-        lead = [r["name"], model] if models else [r["name"]]
+        lead = [safe(r["name"]), safe(model)] if models else [safe(r["name"])]
         if r["status"] != "done":
-            table.add_row(*lead, f"[dim]{r['status']}: {r.get('reason', '')}[/dim]")
+            table.add_row(*lead, f"[dim]{safe(r['status'])}: {safe(r.get('reason', ''))}[/dim]")
             continue
         vs = r.get("vs_zero_shot")
         mark = ""
@@ -203,13 +205,13 @@ def print_verdict(result: dict[str, Any]) -> None:
     print_cost(result)
     if not v:
         return
-    console.print(f"\n[bold]Verdict:[/bold] {v.get('summary', '')}")
+    console.print(f"\n[bold]Verdict:[/bold] {safe(v.get('summary', ''))}")
     for reason in v.get("reasons", []):
-        console.print(f"  • {reason}")
+        console.print(f"  • {safe(reason)}")
     for line in v.get("rejected", []):
-        console.print(f"  ✗ {line}")
+        console.print(f"  ✗ {safe(line)}")
     for line in v.get("next", []):
-        console.print(f"  → {line}")
+        console.print(f"  → {safe(line)}")
 
 
 def _progress_hooks(progress):
@@ -221,7 +223,7 @@ def _progress_hooks(progress):
         # Started with the first rung, so an error found before any work is one clean line.
         if not progress.live.is_started:
             progress.start()
-        state["task"] = progress.add_task(name, total=total)
+        state["task"] = progress.add_task(safe(name), total=total)
 
     def advance(n: int) -> None:
         if state["task"] is not None:
@@ -229,8 +231,8 @@ def _progress_hooks(progress):
 
     def log(message: str) -> None:
         # Log lines quote user data ("[label]") and errors: no markup, secrets masked.
-        progress.console.print(redact(message), style="yellow", markup=False, highlight=False,
-                               soft_wrap=True)
+        progress.console.print(printable(redact(message)), style="yellow", markup=False,
+                               highlight=False, soft_wrap=True)
 
     return Hooks(log=log, start_rung=start, advance=advance)
 
@@ -259,7 +261,8 @@ def _run(task_path: Path, out: Path | None, climb_all: bool, as_json: bool,
         made = sum(u["calls_made"] for u in usage.values())
         hits = sum(u["cache_hits"] for u in usage.values())
         console.print(f"\nmodel calls: {made} made, {hits} served from cache")
-        console.print(f"result: {result['result_path']}  (run id {result['run_id']})")
+        console.print(f"result: {safe(result['result_path'])}  (run id "
+                      f"{safe(result['run_id'])})")
     return result
 
 
@@ -321,7 +324,7 @@ def demo_cmd(
 ) -> None:
     """Run a bundled demo task (symptom -> specialty, or the clinic handbook Q&A)."""
     path = demo_path(name)
-    console.print(f"[dim]demo task: {path}[/dim]")
+    console.print(f"[dim]demo task: {safe(path)}[/dim]")
     _run(path, out, climb_all, as_json, _rung_names(rungs))
 
 
@@ -356,10 +359,10 @@ def show_prompt(
     if messages:
         print(json.dumps(prompt, indent=2, ensure_ascii=False))
     else:
-        sys.stdout.write(plan.ctx.backend.render(prompt))
+        sys.stdout.write(printable(plan.ctx.backend.render(prompt)))
         sys.stdout.write("\n")
     if plan.ctx.labels:
-        err_console.print(f"[dim]scored answers: {', '.join(plan.ctx.labels)}[/dim]")
+        err_console.print(f"[dim]scored answers: {safe(', '.join(plan.ctx.labels))}[/dim]")
 
 
 @app.command()
@@ -382,9 +385,9 @@ def predict(
     if as_json:
         print(json.dumps({"answer": pred.text, "probs": dict(ranked)}, indent=2))
         return
-    console.print(f"[bold]{pred.text}[/bold]")
+    console.print(f"[bold]{safe(pred.text)}[/bold]")
     for label, p in ranked[:top]:
-        console.print(f"  {label:<24} {p:.3f}")
+        console.print(f"  {safe(f'{printable(label):<24}')} {p:.3f}")
 
 
 @cache_app.command("stats")
@@ -392,7 +395,7 @@ def cache_stats() -> None:
     """How many model calls are cached, and their tokens."""
     store = _store()
     stats = store.cache_stats()
-    console.print(f"{store.path}: {stats['calls']} cached calls, "
+    console.print(f"{safe(store.path)}: {stats['calls']} cached calls, "
                   f"{stats['prompt_tokens']} prompt + {stats['completion_tokens']} "
                   "completion tokens")
 
@@ -408,7 +411,8 @@ def runs(limit: Annotated[int, typer.Option(help="How many.")] = 20) -> None:
     """List recent runs in the store."""
     table = Table("run id", "task", "status", "file")
     for row in _store().runs(limit):
-        table.add_row(row["id"], row["task_name"], row["status"], row["task_path"] or "")
+        table.add_row(safe(row["id"]), safe(row["task_name"]), safe(row["status"]),
+                      safe(row["task_path"] or ""))
     console.print(table)
 
 
@@ -436,25 +440,25 @@ def cost_tables(cost: dict[str, Any]) -> list[Table]:
 
     price, volume = cost["price"], cost["requests_per_day"]
     tag = " [yellow](example prices: override them)[/yellow]" if price.get("example") else ""
-    per = Table(title=f"Cost at {volume:,} requests/day, price '{price['name']}' "
-                      f"(as of {price['as_of']}){tag}")
+    per = Table(title=f"Cost at {volume:,} requests/day, price '{safe(price['name'])}' "
+                      f"(as of {safe(price['as_of'])}){tag}")
     per.add_column("rung", no_wrap=True)
     for col in ("meets target", "per 1k req", "per day", "upfront", "upkeep/day", "p95 ms"):
         per.add_column(col, justify="right")
     for name, c in cost["rungs"].items():
-        per.add_row(name, "yes" if c["meets_target"] else "no", format_usd(c["per_1k"]),
+        per.add_row(safe(name), "yes" if c["meets_target"] else "no", format_usd(c["per_1k"]),
                     format_usd(c["daily"]), format_usd(c["upfront"]),
                     format_usd(c["maintenance_per_day"]),
                     f"{(c.get('latency_ms') or {}).get('p95', 0):.0f}")
     met = cost.get("met_target") or []
-    per.caption = ("rungs meeting the target: " + (", ".join(met) if met else "none"))
+    per.caption = ("rungs meeting the target: " + (safe(", ".join(met)) if met else "none"))
     be = cost["break_even"]
-    pairs = Table(title=f"Break-even at {volume:,} requests/day ({be['basis']})")
+    pairs = Table(title=f"Break-even at {volume:,} requests/day ({safe(be['basis'])})")
     for col in ("cheaper upfront", "vs", "extra upfront", "saves/day", "break-even"):
         pairs.add_column(col, justify="right" if col[0] in "es" or col == "break-even"
                          else "left")
     for p in be["pairs"]:
-        pairs.add_row(p["a"], p["b"], format_usd(p["extra_upfront"]),
+        pairs.add_row(safe(p["a"]), safe(p["b"]), format_usd(p["extra_upfront"]),
                       format_usd(p["daily_saving"]) if p["daily_saving"] > 0 else "-",
                       format_days(p["days"]))
     if not be["pairs"]:
@@ -515,26 +519,26 @@ def cost_cmd(
     if as_json:
         print(json.dumps(cost, indent=2))
         return
-    console.print(f"[dim]run {result['run_id']}; {cost['price'].get('description', '')}"
-                  "[/dim]")
+    console.print(f"[dim]run {safe(result['run_id'])}; "
+                  f"{safe(cost['price'].get('description', ''))}[/dim]")
     for table in cost_tables(cost):
         console.print(table)
     for pair in cost["break_even"]["pairs"]:
-        console.print(f"  • {pair['text']}")
+        console.print(f"  • {safe(pair['text'])}")
 
 
 def print_advice(advice: Any) -> None:
     """The advisor's recommendation, reasons, what to avoid and next steps."""
-    console.print(f"\n[bold]Recommendation:[/bold] {advice.headline}  "
-                  f"[dim]({advice.recommendation})[/dim]")
+    console.print(f"\n[bold]Recommendation:[/bold] {safe(advice.headline)}  "
+                  f"[dim]({safe(advice.recommendation)})[/dim]")
     for line in advice.measured:
-        console.print(f"  [cyan]measured[/cyan] {line}")
+        console.print(f"  [cyan]measured[/cyan] {safe(line)}")
     for line in advice.reasons:
-        console.print(f"  • {line}")
+        console.print(f"  • {safe(line)}")
     for line in advice.avoid:
-        console.print(f"  ✗ avoid {line}")
+        console.print(f"  ✗ avoid {safe(line)}")
     for line in advice.next_steps:
-        console.print(f"  → {line}")
+        console.print(f"  → {safe(line)}")
 
 
 @app.command()
@@ -612,7 +616,7 @@ def report(
         print(json.dumps(report_data(*load_run(store, run_id)), indent=2))
         return
     data, _ = build_report(store, run_id, out)
-    console.print(f"report of run {data['run_id']}: {out}")
+    console.print(f"report of run {safe(data['run_id'])}: {safe(out)}")
 
 
 @app.command()
@@ -626,8 +630,8 @@ def serve(
 
     bind, warning = resolve_host(host, os.environ)
     if warning:
-        err_console.print(f"[yellow]warning: {warning}[/yellow]")
-    console.print(f"tunewise web UI on http://{bind}:{port}/  (Ctrl+C to stop)")
+        err_console.print(f"[yellow]warning: {safe(warning)}[/yellow]")
+    console.print(f"tunewise web UI on http://{safe(bind)}:{port}/  (Ctrl+C to stop)")
     run_server(bind, port, STATE["store"])
 
 
@@ -641,8 +645,6 @@ def doctor(
 ) -> None:
     """Check this machine (torch, model packages, cache, disk, store, server) and say what
     to fix. Exit code 0 when everything required is in place, 1 otherwise."""
-    from rich.markup import escape
-
     from tunewise.doctor import healthy, run_checks
     from tunewise.store import default_store_path
 
@@ -657,14 +659,14 @@ def doctor(
                  "fail": "[red]✗ FAIL[/red]"}
         table = Table("check", "status", "detail", "how to fix", title="tunewise doctor")
         for c in checks:
-            table.add_row(c.name, marks[c.status], escape(c.detail), escape(c.fix))
+            table.add_row(safe(c.name), marks[c.status], safe(c.detail), safe(c.fix))
         console.print(table)
         failed = [c for c in checks if c.status == "fail"]
         if failed:
             console.print(f"[red]{len(failed)} problem(s): "
-                          f"{escape(', '.join(c.name for c in failed))}[/red]")
+                          f"{safe(', '.join(c.name for c in failed))}[/red]")
             for c in failed:  # unwrapped, so a fix can be copied as one line
-                console.print(f"  fix {escape(c.name)}: {escape(c.fix)}", soft_wrap=True)
+                console.print(f"  fix {safe(c.name)}: {safe(c.fix)}", soft_wrap=True)
         else:
             console.print("[green]ready: every required check passes[/green]")
     if not healthy(checks):
@@ -688,7 +690,8 @@ def train(
     plan = plan_run(_load(task), _store(), rungs=["lora"])
     if "lora" in plan.skipped:
         raise TunewiseError(f"rung 'lora' cannot run: {plan.skipped['lora']}")
-    plan.ctx.log = lambda m: err_console.print(m, markup=False, highlight=False)
+    plan.ctx.log = lambda m: err_console.print(printable(redact(m)), markup=False,
+                                               highlight=False)
     adapter, _ = main_adapter(plan.ctx)
     log = adapter.log
     summary = {"adapter": str(adapter.path), "trained_now": adapter.trained_now,
@@ -699,7 +702,7 @@ def train(
         print(json.dumps(summary, indent=2))
         return
     verb = "trained" if adapter.trained_now else "found (cached)"
-    console.print(f"adapter {verb}: {adapter.path}")
+    console.print(f"adapter {verb}: {safe(adapter.path)}")
     console.print(f"  {summary['steps']} steps in {summary['train_seconds']:.1f} s, final loss "
                   f"{summary['final_loss']:.3f}, dev loss {summary['dev_loss']}")
 
@@ -721,21 +724,23 @@ def freshness(
     from tunewise.freshness import run_freshness
 
     plan, rung_obj, prepared = _prepared(task, rung)
-    plan.ctx.log = lambda m: err_console.print(m, markup=False, highlight=False)
+    plan.ctx.log = lambda m: err_console.print(printable(redact(m)), markup=False,
+                                               highlight=False)
     summary = run_freshness(plan.ctx, rung_obj, prepared, max_questions=edits)
     if as_json:
         print(json.dumps(summary, indent=2))
         return
     table = Table("question", "old", "new", "answer after the edit", "followed",
-                  title=f"freshness of {summary['rung']}: {summary['edits']} edits in "
+                  title=f"freshness of {safe(summary['rung'])}: {summary['edits']} edits in "
                         f"{summary['edited_docs']} documents ({summary['mode']})")
     for row in summary["examples"]:
         mark = "yes" if row["followed"] else ("kept old" if row["kept_old"] else "no")
-        table.add_row(row["question"], row["old"], row["new"], row["after"], mark)
+        table.add_row(safe(row["question"]), safe(row["old"]), safe(row["new"]),
+                      safe(row["after"]), mark)
     console.print(table)
     n = summary["edited_questions"]
     if not n:
-        console.print(summary.get("note", "no question could be edited"))
+        console.print(safe(summary.get("note", "no question could be edited")))
         return
     console.print(f"{summary['followed']} of {n} answers followed the edit "
                   f"({summary['followed_share']:.0%}); {summary['kept_old']} kept the old "

@@ -1,0 +1,37 @@
+"""User text on the terminal: printed literally, never as Rich markup or escape sequences.
+
+Task names, labels, inputs, model names and file paths come from the user's files. Rich
+reads ``[...]`` in a string as markup (``[/bold]`` with nothing open is a MarkupError, and
+``[red]`` would restyle the line), and a terminal obeys ANSI/OSC escape sequences (clear the
+screen, retitle the window, fake a hyperlink). Every CLI output passes user text through
+:func:`safe` (Rich markup contexts) or :func:`printable` (plain text).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# C0 controls except tab and newline, DEL, C1 controls (0x9b is a one-byte CSI), and the
+# bidirectional overrides that reorder what is shown ("Trojan Source").
+_INVISIBLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _shown(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: Any) -> str:
+    r"""``text`` with control characters shown as escapes (ESC becomes ``\x1b``).
+
+    Tabs and newlines stay: they cannot take over the terminal, and prompts need them.
+    """
+    return _INVISIBLE.sub(_shown, str(text))
+
+
+def safe(text: Any) -> str:
+    """``text`` ready for a Rich markup string: escapes shown, ``[`` escaped."""
+    from rich.markup import escape
+
+    return escape(printable(text))
