@@ -133,7 +133,55 @@ def _root(
 def _store():
     from tunewise.store import Store
 
+    if STATE["store"] is not None:
+        check_path(Path(STATE["store"]), "--store")
     return Store(STATE["store"])
+
+
+def check_path(path: Path, field: str) -> Path:
+    """A path typed by the user: one clear line for a NUL byte or a symbolic-link loop, which
+    would otherwise surface as "not found" or a ValueError deep inside. Missing files are
+    left to the code that reads them (its message says what was expected)."""
+    import errno
+
+    if "\x00" in str(path):
+        raise TunewiseError(f"{printable(repr(str(path)))} contains a NUL byte", field=field)
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TunewiseError("symbolic link loop (the link points back at itself)",
+                                path=path, field=field) from None
+    return path
+
+
+def out_folder(out: Path | None) -> Path | None:
+    """``run --out``: checked before any work, so a bad folder costs nothing. It may be new,
+    but its parent must exist (a typo should not create a tree somewhere)."""
+    if out is None:
+        return None
+    check_path(out, "--out")
+    if out.exists() and not out.is_dir():
+        raise TunewiseError("is a file; --out takes a folder (result.json goes in it)",
+                            path=out, field="--out")
+    parent = out.absolute().parent
+    if not out.exists() and not parent.is_dir():
+        raise TunewiseError(f"folder {parent} does not exist (create it first)", path=out,
+                            field="--out")
+    return out
+
+
+def out_file(out: Path) -> Path:
+    """``report -o``: a file whose folder exists; not a folder."""
+    check_path(out, "--out")
+    if out.is_dir():
+        raise TunewiseError("is a folder; give a file name, e.g. "
+                            f"{out / 'report.html'}", path=out, field="--out")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise TunewiseError(f"folder {parent} does not exist (create it first)", path=out,
+                            field="--out")
+    return out
 
 
 def demo_path(name: str) -> Path:
@@ -146,7 +194,7 @@ def demo_path(name: str) -> Path:
 def _load(task: Path):
     from tunewise.task import load_task
 
-    return load_task(task)
+    return load_task(check_path(task, "task"))
 
 
 def _fmt_score(r: dict[str, Any]) -> str:
@@ -242,6 +290,7 @@ def _run(task_path: Path, out: Path | None, climb_all: bool, as_json: bool,
     from tunewise.files import progress_bar
     from tunewise.ladder import run_ladder
 
+    out = out_folder(out)
     task = _load(task_path)
     store = _store()
     progress = progress_bar(console=err_console, disable=as_json)
@@ -274,7 +323,7 @@ def _rung_names(text: str | None) -> list[str] | None:
 
     from tunewise.task import RUNG_ORDER
 
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))  # a,a: once
     if not names:
         raise TunewiseError("give at least one rung name, e.g. zero_shot,few_shot_knn",
                             field="--rungs")
@@ -411,7 +460,11 @@ def runs(limit: Annotated[int, typer.Option(help="How many.")] = 20) -> None:
     """List recent runs in the store."""
     table = Table("run id", "task", "status", "file")
     for row in _store().runs(limit):
-        table.add_row(safe(row["id"]), safe(row["task_name"]), safe(row["status"]),
+        status = safe(row["status"])
+        if row["error"]:  # why a run failed, shortened to keep the table readable
+            error = row["error"] if len(row["error"]) <= 60 else row["error"][:59] + "…"
+            status += f" [dim]({safe(error)})[/dim]"
+        table.add_row(safe(row["id"]), safe(row["task_name"]), status,
                       safe(row["task_path"] or ""))
     console.print(table)
 
@@ -422,7 +475,9 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id, or 'latest'.")] = "
     """Show a stored run's table and verdict without re-running anything."""
     row = _store().run(run_id)
     if not row["result_json"]:
-        raise TunewiseError(f"run {row['id']} did not finish; re-run its task to resume")
+        why = f" ({row['error']})" if row["error"] else ""
+        raise TunewiseError(f"run {row['id']} did not finish{why}; re-run its task to "
+                            "resume")
     result = json.loads(row["result_json"])
     if as_json:
         print(json.dumps(result, indent=2))
@@ -615,7 +670,7 @@ def report(
     if as_json:
         print(json.dumps(report_data(*load_run(store, run_id)), indent=2))
         return
-    data, _ = build_report(store, run_id, out)
+    data, _ = build_report(store, run_id, out_file(out))
     console.print(f"report of run {safe(data['run_id'])}: {safe(out)}")
 
 
@@ -626,9 +681,10 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
 ) -> None:
     """Start the web UI: advisor wizard, runs, reports, live runs, comparisons."""
-    from tunewise.web.server import resolve_host, run_server
+    from tunewise.web.server import check_port, resolve_host, run_server
 
     bind, warning = resolve_host(host, os.environ)
+    check_port(bind, port)  # before the banner: a taken port is one line, not a URL and a log
     if warning:
         err_console.print(f"[yellow]warning: {safe(warning)}[/yellow]")
     console.print(f"tunewise web UI on http://{safe(bind)}:{port}/  (Ctrl+C to stop)")
