@@ -49,7 +49,7 @@ def test_repeated_rung_runs_once(task: Path) -> None:
     result = CliRunner().invoke(app, ["run", str(task), "--rungs", "zero_shot,zero_shot",
                                       "--json"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
+    data = json.loads(result.stdout[result.stdout.index("{\n"):])  # click 8.1 mixes stderr
     assert [r["name"] for r in data["rungs"]] == ["zero_shot"]
     assert sum(u["calls_made"] for u in data["usage"].values()) == 3  # 3 test items, once
 

@@ -79,6 +79,10 @@ class _Group(TyperGroup):
         except Exception as exc:
             if is_framework_signal(exc):  # --help, usage errors, Exit: typer shows them
                 raise
+            if isinstance(exc, ValueError) and "embedded null byte" in str(exc):
+                # os.stat & co. on a path holding NUL (older click checks paths that way)
+                _print_error("error: a path contains a NUL byte; paths cannot hold one")
+                raise typer.Exit(2) from None
             # A bug, not bad input: still one masked line by default.
             _print_error(_traceback() if STATE["debug"] else
                          f"internal error: {type(exc).__name__}: {exc} (finished work is "
