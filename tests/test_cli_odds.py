@@ -152,6 +152,24 @@ def test_result_and_report_are_written_through_the_atomic_helper(
     assert written == ["result.json", "r.html"]
 
 
+def test_result_json_on_a_full_disk_keeps_the_run(tmp_path: Path, task: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run is stored before result.json is written: a full disk costs only the file."""
+    def full(_fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", full)
+        result = CliRunner().invoke(app, ["run", str(task), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "internal error" not in result.output
+    assert "result.json: cannot write this file (No space left on device)" in result.output
+    run_id = Store(os.environ["TUNEWISE_DB"]).runs()[0]["id"]
+    assert f"tunewise show {run_id} --json" in result.output
+    assert list((tmp_path / "o").iterdir()) == []  # no empty or partial result.json
+    shown = CliRunner().invoke(app, ["show", run_id])
+    assert shown.exit_code == 0 and "support-intent" in shown.output, shown.output
+
+
 def test_a_run_that_raises_is_marked_failed_with_the_reason(
         task: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tunewise.ladder as ladder

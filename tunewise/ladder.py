@@ -27,7 +27,7 @@ from tunewise.dataset import (
     require_seen_labels,
     task_labels,
 )
-from tunewise.errors import BudgetExceeded, redact
+from tunewise.errors import BudgetExceeded, TunewiseError, redact
 from tunewise.evaluate import compare, evaluate, expected_calibration_error
 from tunewise.files import write_text_atomic
 from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable, get_rung
@@ -349,6 +349,10 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     result["verdict"] = decide(result, task, store)
     result["verdict"].setdefault("reasons", []).extend(verdict_notes(result))
     store.finish_run(run_id, result)
-    write_text_atomic(out_dir / "result.json", json.dumps(result, indent=2))
+    try:
+        write_text_atomic(out_dir / "result.json", json.dumps(result, indent=2))
+    except TunewiseError as exc:  # e.g. disk full: the stored run is complete, say so
+        raise TunewiseError(f"{exc.message}; the run is saved in the store: tunewise show "
+                            f"{run_id} --json", path=exc.path) from None
     result["result_path"] = str(out_dir / "result.json")
     return result
