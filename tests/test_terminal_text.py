@@ -52,12 +52,17 @@ def _ok(*args: str) -> str:
 
 def test_printable_and_safe() -> None:
     assert printable("a\x1b[31mb\x07\x9bc\u202ed\te\nf") == "a\\x1b[31mb\\x07\\x9bc\\u202ed\te\nf"
-    assert safe("[/bold] \x1b]8;;x\x1b\\") == "\\[/bold] \\x1b]8;;x\\x1b\\\\"
     from rich.console import Console
 
-    console = Console(record=True, width=200)
-    console.print(safe("intent [/bold] x [red]y[/red]"))
-    assert console.export_text().strip() == "intent [/bold] x [red]y[/red]"
+    # Rendered through Rich, in any surrounding markup, the text reads exactly as written
+    # (escapes shown), trailing backslashes included (Textualize/rich#2993).
+    for text in ("intent [/bold] x [red]y[/red]", "C:\\", "a\\\\", "\\[b]x", "\\",
+                 "[/bold] \x1b]8;;x\x1b\\"):
+        for template, tail in (("{}", ""), ("[dim]{}[/dim]", ""),
+                               ("[bold]{}[/bold] and more", " and more")):
+            console = Console(record=True, width=200)
+            console.print(template.format(safe(text)))
+            assert console.export_text() == printable(text) + tail + "\n", (text, template)
 
 
 def test_markup_name_runs_and_lists(tmp_path: Path) -> None:
@@ -108,4 +113,4 @@ def test_error_lines_show_escapes(tmp_path: Path) -> None:
 def test_odd_names_round_trip(tmp_path: Path, name: str) -> None:
     task = _copy(tmp_path, name=name)
     _ok("run", str(task))
-    assert name in _ok("runs")
+    assert f" {name} " in _ok("runs")  # whole cell: a trailing backslash not doubled

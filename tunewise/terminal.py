@@ -31,7 +31,16 @@ def printable(text: Any) -> str:
 
 
 def safe(text: Any) -> str:
-    """``text`` ready for a Rich markup string: escapes shown, ``[`` escaped."""
+    """``text`` ready for a Rich markup string: escapes shown, ``[`` escaped.
+
+    Trailing backslashes need care: Rich reads backslashes as escapes only before a tag, so
+    ``rich.markup.escape`` doubles a trailing one, which then shows doubled at the end of a
+    cell (Textualize/rich#2993). Here they are doubled and followed by an empty ``[none]``
+    tag, which reads the same whatever the caller puts after the text.
+    """
     from rich.markup import escape
 
-    return escape(printable(text))
+    shown = printable(text)
+    body = shown.rstrip("\\")
+    trailing = len(shown) - len(body)
+    return escape(body) + ("\\" * (2 * trailing) + "[none][/none]" if trailing else "")
