@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tunewise.cli import app
-from tunewise.terminal import printable, safe
+from tunewise.terminal import json_text, printable, safe
 
 VALID = Path(__file__).parent / "malformed" / "valid_baseline"
 ESC_NAME = "intent \x1b[2J\x1b]0;pwned\x07 x"  # clear screen + retitle the window
@@ -114,3 +114,14 @@ def test_odd_names_round_trip(tmp_path: Path, name: str) -> None:
     task = _copy(tmp_path, name=name)
     _ok("run", str(task))
     assert f" {name} " in _ok("runs")  # whole cell: a trailing backslash not doubled
+
+
+def test_show_prompt_messages_stay_valid_json_without_raw_controls(tmp_path: Path) -> None:
+    task = _copy(tmp_path)
+    text = "caf\u00e9 \x1b[2J \x9b31m \u202e \x7f end"
+    out = _ok("show-prompt", str(task), "zero_shot", "--messages", "--input", text)
+    messages = json.loads(out[out.index("["):out.rindex("]") + 1])
+    assert any(text in m["content"] for m in messages)  # the same text, round-tripped
+    assert not {"\x9b", "\u202e", "\x7f"} & set(out)  # none of them raw on the terminal
+    assert "café" in out  # non-ASCII stays readable
+    assert json.loads(json_text({"a": "\x9b"})) == {"a": "\x9b"}

@@ -19,7 +19,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from tunewise.errors import TunewiseError, redact
-from tunewise.terminal import printable, safe
+from tunewise.terminal import json_text, printable, safe
 
 STATE: dict[str, Any] = {"store": None, "debug": False}
 
@@ -410,7 +410,7 @@ def show_prompt(
     ex = Example("input", text, "") if text is not None else test[min(example, len(test) - 1)]
     prompt = prepared.prompt_for(ex)
     if messages:
-        print(json.dumps(prompt, indent=2, ensure_ascii=False))
+        print(json_text(prompt))
     else:
         sys.stdout.write(printable(plan.ctx.backend.render(prompt)))
         sys.stdout.write("\n")

@@ -30,6 +30,16 @@ def printable(text: Any) -> str:
     return _INVISIBLE.sub(_shown, str(text))
 
 
+def json_text(data: Any) -> str:
+    """``data`` as indented JSON that keeps non-ASCII text readable (``ensure_ascii=False``)
+    yet shows the control characters JSON leaves raw (DEL, C1, bidi overrides) as ``\\u``
+    escapes, so the output stays valid JSON and harmless on a terminal."""
+    import json
+
+    return _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}",
+                          json.dumps(data, indent=2, ensure_ascii=False))
+
+
 def safe(text: Any) -> str:
     """``text`` ready for a Rich markup string: escapes shown, ``[`` escaped.
 
