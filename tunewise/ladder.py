@@ -324,6 +324,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     result["verdict"] = decide(result, task, store)
     result["verdict"].setdefault("reasons", []).extend(verdict_notes(result))
     store.finish_run(run_id, result)
-    (out_dir / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (out_dir / "result.json").write_text(json.dumps(result, indent=2, allow_nan=False),
+                                         encoding="utf-8")
     result["result_path"] = str(out_dir / "result.json")
     return result
