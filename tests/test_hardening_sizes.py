@@ -129,3 +129,97 @@ def test_long_items_are_scored_in_smaller_batches(tiny, monkeypatch) -> None:
     assert tiny._batches(ids, cids, 0) == [(0, 1), (1, 2), (2, 3), (3, 5)]
     monkeypatch.setattr(local, "MASK_BUDGET", 2**26)
     assert tiny._batches(ids, cids, 0) == [(0, 4), (4, 5)]  # batch_size 4 caps it
+
+
+# ---- few_shot_knn on a large training set ---------------------------------------------------
+
+class _FakeSentenceModel:
+    """Stands in for MiniLM: deterministic 8-d unit vectors, counting texts per call."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def encode(self, texts: list[str], **_: object):
+        import numpy as np
+
+        self.calls.append(len(texts))
+        vecs = np.array([[(hash(t) >> s) % 97 + 1.0 for s in range(8)] for t in texts])
+        return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return 8
+
+
+def _fake_embedder():
+    from tunewise.retrieval.embeddings import Embedder
+
+    embedder = Embedder.__new__(Embedder)  # the real class, without loading MiniLM
+    embedder.model, embedder.batch_size, embedder.id = _FakeSentenceModel(), 64, "fake"
+    embedder.cache_dir, embedder.encoded, embedder._memo = None, 0, {}
+    return embedder
+
+
+def _big_train(n: int):
+    from tunewise.dataset import Example
+
+    return [Example(f"t{i}", f"order {i} was charged twice", ("billing", "shipping")[i % 2])
+            for i in range(n)]
+
+
+@pytest.fixture
+def knn_plan(make_task):
+    from tunewise.backends.dummy import DummyBackend
+    from tunewise.ladder import plan_run
+    from tunewise.store import Store
+    from tunewise.task import load_task
+
+    task = load_task(make_task(limit=120, split={"test": 20, "dev": 0, "seed": 0}))
+    plan = plan_run(task, Store(), DummyBackend(), run_id="t",
+                    rungs=["few_shot_random", "few_shot_knn"])
+    plan.ctx.split.train = _big_train(200_000)
+    return plan
+
+
+def test_few_shot_knn_reports_progress_while_embedding_200k_rows(knn_plan) -> None:
+    from tunewise.rungs.few_shot import FewShotKNN
+
+    lines: list[str] = []
+    knn_plan.ctx.log = lines.append
+    embedder = _fake_embedder()
+    knn_plan.ctx.shared["embedder"] = embedder
+    prepared = FewShotKNN().prepare(knn_plan.ctx)
+    assert lines == [f"few_shot_knn: embedded {n:,} of 200,000 training inputs"
+                     for n in range(20_000, 200_001, 20_000)]
+    assert embedder.model.calls == [20_000] * 10 and embedder.encoded == 200_000
+    assert prepared.info == {"k": 8, "pool": 200_000}
+    # A second preparation finds every vector in the memo: nothing embedded, nothing said.
+    lines.clear()
+    FewShotKNN().prepare(knn_plan.ctx)
+    assert lines == [] and embedder.encoded == 200_000
+
+
+def test_small_embedding_jobs_stay_quiet() -> None:
+    embedder = _fake_embedder()
+    said: list[tuple[int, int]] = []
+    embedder.encode([f"text {i}" for i in range(2000)], on_progress=lambda *a: said.append(a))
+    assert said == [] and embedder.model.calls == [2000]
+
+
+def test_the_estimate_prices_few_shot_knn_embeddings(knn_plan) -> None:
+    from tunewise.cost import EMBED_TOKENS_PER_S, check_usd_budget, resolve_price
+
+    lines: list[str] = []
+    est = check_usd_budget(knn_plan, lines.append)
+    knn, rand = est["rungs"]["few_shot_knn"], est["rungs"]["few_shot_random"]
+    per_text = knn_plan.ctx.backend.count_tokens("order 1 was charged twice")
+    texts = 200_000 + len(knn_plan.ctx.split.test)
+    seconds = texts * per_text / EMBED_TOKENS_PER_S
+    hourly = resolve_price(knn_plan.task).entry.compute_per_hour
+    assert hourly and knn["embed_texts"] == texts
+    assert knn["embed_s"] == pytest.approx(seconds)
+    assert knn["embed_usd"] == pytest.approx(seconds / 3600 * hourly)
+    # The prompting part is priced alike; the embeddings come on top, and in the total.
+    assert knn["usd"] - rand["usd"] == pytest.approx(knn["embed_usd"])
+    assert est["usd"] == pytest.approx(knn["usd"] + rand["usd"])
+    assert lines[0].endswith(f"; few_shot_knn first embeds {texts:,} texts (about "
+                             f"{seconds / 60:.0f} min)")
