@@ -22,7 +22,15 @@ import numpy as np
 from tunewise.errors import TunewiseError
 from tunewise.files import read_utf8
 from tunewise.task import TaskSpec
-from tunewise.text import MAX_DEPTH, canonical_number, check_value, is_blank, label_text
+from tunewise.text import (
+    MAX_DEPTH,
+    SURROGATE,
+    canonical_number,
+    check_value,
+    is_blank,
+    label_text,
+    surrogate_in,
+)
 
 MIN_EXAMPLES_FINE_TUNE = 100
 WARN_EXAMPLES_FINE_TUNE = 200
@@ -92,7 +100,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _not_json_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
+    raise ValueError(f"{name} is not a JSON number (numbers must be finite)")
 
 
 def _json_line(line: str, path: Path, number: int, first: bool) -> Any:
@@ -117,9 +125,11 @@ def _json_line(line: str, path: Path, number: int, first: bool) -> Any:
                             path=path, line=number) from None
     except ValueError as exc:
         raise TunewiseError(f"not valid JSON: {exc}", path=path, line=number) from None
-    problem = check_value(obj)
-    if problem:
-        raise TunewiseError(f"the value {problem}", path=path, line=number)
+    for key, value in obj.items() if isinstance(obj, dict) else [(None, obj)]:
+        problem = check_value(value)
+        if problem or (key is not None and surrogate_in(key)):
+            raise TunewiseError(f"the value {problem or 'names a key that ' + SURROGATE}",
+                                path=path, line=number, field=key and ascii(key)[1:-1])
     return obj
 
 

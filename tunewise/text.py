@@ -19,6 +19,7 @@ nest a few levels; thousands of levels only exhaust Python's recursion limit lat
 # space/joiners, word joiner, byte-order mark, soft hyphen, and the "filler" letters.
 _INVISIBLE = frozenset("\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u2800\u3164\uffa0")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE = "holds a lone surrogate (an unpaired \\ud800-\\udfff escape), which is not text"
 
 
 def is_blank(text: str) -> bool:
@@ -63,8 +64,7 @@ def check_value(value: Any, max_depth: int = MAX_DEPTH) -> str | None:
         item, depth = stack.pop()
         if isinstance(item, str):
             if surrogate_in(item):
-                return "holds a lone surrogate (an unpaired \\ud800-\\udfff escape), which " \
-                    "is not text"
+                return SURROGATE
         elif isinstance(item, float):
             if not math.isfinite(item):
                 return f"holds {item}, which is not a number JSON allows"
