@@ -441,3 +441,21 @@ def test_a_slow_task_load_does_not_stall_other_requests(monkeypatch: pytest.Monk
 
     asyncio.run(main())
     assert done == ["runs", "start"]
+
+
+def test_a_price_file_gets_the_task_files_guards(tmp_path: Path) -> None:
+    from tunewise.cost import resolve_price
+    from tunewise.task import load_task
+
+    task = _append(_baseline(tmp_path), "cost: {prices_file: prices.yaml, price: mine}\n")
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("entries:\n  mine: {input_per_1m: " + "[" * 500 + "]" * 500 + "}\n")
+    with pytest.raises(TunewiseError, match="prices.yaml:2: entries: nested more than 64 lev"):
+        resolve_price(load_task(task))
+    prices.write_text("entries:\n  mine: {input_per_1m: .inf, output_per_1m: 1}\n")
+    with pytest.raises(TunewiseError, match="input_per_1m: Input should be a finite number"):
+        resolve_price(load_task(task))
+    prices.unlink()
+    with pytest.raises(TunewiseError) as err:
+        resolve_price(load_task(task))
+    assert str(err.value) == f"{prices}: cost.prices_file: price file not found"

@@ -26,7 +26,6 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
 from tunewise.errors import BudgetExceeded, TunewiseError
@@ -108,20 +107,23 @@ class Price:
 
 
 def _read_table(path: Path | None) -> tuple[str, dict[str, Any]]:
-    """(as_of, raw entries) of the bundled table, or of a user file."""
+    """(as_of, raw entries) of the bundled table, or of a user file (read with the task
+    file's guards: unreadable files, hostile YAML and syntax errors are one line)."""
+    from tunewise.files import read_utf8
+    from tunewise.task import read_yaml
+
     if path is None:
         text = resources.files("tunewise").joinpath("prices.yaml").read_text(encoding="utf-8")
         where: str | Path = "prices.yaml"
     else:
-        if not path.is_file():
-            raise TunewiseError("price file not found", path=path, field="cost.prices_file")
-        text, where = path.read_text(encoding="utf-8"), path
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise TunewiseError("not valid YAML", path=where,
-                            line=mark.line + 1 if mark else None) from None
+        try:
+            text = read_utf8(path, missing="price file not found",
+                             folder="is a folder, not a price file")
+        except TunewiseError as exc:
+            exc.field = "cost.prices_file"
+            raise
+        where = path
+    raw = read_yaml(text, where)[0] or {}
     if not isinstance(raw, dict) or not isinstance(raw.get("entries"), dict):
         raise TunewiseError("a price file needs an 'entries:' mapping of name -> prices",
                             path=where)

@@ -694,12 +694,18 @@ def _explain(err: dict[str, Any]) -> str:
     return err["msg"].replace("Value error, ", "")
 
 
-def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
-    """Validate YAML text as a task, raising a one-line :class:`TunewiseError` on any problem."""
+def read_yaml(text: str, path: Path | str) -> tuple[Any, yaml.Node | None]:
+    """YAML text as (data, node tree) for a user's file, with hostile YAML refused (see
+    :func:`_compose`) and syntax errors as one line naming the line.
+
+    Raises:
+        TunewiseError: the YAML does not parse, nests too deep, expands too far through
+            aliases, or holds a lone surrogate.
+    """
     path = Path(path)
     try:
         root = _compose(text, path)
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text), root
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or "invalid YAML"
@@ -709,6 +715,12 @@ def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
         raise TunewiseError(
             f"not valid YAML: {problem}", path=path, line=mark.line + 1 if mark else None
         ) from None
+
+
+def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
+    """Validate YAML text as a task, raising a one-line :class:`TunewiseError` on any problem."""
+    path = Path(path)
+    raw, root = read_yaml(text, path)
     if not isinstance(raw, dict):
         raise TunewiseError("a task file must be a mapping of keys to values", path=path)
     duplicate = _duplicate_key(root)
