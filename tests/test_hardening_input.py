@@ -459,3 +459,13 @@ def test_a_price_file_gets_the_task_files_guards(tmp_path: Path) -> None:
     with pytest.raises(TunewiseError) as err:
         resolve_price(load_task(task))
     assert str(err.value) == f"{prices}: cost.prices_file: price file not found"
+
+
+def test_a_yaml_boolean_label_asks_for_quotes(tmp_path: Path) -> None:
+    from tunewise.task import load_task
+
+    task = _append(_baseline(tmp_path), "labels: [billing, no, returns]\n")
+    with pytest.raises(TunewiseError) as err:
+        load_task(task)
+    assert str(err.value) == (f"{task}:9: labels: label 2 is the YAML boolean false "
+                              "(yes/no/on/off/true/false unquoted): quote it")

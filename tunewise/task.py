@@ -466,8 +466,11 @@ class TaskSpec(Strict):
         label is stripped and NFC-normalised, as the data's outputs are."""
         if not isinstance(value, list):
             return value
-        return [label_text(v) if isinstance(v, (str, int, float)) and not isinstance(v, bool)
-                else v for v in value]
+        for i, v in enumerate(value):
+            if isinstance(v, bool):
+                raise ValueError(f"label {i + 1} is the YAML boolean {str(v).lower()} (yes/no/"
+                                 "on/off/true/false unquoted): quote it")
+        return [label_text(v) if isinstance(v, (str, int, float)) else v for v in value]
 
     @field_validator("labels")
     @classmethod
