@@ -356,6 +356,11 @@ def add_cells(result: dict[str, Any], task: TaskSpec, store: Store | None = None
                 f"on {first}: {line}" for line in verdict.get("reasons", [])]
             verdict["rejected"] = [f"on {first}: {line}"
                                    for line in verdict.get("rejected", [])]
+            lead = (f"ship {choice['rung']} on {choice['model']}; re-run tunewise when the data, "
+                    "the models or their prices change" if across["rule_across"] ==
+                    "cheapest_meeting" else None)
+            verdict["next"] = ([lead] if lead else []) + [
+                f"on {first}: {line}" for line in verdict.get("next", [])]
             verdict["summary"] = across["summary_across"]
     else:
         model = model_runs(result)[0][0]
