@@ -240,10 +240,20 @@ def measured_request_cost(rung: dict[str, Any], price: Price) -> float | None:
     run measured (mean seconds per request x ``measured_time_scale``). None when the entry
     is hosted or the rung has no measured mean latency."""
     entry = price.entry
-    mean_ms = (rung.get("latency_ms") or {}).get("mean")
-    if entry.kind != "self_hosted" or not entry.compute_per_hour or not mean_ms:
+    seconds = serving_seconds(rung)
+    if entry.kind != "self_hosted" or not entry.compute_per_hour or not seconds:
         return None
-    return float(mean_ms) / 1000 * entry.measured_time_scale * entry.compute_per_hour / 3600
+    return seconds * entry.measured_time_scale * entry.compute_per_hour / 3600
+
+
+def serving_seconds(rung: dict[str, Any]) -> float | None:
+    """Machine seconds per request the run measured: 1 / throughput (items/s at the run's
+    batch size) when recorded, else the mean per-item latency."""
+    rate = rung.get("throughput_items_s")
+    if isinstance(rate, int | float) and rate > 0:
+        return 1.0 / float(rate)
+    mean_ms = (rung.get("latency_ms") or {}).get("mean")
+    return float(mean_ms) / 1000 if mean_ms else None
 
 
 def training_tokens(rung: dict[str, Any], n_train: int) -> tuple[float, str]:
@@ -287,8 +297,8 @@ def rung_cost(rung: dict[str, Any], task: TaskSpec, price: Price, volume: int,
         parts["evaluation"] = eval_calls * req["usd"]
         basis.append(f"evaluation: {eval_calls} calls")
     if req.get("measured_serving"):
-        basis.insert(0, f"serving: {rung['latency_ms']['mean']:.0f} ms/request measured x "
-                        f"{price.entry.measured_time_scale:g} at ${hourly}/h")
+        basis.insert(0, f"serving: {(serving_seconds(rung) or 0) * 1000:.0f} ms/request "
+                        f"measured x {price.entry.measured_time_scale:g} at ${hourly}/h")
     maintenance = 0.0
     if tuned and spec.retrain_every_days:
         maintenance = (parts["training"] + parts["compute"]) / spec.retrain_every_days
