@@ -36,9 +36,11 @@ def test_second_run_makes_zero_calls_and_same_numbers(runner, make_task, tmp_pat
     first = _run(runner, "run", str(task), "--all", "--json", "--out", str(tmp_path / "a"))
     second = _run(runner, "run", str(task), "--all", "--json", "--out", str(tmp_path / "b"))
     a, b = json.loads(first.stdout), json.loads(second.stdout)
-    assert sum(u["calls_made"] for u in a["usage"].values()) == 120
-    assert sum(u["calls_made"] for u in b["usage"].values()) == 0
-    assert sum(u["cache_hits"] for u in b["usage"].values()) == 120
+    assert sum(u["calls_made"] for u in a["usage"]["rungs"].values()) == 120
+    assert a["usage"]["calls_made"] == 120 and a["usage"]["calls"] == 120
+    assert sum(u["calls_made"] for u in b["usage"]["rungs"].values()) == 0
+    assert sum(u["cache_hits"] for u in b["usage"]["rungs"].values()) == 120
+    assert b["usage"]["cache_hits"] == 120 and b["usage"]["calls"] == 120
     def numbers(r):
         return [(x["name"], x["value"], x["ci_low"], x["latency_ms"]) for x in r["rungs"]]
 

@@ -292,7 +292,7 @@ def break_even(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def _eval_calls(result: dict[str, Any], rung: dict[str, Any]) -> int:
-    used = (result.get("usage") or {}).get(rung["name"])
+    used = ((result.get("usage") or {}).get("rungs") or {}).get(rung["name"])
     if used:
         return int(used.get("calls_made", 0) or 0) + int(used.get("cache_hits", 0) or 0)
     made = int(rung.get("calls_made", 0) or 0) + int(rung.get("cache_hits", 0) or 0)

@@ -29,6 +29,7 @@ from tunewise.dataset import (
 )
 from tunewise.errors import BudgetExceeded
 from tunewise.evaluate import compare, evaluate, expected_calibration_error
+from tunewise.results import SCHEMA_VERSION, check_result
 from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable, get_rung
 from tunewise.store import Store
 from tunewise.task import RUNG_ORDER, TaskSpec
@@ -295,6 +296,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     from tunewise.verdict import decide
 
     result = {
+        "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "task": {"name": task.name, "kind": task.kind, "metric": task.metric,
                  "target": task.target, "source": str(task.source or ""),
@@ -305,6 +307,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         "data": plan.report.to_dict(),
         "split": {"seed": task.split.seed, **plan.report.sizes},
         "labels": plan.ctx.labels,
+        "decision": task.decision.model_dump(mode="json"),
         "rungs": results,
     }
     models = run_other_backends(plan, results, hooks)
@@ -319,10 +322,11 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         result["freshness"] = ladder_freshness(plan, results)
     from tunewise.cost import summarize
 
-    result["usage"] = store.usage(run_id)
+    result["usage"] = store.run_usage(run_id)
     result["cost"] = summarize(result, task)
     result["verdict"] = decide(result, task, store)
     result["verdict"].setdefault("reasons", []).extend(verdict_notes(result))
+    result = check_result(result)  # typed and versioned (tunewise.results) before it is kept
     store.finish_run(run_id, result)
     (out_dir / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     result["result_path"] = str(out_dir / "result.json")

@@ -25,6 +25,7 @@ from pydantic import (
 
 from tunewise.errors import TunewiseError
 from tunewise.files import read_utf8
+from tunewise.policy import DecisionSpec
 
 Kind = Literal["classification", "extraction", "generation", "qa"]
 Metric = Literal["accuracy", "macro_f1", "exact_match", "token_f1", "field_f1"]
@@ -357,11 +358,11 @@ class LoraSpec(Strict):
     qlora: bool = Field(
         False, description="CUDA only: load the base model in 4 bits (bitsandbytes, QLoRA)."
     )
-    min_examples: int = Field(
-        100, ge=1, description="Below this many training examples the lora rungs refuse to run."
+    min_examples: int | None = Field(
+        None, ge=1, description="Deprecated: use decision.min_examples (kept as an alias)."
     )
-    warn_examples: int = Field(
-        200, ge=1, description="Below this many training examples a run warns it is fragile."
+    warn_examples: int | None = Field(
+        None, ge=1, description="Deprecated: use decision.warn_examples (kept as an alias)."
     )
     curve: list[int] = Field(
         [50, 100, 200, 400],
@@ -370,8 +371,9 @@ class LoraSpec(Strict):
     general: Path | None = Field(
         None, description="Forgetting check set (JSONL input/output[/choices]); default: bundled."
     )
-    forgetting_threshold: float = Field(
-        0.05, ge=0, le=1, description="A drop on the general set beyond this is flagged."
+    forgetting_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="Deprecated: use decision.forgetting_threshold (kept as an alias).",
     )
 
 
@@ -429,6 +431,11 @@ class TaskSpec(Strict):
     few_shot: FewShotSpec = Field(default_factory=FewShotSpec, description="Few-shot settings.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="Fine-tuning settings.")
     cost: CostSpec = Field(default_factory=CostSpec, description="Prices and cost assumptions.")
+    decision: DecisionSpec = Field(
+        default_factory=DecisionSpec,
+        description="Thresholds of the verdict and the advisor (90% rule, minimum gain, "
+                    "example counts, forgetting, cost horizon); echoed in result.json.",
+    )
 
     @field_validator("labels")
     @classmethod
@@ -441,6 +448,10 @@ class TaskSpec(Strict):
     def _defaults(self) -> TaskSpec:
         if self.metric is None:
             object.__setattr__(self, "metric", DEFAULT_METRIC[self.kind])
+        for key in ("min_examples", "warn_examples", "forgetting_threshold"):
+            legacy = getattr(self.lora, key)  # the old home of these thresholds
+            if legacy is not None and key not in self.decision.model_fields_set:
+                setattr(self.decision, key, legacy)
         if self.backends:
             if "backend" in self.model_fields_set:
                 raise ValueError("give either backend or backends, not both")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from tunewise.advisor import FEW_EXAMPLES, MIN_EXAMPLES
 from tunewise.cost import format_days, format_usd
 from tunewise.evaluate import normalize_answer, parse_record
+from tunewise.results import load_result
 from tunewise.task import TaskSpec
 
 if TYPE_CHECKING:
@@ -111,52 +112,23 @@ def error_types(result: dict[str, Any], task: TaskSpec, store: Store | None
 
 # ---- optional checks run by other parts of the ladder -------------------------------------
 
-_SHARE_KEYS = ("followed_share", "follow_rate", "share_followed", "share", "value")
-_DIFF_KEYS = ("diff", "delta", "change")
-
-
-def _number(block: dict[str, Any], keys: tuple[str, ...]) -> float | None:
-    for key in keys:
-        if isinstance(block.get(key), int | float) and not isinstance(block[key], bool):
-            return float(block[key])
-    return None
-
-
-def _per_rung(block: Any, keys: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Normalise ``{rung: number | {..}}``, ``{"rungs": {...}}`` or one flat block."""
-    if not isinstance(block, dict):
-        return {}
-    if isinstance(block.get("rungs"), dict):
-        return _per_rung(block["rungs"], keys)
-    if _number(block, keys) is not None:
-        return {str(block.get("rung", "")): {**block, "_value": _number(block, keys)}}
-    out = {}
-    for name, item in block.items():
-        if isinstance(item, int | float) and not isinstance(item, bool):
-            out[name] = {"_value": float(item)}
-        elif isinstance(item, dict) and _number(item, keys) is not None:
-            out[name] = {**item, "_value": _number(item, keys)}
-    return out
-
 
 def freshness(result: dict[str, Any]) -> dict[str, float]:
     """Share of answers that follow an edited corpus fact, per rung (if the test ran)."""
-    return {k or "rag": v["_value"] for k, v in
-            _per_rung(result.get("freshness"), _SHARE_KEYS).items()}
+    fresh = load_result(result).freshness
+    if fresh is None or fresh.status != "done" or fresh.followed_share is None:
+        return {}
+    return {fresh.rung: fresh.followed_share}
 
 
 def forgetting(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """General-set change of each fine-tuned rung against the base model (if checked)."""
-    out = {}
-    for name, item in _per_rung(result.get("forgetting"), _DIFF_KEYS).items():
-        diff = item["_value"]
-        flagged = item.get("flagged")
-        if not isinstance(flagged, bool):
-            high = item.get("ci_high")
-            flagged = diff <= -FORGETTING_DROP and (high is None or high < 0)
-        out[name or "lora"] = {"diff": diff, "ci_low": item.get("ci_low"),
-                               "ci_high": item.get("ci_high"), "flagged": flagged}
-    return out
+    """General-set change of the fine-tuned model against the base model (if checked)."""
+    f = load_result(result).forgetting
+    if f is None or f.diff is None:
+        return {}
+    entry = {"diff": f.diff, "ci_low": f.diff_ci_low, "ci_high": f.diff_ci_high,
+             "flagged": f.flagged}
+    return dict.fromkeys(("lora", "lora_rag", "lora_system_prompt"), entry)
 
 
 # ---- diagnosis -----------------------------------------------------------------------------

@@ -118,13 +118,13 @@ def main_adapter(ctx: RunContext, on_step: Any = None) -> tuple[Any, int]:
     """The task's adapter on all training examples, with the guard rails on data size.
 
     Raises:
-        TunewiseError: fewer training examples than ``lora.min_examples``.
+        TunewiseError: fewer training examples than ``decision.min_examples``.
     """
-    n, spec = len(ctx.split.train), ctx.task.lora
+    n, spec = len(ctx.split.train), ctx.task.decision
     if n < spec.min_examples:
         raise TunewiseError(f"only {n} training examples; fine-tuning needs at least "
                             f"{spec.min_examples} (collect more, or keep prompting)",
-                            field="lora.min_examples")
+                            field="decision.min_examples")
     if n < spec.warn_examples:
         ctx.log(f"lora: {n} training examples; under {spec.warn_examples} results are fragile")
     return train_adapter(ctx, ctx.split.train, on_step=on_step)
