@@ -311,8 +311,11 @@ def summarize(result: dict[str, Any], task: TaskSpec, *, volume: int | None = No
     target = task.target
     n_train = int((result.get("split") or {}).get("train", 0) or 0)
     done = [r for r in result["rungs"] if r.get("status") == "done"]
+    horizon = task.decision.horizon_days
     costs = {r["name"]: {**rung_cost(r, task, price, volume, n_train, _eval_calls(result, r)),
                          "meets_target": r["value"] >= target} for r in done}
+    for c in costs.values():  # what the verdict compares: upfront + daily x horizon
+        c["total_over_horizon"] = c["upfront"] + c["daily"] * horizon
     meeting = [r["name"] for r in done if r["value"] >= target]
     if len(meeting) >= 2:
         candidates, basis = meeting, "rungs that meet the target"
@@ -331,6 +334,7 @@ def summarize(result: dict[str, Any], task: TaskSpec, *, volume: int | None = No
     return {
         "price": price.to_dict(),
         "requests_per_day": volume,
+        "horizon_days": horizon,
         "assumptions": task.cost.model_dump(mode="json", exclude={"override", "price"}),
         "rungs": costs,
         "met_target": meeting,
