@@ -148,6 +148,8 @@ class Evidence:
         """State ``b`` vs ``a`` (paired bootstrap of the task's metric); reuse if stated."""
         for c in self.comparisons:
             if {c["a"], c["b"]} == {a, b}:
+                if purpose not in c["purpose"].split("; "):
+                    c["purpose"] += "; " + purpose  # one test, cited for several claims
                 return c if (c["a"], c["b"]) == (a, b) else _flip(c)
         ra, rb = self.rows(a), self.rows(b)
         if ra is None or rb is None:
@@ -306,7 +308,8 @@ def diagnose(ev: Evidence, errors: dict[str, dict[str, Any]]) -> dict[str, Any]:
             behaviour.append(line + ": a behaviour the prompt could not teach")
         elif state["under_trained"]:
             out["under_trained"] = True
-            evidence.append(line + f": under-trained, not 'adds little': training stopped by "
+            evidence.append(line + f": the adapter is under-trained (so this says nothing yet "
+                            f"about what tuning can add): training stopped by "
                             f"{state['stopped_by']} ({state['steps']} steps, "
                             f"{state['epochs']} epochs) while its loss was still falling")
         else:
@@ -410,7 +413,7 @@ def _choose(ev: Evidence) -> tuple[str, RungResult | None, list[str], list[str]]
         pool = [r for r in done if r.family == "prompting"]
         top_p = best_prompt
         tied_p = [top_p.name] + [r.name for r in pool if r.name != top_p.name and
-                                 (c := ev.compare(top_p.name, r.name, "tie with the best "
+                                 (c := ev.compare(r.name, top_p.name, "tie with the best "
                                                   "prompting rung")) and tied(c)]
         name, _ = _cheapest(ev, tied_p)
         return "prompting_enough", ev.by_name[name], tied_p if len(tied_p) > 1 else [], notes
@@ -418,7 +421,7 @@ def _choose(ev: Evidence) -> tuple[str, RungResult | None, list[str], list[str]]
     for r in done:
         if r.name == top.name:
             continue
-        c = ev.compare(top.name, r.name, "tie with the best rung")
+        c = ev.compare(r.name, top.name, "tie with the best rung")
         if c is not None and tied(c):
             tied_names.append(r.name)
     name, how = _cheapest(ev, tied_names)
@@ -552,9 +555,9 @@ def decide(result: dict[str, Any] | RunResult, task: TaskSpec, store: Store | No
         if c_runner["diff"] >= 0:
             reasons.append(f"against the runner-up {runner.name} ({runner.value:.3f}) it is "
                            f"{c_runner['diff']:+.3f} {describe(c_runner)}")
-        else:
+        elif runner.name not in tied_names:  # a tie is worded by the choice rule below
             reasons.append(f"{runner.name} scores {-c_runner['diff']:+.3f} more "
-                           f"({runner.value:.3f}) {describe(c_runner)}")
+                           f"({runner.value:.3f}) {describe(_flip(c_runner))}")
     elif runner is not None:
         reasons.append(f"the best other rung, {runner.name}, scores {runner.value:.3f} "
                        f"({runner.value - value:+.3f}; no per-item rows, so not tested)")
