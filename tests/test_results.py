@@ -88,3 +88,23 @@ def test_show_renders_a_stored_run_through_the_typed_model(make_task, runner, tm
     assert "prompting_enough 0.9" in text  # the thresholds are echoed
     as_json = runner.invoke(app, ["show", result["run_id"], "--json"])
     assert json.loads(as_json.output)["schema_version"] == SCHEMA_VERSION
+
+
+def test_report_shows_the_comparisons_thresholds_and_single_request_latency(tmp_path):
+    import os
+
+    from report_helpers import demo_like_run
+
+    from tunewise.report import build_report
+    from tunewise.store import Store
+
+    run_id, result, _ = demo_like_run(tmp_path, Path(os.environ["TUNEWISE_DB"]))
+    _, html = build_report(Store(os.environ["TUNEWISE_DB"]), run_id)
+    comparisons = result["verdict"]["comparisons"]
+    assert comparisons and 'id="comparisons"' in html
+    for c in comparisons:
+        assert f'data-comparison="{c["id"]}"' in html
+    assert 'id="thresholds"' in html and "prompting enough 0.9" in html
+    row = html.split('<tr data-rung="zero_shot"', 1)[1].split("</tr>", 1)[0]
+    single = result["rungs"][0]["latency"]
+    assert f"{single['single_p95_ms']:.0f}" in row and "items/s" in row

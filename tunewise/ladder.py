@@ -29,6 +29,7 @@ from tunewise.dataset import (
 )
 from tunewise.errors import BudgetExceeded
 from tunewise.evaluate import compare, evaluate, expected_calibration_error
+from tunewise.latency import single_request_latency, throughput
 from tunewise.results import SCHEMA_VERSION, check_result
 from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable, get_rung
 from tunewise.store import Store
@@ -160,6 +161,10 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
         preds: list[Prediction] = rung.predict(prepared, test, ctx)
         prompts = [prepared.prompt_for(e) for e in test[:50]]
         shared = _shared_prefix_tokens(ctx, prompts)
+        sample = min(task.decision.latency_sample, len(test))
+        single = single_request_latency(
+            ctx, prepared.backend or ctx.backend, test[:sample + 1],
+            [prepared.prompt_for(e) for e in test[:sample + 1]], sample)
     finally:
         ctx.backend = base
     gold = [e.output for e in test]
@@ -172,12 +177,17 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
             "completion_mean": float(np.mean([p.completion_tokens for p in preds])),
             "shared_prefix": shared,
         },
+        # single requests at batch 1 when timed (tunewise.latency), else per-item batch time
         "latency_ms": {
-            "p50": _percentile([p.latency_s * 1000 for p in preds], 50),
-            "p95": _percentile([p.latency_s * 1000 for p in preds], 95),
+            "p50": single["single_p50_ms"] if single else
+            _percentile([p.latency_s * 1000 for p in preds], 50),
+            "p95": single["single_p95_ms"] if single else
+            _percentile([p.latency_s * 1000 for p in preds], 95),
         },
+        "throughput_items_s": throughput([p.latency_s for p in preds]),
         "upfront_s": prepared.upfront_s or prep_s,
         "info": prepared.info,
+        **({"latency": single} if single else {}),
         "calls_made": sum(not p.cached for p in preds),
         "cache_hits": sum(p.cached for p in preds),
     }
