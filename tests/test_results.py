@@ -57,6 +57,20 @@ def test_every_shipped_task_writes_a_valid_versioned_result(shipped_run):
     assert load_result(written).to_json() == written
 
 
+def test_the_estimate_is_within_10_percent_of_calls_and_25_percent_of_tokens(shipped_run):
+    name, result = shipped_run
+    usage = result["usage"]
+    calls, tokens = usage["calls"], usage["tokens"]
+    assert abs(usage["estimated_tokens"] - tokens) <= 0.25 * tokens, (name, usage)
+    # A budget guard must not under-count; the one part it cannot know before the run is
+    # how many of the freshness questions the rung answers right (only those are asked
+    # again after the edit), so that part is counted at its upper bound.
+    assert usage["estimated_calls"] >= calls, (name, usage)
+    fresh = result.get("freshness") or {}
+    unknowable = min(30, fresh.get("candidates", 0)) - fresh.get("edited_questions", 0)
+    assert usage["estimated_calls"] - unknowable - calls <= 0.10 * calls, (name, usage)
+
+
 def test_a_version_0_file_migrates(shipped_run):
     _, result = shipped_run
     old = json.loads(Path(result["result_path"]).read_text(encoding="utf-8"))

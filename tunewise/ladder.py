@@ -92,21 +92,67 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
     return Plan(task, ctx, report, chosen, skipped)
 
 
-def estimate_calls(plan: Plan) -> int:
-    """Model calls: test items per rung, plus every dev pass few_shot_best makes to choose."""
-    n_test, n_dev = len(plan.ctx.split.test), len(plan.ctx.split.dev)
-    total = 0
-    copies = len(plan.task.backends or [None])  # prompting rungs run on every backend
+def estimate_breakdown(plan: Plan) -> dict[str, int]:
+    """Model calls the run will ask for (made or cached), per rung and per check.
+
+    Per rung: its test items, the single requests timed for latency (``decision.
+    latency_sample`` plus one warm-up), and few_shot_best's dev passes (one per
+    candidate); prompting rungs again on every further backend. Then the checks after
+    the ladder: the learning curve (test items per subset size), forgetting (base and tuned
+    model on the general set) and the freshness test (the questions whose answer can be
+    edited, asked before and after the edit).
+    """
+    task, split = plan.task, plan.ctx.split
+    n_test, n_dev = len(split.test), len(split.dev)
+    sample = min(task.decision.latency_sample, n_test)
+    timing = sample + 1 if sample else 0
+    copies = len(task.backends or [None])  # prompting rungs run on every backend
+    out: dict[str, int] = {}
     for name in plan.rungs:
-        per = n_test + (n_dev * plan.task.few_shot.best_candidates
-                        if name == "few_shot_best" else 0)
-        total += per * (copies if FAMILY[name] == "prompting" else 1)
-    return total
+        per = n_test + timing + (n_dev * task.few_shot.best_candidates
+                                 if name == "few_shot_best" else 0)
+        out[name] = per * (copies if FAMILY[name] == "prompting" else 1)
+    tuned = [n for n in plan.rungs if FAMILY[n] == "fine_tuning"]
+    if "lora" in plan.rungs and task.lora.curve:
+        from tunewise.training.curve import curve_sizes
+
+        out["learning_curve"] = len(curve_sizes(task.lora.curve, len(split.train))) * n_test
+    if tuned:
+        from tunewise.errors import TunewiseError
+        from tunewise.training.forgetting import load_general
+
+        try:
+            out["forgetting"] = 2 * len(load_general(task.lora.general))
+        except TunewiseError:
+            out["forgetting"] = 0  # the check reports its own error and makes no call
+    if task.freshness.run and task.freshness.rung in plan.rungs and plan.ctx.corpus:
+        out["freshness"] = _freshness_calls(plan)
+    return out
 
 
-def check_budget(plan: Plan, log: Callable[[str], None] | None = None) -> None:
+def _freshness_calls(plan: Plan) -> int:
+    """Questions the freshness test asks before the edit, plus at most
+    ``freshness.max_questions`` asked again after it (found without any model call)."""
+    from tunewise.freshness import automatic_edits, rule_questions
+
+    ctx, spec = plan.ctx, plan.task.freshness
+    if spec.edits:
+        candidates = rule_questions(list(spec.edits), ctx.examples, ctx.corpus, 10**9)
+    else:
+        _, candidates = automatic_edits(ctx.split.test, ctx.corpus, len(ctx.split.test),
+                                        spec.seed, answers=ctx.examples)
+    return len(candidates) + min(spec.max_questions, len(candidates))
+
+
+def estimate_calls(plan: Plan) -> int:
+    """Every model call the run will ask for (see :func:`estimate_breakdown`)."""
+    return sum(estimate_breakdown(plan).values())
+
+
+def check_budget(plan: Plan, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Stop before any model call when the run would exceed ``budget.max_calls`` or
-    ``budget.max_usd`` (the dollar estimate is shown through ``log`` first)."""
+    ``budget.max_usd`` (the dollar estimate is shown through ``log`` first); returns the
+    estimate (``cost.estimate_run``), which the result keeps beside the calls made."""
     limit = plan.task.budget.max_calls
     estimate = estimate_calls(plan)
     if limit is not None and estimate > limit:
@@ -118,7 +164,7 @@ def check_budget(plan: Plan, log: Callable[[str], None] | None = None) -> None:
         )
     from tunewise.cost import check_usd_budget
 
-    check_usd_budget(plan, log)
+    return check_usd_budget(plan, log)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -275,7 +321,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         require_seen_labels(plan.report, task)
     for note in plan.report.notes:
         hooks.log(f"data check: {note}")
-    check_budget(plan, hooks.log)
+    estimate = check_budget(plan, hooks.log)
     run_id = store.create_run(task.name, str(task.source) if task.source else None,
                               task.fingerprint(), task.model_dump(mode="json"),
                               plan.ctx.split.ids())
@@ -332,7 +378,8 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         result["freshness"] = ladder_freshness(plan, results)
     from tunewise.cost import summarize
 
-    result["usage"] = store.run_usage(run_id)
+    result["usage"] = {**store.run_usage(run_id), "estimated_calls": estimate["calls"],
+                       "estimated_tokens": estimate["tokens"]}
     result["cost"] = summarize(result, task)
     result["verdict"] = decide(result, task, store)
     result["verdict"].setdefault("reasons", []).extend(verdict_notes(result))
