@@ -200,6 +200,31 @@ class Baseline(Model):
     per_item: list[float] | None = None
 
 
+class CellCost(Model):
+    """A cell's cost at the task's volume, with the model's own prices."""
+
+    per_request_usd: float | None = None
+    daily_usd: float | None = None
+    upfront_usd: float | None = None
+
+
+class Cell(Model):
+    """One (rung, model) cell: a score with its CI and its cost (``cells``)."""
+
+    rung: str
+    model: str | None = None
+    value: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+    cost: CellCost | None = None
+
+    @property
+    def label(self) -> str:
+        """``rung@model``, how comparisons name a cell."""
+        return f"{self.rung}@{self.model}" if self.model else self.rung
+
+
 class ModelRuns(Model):
     """Prompting rungs re-run on a further backend (``models``)."""
 
@@ -409,7 +434,7 @@ class RunResult(Model):
     rungs: list[RungResult] = Field(default_factory=list)
     models: list[ModelRuns] | None = None
     baselines: dict[str, Baseline] | None = None
-    cells: list[dict[str, Any]] | None = None
+    cells: list[Cell] | None = None
     forgetting: Forgetting | None = None
     freshness: Freshness | None = None
     usage: Usage = Field(default_factory=Usage)
@@ -505,7 +530,7 @@ def check_result(data: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
-    "SCHEMA_VERSION", "Baseline", "Comparison", "CostSummary", "Diagnosis", "Forgetting",
+    "SCHEMA_VERSION", "Baseline", "Cell", "Comparison", "CostSummary", "Diagnosis", "Forgetting",
     "Freshness", "LearningCurve", "RunResult", "RungCost", "RungResult", "Usage", "Verdict",
     "check_result", "load_result",
 ]

@@ -359,10 +359,10 @@ class LoraSpec(Strict):
         False, description="CUDA only: load the base model in 4 bits (bitsandbytes, QLoRA)."
     )
     min_examples: int | None = Field(
-        None, ge=1, description="Deprecated: use decision.min_examples (kept as an alias)."
+        None, ge=1, description="Alias of decision.min_examples (resolved to its value)."
     )
     warn_examples: int | None = Field(
-        None, ge=1, description="Deprecated: use decision.warn_examples (kept as an alias)."
+        None, ge=1, description="Alias of decision.warn_examples (resolved to its value)."
     )
     curve: list[int] = Field(
         [50, 100, 200, 400],
@@ -373,7 +373,7 @@ class LoraSpec(Strict):
     )
     forgetting_threshold: float | None = Field(
         None, ge=0, le=1,
-        description="Deprecated: use decision.forgetting_threshold (kept as an alias).",
+        description="Alias of decision.forgetting_threshold (resolved to its value).",
     )
 
 
@@ -452,6 +452,8 @@ class TaskSpec(Strict):
             legacy = getattr(self.lora, key)  # the old home of these thresholds
             if legacy is not None and key not in self.decision.model_fields_set:
                 setattr(self.decision, key, legacy)
+            # one value, readable from both places (decision: is where it is documented)
+            object.__setattr__(self.lora, key, getattr(self.decision, key))
         if self.backends:
             if "backend" in self.model_fields_set:
                 raise ValueError("give either backend or backends, not both")
