@@ -119,20 +119,20 @@ def _choose(ev: Evidence) -> tuple[str, RungResult | None, list[str], list[str]]
         pool = [r for r in done if r.family == "prompting"]
         top_p = best_prompt
         tied_p = [top_p.name] + [r.name for r in pool if r.name != top_p.name and
-                                 (c := ev.compare(r.name, top_p.name, "tie with the best "
-                                                  "prompting rung")) and tied(c)]
+                                 (c := ev.compare(r.name, top_p.name, "vs the best "
+                                                  "prompting rung (tie test)")) and tied(c)]
         name, _ = _cheapest(ev, tied_p)
         return "prompting_enough", ev.by_name[name], tied_p if len(tied_p) > 1 else [], notes
     tied_names = [top.name]
     for r in done:
         if r.name == top.name:
             continue
-        c = ev.compare(r.name, top.name, "tie with the best rung")
+        c = ev.compare(r.name, top.name, "vs the best rung (tie test)")
         if c is not None and tied(c):
             tied_names.append(r.name)
     name, how = _cheapest(ev, tied_names)
     if name != top.name:
-        c = ev.compare(name, top.name, "tie with the best rung")
+        c = ev.compare(name, top.name, "vs the best rung (tie test)")
         saving = (ev.cost_of(top.name) or 0) - (ev.cost_of(name) or 0)
         risk = ev.risk(top.name)
         notes.append(
@@ -376,7 +376,8 @@ def _next_steps(ev: Evidence, rule: str, chosen: RungResult, diag: dict[str, Any
     refused = {r.name: r.reason for r in res.rungs
                if r.family == "fine_tuning" and r.status == "skipped"}
     ran_tuned = [r for r in ev.done if r.family == "fine_tuning"]
-    can_tune = n_train >= pol.min_examples and not refused
+    # fine-tuning needs the weights (the local backend) and enough examples
+    can_tune = n_train >= pol.min_examples and not refused and task.backend.kind == "local"
     if rule == "target_met":
         steps.append(f"ship {name}; re-run tunewise when the data or the model changes")
         if chosen.family == "retrieval" and task.cost.reindex_every_days:
