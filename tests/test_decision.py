@@ -281,3 +281,24 @@ def test_next_steps_never_advise_a_rung_the_run_refused(tmp_path):
     assert "run lora" not in steps and "run the lora" not in steps
     assert "add a corpus" not in steps  # a closed-label classifier needs no corpus
     assert "lora was not run" in steps
+
+
+def test_the_learning_curve_slope_at_its_largest_size_is_named(tmp_path):
+    from tunewise.training.curve import slope_per_100
+
+    points = [{"n": 50, "value": 0.4}, {"n": 100, "value": 0.5}, {"n": 300, "value": 0.7}]
+    assert slope_per_100(points) == pytest.approx(0.1)
+    assert slope_per_100(points[:1]) is None
+    run = Run(e2e_task(tmp_path), ["zero_shot", "few_shot_random"])
+    run.answer("zero_shot", range(10), wrong="name: Nowhere")
+    run.answer("few_shot_random", range(30), wrong="name: Nowhere")
+    curve = {"metric": "exact_match", "examples_to_target": None, "monotone": True,
+             "slope_per_100": 0.1,
+             "points": [{"n": n, "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
+                        for n, v in ((100, 0.2), (200, 0.3), (300, 0.4))]}
+    run.answer("lora", range(40), wrong="name: Nowhere", like="few_shot_random",
+               family="fine_tuning", info={"learning_curve": curve, "stopped_by": "epochs",
+                                           "loss_falling": False})
+    v = run.verdict()
+    assert any("learning curve gains +0.100 exact_match per 100 examples at 300" in s
+               and "more labelled data should help" in s for s in v["next"])

@@ -219,13 +219,13 @@ def training_state(r: RungResult) -> dict[str, Any]:
 
 def curve_slope(r: RungResult) -> tuple[float, int] | None:
     """Gain per 100 examples between the two largest learning-curve points, and the size."""
+    from tunewise.training.curve import slope_per_100
+
     curve = r.info.learning_curve
-    if curve is None or len(curve.points) < 2:
+    if curve is None or not curve.points:
         return None
-    p, q = curve.points[-2], curve.points[-1]
-    if q.n == p.n:
-        return None
-    return (q.value - p.value) / (q.n - p.n) * 100, q.n
+    slope = slope_per_100([p.model_dump() for p in curve.points])
+    return None if slope is None else (slope, curve.points[-1].n)
 
 
 # ---- diagnosis -----------------------------------------------------------------------------

@@ -267,6 +267,9 @@ def decide(result: dict[str, Any] | RunResult, task: TaskSpec, store: Store | No
     elif runner is not None:
         reasons.append(f"the best other rung, {runner.name}, scores {runner.value:.3f} "
                        f"({runner.value - value:+.3f}; no per-item rows, so not tested)")
+    if chosen.degenerate:
+        reasons.append(f"{name} gives the same answer for over 90% of the items (flagged "
+                       "degenerate): its score says little about the task")
     reasons.extend(choice_notes)
     line = _cost_line(name, res, ev.horizon)
     if line:

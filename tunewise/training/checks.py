@@ -52,6 +52,8 @@ def verdict_notes(result: dict[str, Any]) -> list[str]:
     if curve:
         pts = curve["points"]
         shape = ", ".join(f"{p['n']}: {_pct(p['value'])}" for p in pts)
+        if curve.get("slope_per_100") is not None:  # how fast it still climbs at the end
+            shape += f"; {curve['slope_per_100']:+.3f} per 100 examples at {pts[-1]['n']}"
         needed = curve["examples_to_target"]
         if needed is not None:
             notes.append(f"lora reached the target {target} with {needed} training examples "
