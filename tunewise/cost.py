@@ -352,9 +352,11 @@ def _mean_tokens(backend: Any, texts: list[str]) -> float:
 
 
 def _turn_tokens(backend: Any, messages: list[dict[str, str]]) -> float:
-    """Tokens ``messages`` add to a prompt (the chat template's fixed tail left out)."""
-    return float(backend.count_tokens(backend.render(messages))
-                 - backend.count_tokens(backend.render([])))
+    """Tokens ``messages`` add to a prompt (measured against a one-word question, since a
+    chat template may refuse an empty conversation)."""
+    probe = [{"role": "user", "content": "x"}]
+    return float(backend.count_tokens(backend.render(messages + probe))
+                 - backend.count_tokens(backend.render(probe)))
 
 
 def estimate_run(plan: Plan) -> dict[str, Any]:
