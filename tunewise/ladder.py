@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from tunewise.backends import make_backend
 from tunewise.backends.base import Backend, CachedBackend
@@ -383,7 +384,12 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     result["cost"] = summarize(result, task)
     result["verdict"] = decide(result, task, store)
     result["verdict"].setdefault("reasons", []).extend(verdict_notes(result))
-    result = check_result(result)  # typed and versioned (tunewise.results) before it is kept
+    try:
+        result = check_result(result)  # typed and versioned (tunewise.results) before it is kept
+    except ValidationError as exc:  # a bug: say so, but never lose a finished run
+        err = exc.errors()[0]
+        hooks.log(f"result.json does not fit its schema ({'.'.join(map(str, err['loc']))}: "
+                  f"{err['msg']}); kept as measured, please report this")
     store.finish_run(run_id, result)
     (out_dir / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     result["result_path"] = str(out_dir / "result.json")
