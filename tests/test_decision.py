@@ -302,3 +302,11 @@ def test_the_learning_curve_slope_at_its_largest_size_is_named(tmp_path):
     v = run.verdict()
     assert any("learning curve gains +0.100 exact_match per 100 examples at 300" in s
                and "more labelled data should help" in s for s in v["next"])
+
+
+def test_vs_zero_shot_is_the_task_metric_for_macro_f1(tmp_path):
+    run = Run(snips_task(tmp_path, metric="macro_f1"), ["zero_shot", "system_prompt"])
+    zero, system = run.rung("zero_shot"), run.rung("system_prompt")
+    vs = system["vs_zero_shot"]
+    assert vs["diff"] == pytest.approx(system["value"] - zero["value"])
+    assert vs["ci_low"] <= vs["diff"] <= vs["ci_high"]

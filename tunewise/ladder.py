@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from tunewise.backends import make_backend
 from tunewise.backends.base import Backend, CachedBackend
+from tunewise.comparisons import paired_bootstrap
 from tunewise.dataset import (
     DataReport,
     check_data,
@@ -29,7 +30,7 @@ from tunewise.dataset import (
     task_labels,
 )
 from tunewise.errors import BudgetExceeded
-from tunewise.evaluate import compare, evaluate, expected_calibration_error
+from tunewise.evaluate import evaluate, expected_calibration_error
 from tunewise.latency import single_request_latency, throughput
 from tunewise.results import SCHEMA_VERSION, check_result
 from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable, get_rung
@@ -245,13 +246,18 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
     if ctx.labels:
         conf = [max(p.probs.values()) for p in preds if p.probs]
         result["ece"] = expected_calibration_error(conf, score.per_example)
-    if baseline is not None and name != "zero_shot":
-        result["vs_zero_shot"] = compare(baseline, score.per_example)
     rows = [
         {"example_id": e.id, "input": e.input, "gold": e.output, "prediction": p.text,
          "score": s, "details": {"probs": p.probs, **p.details} if p.probs else p.details}
         for e, p, s in zip(test, preds, score.per_example, strict=True)
     ]
+    if baseline is not None and name != "zero_shot":
+        # paired bootstrap of the task's own metric (macro-F1 recomputed per resample)
+        zero = {str(r["example_id"]): dict(r)
+                for r in ctx.store.predictions(ctx.run_id, "zero_shot" + tag)}
+        vs = paired_bootstrap(zero, {str(r["example_id"]): r for r in rows}, task.metric)
+        result["vs_zero_shot"] = {"diff": vs["diff"], "ci_low": vs["ci_low"],
+                                  "ci_high": vs["ci_high"], "p_value": vs["p"]}
     ctx.store.save_rung(ctx.run_id, name + tag, "done", result, result, rows)
     return result, score.per_example
 
