@@ -158,7 +158,7 @@ def results_table(result: Any) -> Table:
         vs = r.vs_zero_shot
         mark = ""
         if vs:
-            mark = f"{vs.diff:+.3f}" + (" *" if vs.p_value < 0.05 else "")
+            mark = f"{vs.diff:+.3f}" + (" *" if vs.p_value < 0.05 and vs.diff > 0 else "")
         met = " ✓" if r.value >= task.target else ""
         tokens = r.tokens
         table.add_row(
