@@ -217,3 +217,19 @@ def test_demo_like_run_ends_with_a_cited_verdict_and_break_even(make_task, runne
     assert "Break-even at 10,000 requests/day" in text
     assert "rungs meeting the target: none" in text
     assert f"Verdict: {v['summary'].split(':')[0]}" in text
+
+
+def test_among_rungs_meeting_the_target_the_cheapest_over_the_horizon_wins():
+    # few_shot_best is lower on the ladder but its long prompt costs more every day than
+    # the tuned rung's training costs once: over 365 days lora is cheaper
+    r = result(rung("zero_shot", "prompting", 0.4),
+               rung("few_shot_best", "prompting", 0.9, prompt=3000),
+               rung("lora", "fine_tuning", 0.9, prompt=40, upfront_s=600))
+    v = decide_rows(r, spec())
+    assert (v["rung"], v["rule"]) == ("lora", "target_met")
+    assert any("costs the least over 365 days" in x for x in v["reasons"])
+    (fsb,) = [x for x in v["rejected"] if x.startswith("few_shot_best:")]
+    assert "also meets the target" in fsb and "more over 365 days" in fsb
+    # a shorter horizon makes the upfront training count: few_shot_best wins
+    v = decide_rows(r, spec(decision={"horizon_days": 0.001}))
+    assert v["rung"] == "few_shot_best"

@@ -107,7 +107,8 @@ def _choose(ev: Evidence) -> tuple[str, RungResult | None, list[str], list[str]]
                          f"single-request p95 is above the {task.latency_ms:g} ms target")
         name, how = _cheapest(ev, meeting)
         chosen = ev.by_name[name]
-        if chosen.family == "fine_tuning" and prompting_ok and best_prompt.value < task.target:
+        others_meet = any(ev.by_name[n].family != "fine_tuning" for n in meeting)
+        if chosen.family == "fine_tuning" and prompting_ok and not others_meet:
             return "prompting_enough", best_prompt, [], notes
         if len(meeting) > 1 and ev.cost_of(name) is not None:
             notes.append(f"of the {len(meeting)} rungs that meet the target, {name} costs the "
@@ -232,6 +233,8 @@ def decide(result: dict[str, Any] | RunResult, task: TaskSpec, store: Store | No
         diag = diagnose(ev, errors)
         if not final:
             _forgetting_comparison(ev)
+    if any("id" not in c for c in ev.comparisons):  # defensive: both passes state the same
+        finish(ev.comparisons, pol.alpha)
     comparisons = ev.comparisons
     n_train = int(res.split.get("train", 0) or 0)
     meeting = [r.name for r in ev.done if r.value >= target]
