@@ -62,7 +62,7 @@ class Tuned:
             "final_loss": log.get("final_loss"),
             "dev_loss": log.get("dev_loss"),
             "stopped_early": log.get("stopped_early"),
-            **training_stop(log, ctx_max_steps(log)),
+            **training_stop(log, max_steps_of(log)),
             "resumed_from_step": log.get("resumed_from_step", []),
             "precision": log.get("precision"),
             "device": log.get("device"),
@@ -73,7 +73,7 @@ class Tuned:
         }
 
 
-def ctx_max_steps(log: dict[str, Any]) -> int | None:
+def max_steps_of(log: dict[str, Any]) -> int | None:
     """The ``lora.max_steps`` the adapter was trained with (from its saved config)."""
     return (log.get("config") or {}).get("max_steps")
 
