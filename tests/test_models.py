@@ -23,6 +23,7 @@ CHEAP = "example-hosted-small"
 
 def two_models(make_task, large: str = HOSTED, small: str = CHEAP, **fields) -> Path:
     """A task with two dummy models (same seed: same answers) at the given prices."""
+    fields.setdefault("decision", {"latency_sample": 0})  # call counts: test items only
     path = make_task(limit=200, backend=None, **fields,
                      models={"large": {"kind": "dummy", "price": large},
                              "small": {"kind": "dummy", "price": small}})
@@ -131,6 +132,7 @@ def test_one_model_still_lists_every_rung_as_a_cell(make_task) -> None:
 def test_adding_a_model_to_a_finished_task_makes_no_calls_for_cells_that_ran(make_task
                                                                              ) -> None:
     path = make_task(limit=200, backend=None, rungs=["zero_shot", "few_shot_random"],
+                     decision={"latency_sample": 0},
                      models={"large": {"kind": "dummy", "price": HOSTED}})
     path.write_text(path.read_text().replace("backend: null\n", ""))
     store = Store()
@@ -258,6 +260,7 @@ def test_distillation_trains_on_the_teachers_labels_not_the_gold_ones(make_task,
     extra = [{"input": "play some jazz by miles davis"}, {"input": "will it snow in oslo"}]
     (tmp_path / "more.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extra))
     path = make_task(limit=200, backend=None, target=0.99, unlabelled={"path": "more.jsonl"},
+                     decision={"latency_sample": 0},
                      distill={"teacher": "large"},
                      models={"large": {"kind": "dummy", "price": HOSTED,
                                        "rungs": ["zero_shot", "few_shot_knn"]},

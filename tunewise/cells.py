@@ -9,8 +9,8 @@ by measured total cost over the horizon among those that meet the target, with a
 test of its quality against the best cell of each other model.
 
 Total cost over the horizon = upfront + daily x horizon days (daily = volume x per request
-+ upkeep). The horizon is ``decision.horizon_days`` when the task has one, else
-:data:`HORIZON_DAYS`.
++ upkeep). The horizon and the 90% prompting rule come from the task's ``decision:``
+(:mod:`tunewise.policy`), as for the one-model verdict.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from tunewise.comparisons import p_text, paired_bootstrap
 from tunewise.cost import (
     CHART_POINTS,
     MAX_CANDIDATES,
@@ -29,14 +30,11 @@ from tunewise.cost import (
     request_cost,
     rung_cost,
 )
-from tunewise.evaluate import compare
 from tunewise.task import RUNG_ORDER, TaskSpec
 
 if TYPE_CHECKING:
     from tunewise.store import Store
 
-HORIZON_DAYS = 90  # total cost is compared over this many days unless the task says otherwise
-PROMPTING_ENOUGH = 0.9
 
 
 def label(rung: str, model: str) -> str:
@@ -46,8 +44,7 @@ def label(rung: str, model: str) -> str:
 
 def horizon_days(task: TaskSpec) -> float:
     """Days over which upfront and daily costs are added up to compare cells."""
-    decision = getattr(task, "decision", None)
-    return float(getattr(decision, "horizon_days", None) or HORIZON_DAYS)
+    return float(task.decision.horizon_days)
 
 
 def model_runs(result: dict[str, Any]) -> list[tuple[str, str, list[dict[str, Any]]]]:
@@ -180,7 +177,8 @@ def matrix_cost(cells: list[dict[str, Any]], task: TaskSpec, volume: int | None 
     }
 
 
-def choose(cells: list[dict[str, Any]], target: float) -> tuple[str, dict[str, Any] | None]:
+def choose(cells: list[dict[str, Any]], target: float, prompting_enough: float = 0.9
+           ) -> tuple[str, dict[str, Any] | None]:
     """The verdict's cell: (rule, cell).
 
     The cheapest by total cost over the horizon among cells meeting the target (ties go to
@@ -196,39 +194,36 @@ def choose(cells: list[dict[str, Any]], target: float) -> tuple[str, dict[str, A
     best = max(c["value"] for c in cells)
     prompting = [c for c in cells if c["family"] == "prompting"]
     top_prompt = max((c["value"] for c in prompting), default=-1.0)
-    if top_prompt >= PROMPTING_ENOUGH * target:
+    if top_prompt >= prompting_enough * target:
         pick = [c for c in prompting if c["value"] == top_prompt]
         return "prompting_enough", min(pick, key=lambda c: (c["cost"]["total_usd"], _order(c)))
     pick = [c for c in cells if c["value"] == best]
     return "none_meets", min(pick, key=lambda c: (c["cost"]["total_usd"], _order(c)))
 
 
-def _scores(store: Store | None, run_id: str | None, cell: dict[str, Any]
-            ) -> dict[str, float]:
+def _rows(store: Store | None, run_id: str | None, cell: dict[str, Any]
+          ) -> dict[str, dict[str, Any]]:
+    """A cell's per-item rows from the store (score, prediction, gold), by example id."""
     if store is None or not run_id:
         return {}
-    return {row["example_id"]: float(row["score"])
+    return {row["example_id"]: {"score": float(row["score"]), "prediction": row["prediction"],
+                                "gold": row["gold"]}
             for row in store.predictions(run_id, cell["stored_as"])}
 
 
 def paired(a: dict[str, Any], b: dict[str, Any], store: Store | None, run_id: str | None,
            metric: str = "") -> dict[str, Any] | None:
-    """Paired bootstrap of cell ``a`` against cell ``b`` on the test items both scored.
-
-    ``diff`` is a - b; ``p`` is two-sided (twice the smaller one-sided p, capped at 1).
-    """
-    sa, sb = _scores(store, run_id, a), _scores(store, run_id, b)
-    ids = sorted(set(sa) & set(sb))
-    if not ids:
+    """Paired bootstrap of cell ``a`` against cell ``b`` on the test items both scored, on
+    the task's metric (:func:`tunewise.comparisons.paired_bootstrap`): ``diff`` is a - b,
+    ``p`` two-sided."""
+    ra, rb = _rows(store, run_id, a), _rows(store, run_id, b)
+    if not set(ra) & set(rb):
         return None
-    xa, xb = [sa[i] for i in ids], [sb[i] for i in ids]
-    test = compare(xb, xa)  # b -> a: diff = a - b
-    other = compare(xa, xb)
+    test = paired_bootstrap(rb, ra, metric)  # metric(a) - metric(b)
     return {"a": a["label"], "b": b["label"], "metric": metric, "purpose": "parity",
-            "diff": test["diff"], "ci_low": test["ci_low"],
-            "ci_high": test["ci_high"], "p": min(1.0, 2 * min(test["p_value"],
-                                                           other["p_value"])),
-            "n": len(ids)}
+            "diff": test["diff"], "ci_low": test["ci_low"], "ci_high": test["ci_high"],
+            "p": test["p"], "p_text": p_text(test["p"], test["b_resamples"]),
+            "n": test["n"], "b_resamples": test["b_resamples"]}
 
 
 def _ratio_text(mine: float, theirs: float) -> str:
@@ -249,7 +244,7 @@ def parity_sentence(a: dict[str, Any], b: dict[str, Any], test: dict[str, Any] |
     text = f"{a['rung']} on {a['model']} reaches {share:.0%} of {b['rung']} on {b['model']}"
     if test:
         text += (f" (paired difference {test['diff']:+.2f}, 95% CI {test['ci_low']:+.2f} to "
-                 f"{test['ci_high']:+.2f}, p = {test['p']:.2g}, {test['n']} test items)")
+                 f"{test['ci_high']:+.2f}, {test['p_text']}, {test['n']} test items)")
     ratio = _ratio_text(a["cost"]["per_request_usd"], b["cost"]["per_request_usd"])
     if ratio:
         text += " " + ratio
@@ -284,7 +279,7 @@ def references(cells: list[dict[str, Any]], chosen: dict[str, Any]) -> list[dict
 def verdict_across(result: dict[str, Any], cells: list[dict[str, Any]], task: TaskSpec,
                    store: Store | None) -> dict[str, Any]:
     """``verdict.choice``, ``verdict.parity`` and the sentences that state them."""
-    rule, chosen = choose(cells, task.target)
+    rule, chosen = choose(cells, task.target, task.decision.prompting_enough)
     if chosen is None:
         return {"choice": None, "parity": [], "rule_across": rule}
     volume = task.volume.requests_per_day
@@ -323,7 +318,7 @@ def distill_vs_lora(result: dict[str, Any], cells: list[dict[str, Any]], task: T
             test["text"] = (f"distill on {d['model']} (teacher labels) scores {d['value']:.3f} "
                             f"against lora on gold labels {gold['value']:.3f}: paired "
                             f"difference {test['diff']:+.3f} (95% CI {test['ci_low']:+.3f} to "
-                            f"{test['ci_high']:+.3f}, p = {test['p']:.2g})")
+                            f"{test['ci_high']:+.3f}, {test['p_text']})")
             out.append(test)
     return out
 

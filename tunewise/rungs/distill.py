@@ -161,8 +161,7 @@ class Distill(Lora):
             labelled, usage = teacher_labels(ctx, teacher, train)
             gold = {e.id: e.output for e in ctx.split.train}
             agree = [lab.output == gold[lab.id] for lab in labelled if lab.id in gold]
-            decision = getattr(ctx.task, "decision", None)  # thresholds' home (issue 15)
-            least = getattr(decision, "min_examples", None) or ctx.task.lora.min_examples
+            least = ctx.task.decision.min_examples
             if len(labelled) < least:
                 raise TunewiseError(f"only {len(labelled)} inputs for the teacher to label; "
                                     f"distill needs at least {least}",
