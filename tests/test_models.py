@@ -21,6 +21,10 @@ HOSTED = "example-hosted-large"
 CHEAP = "example-hosted-small"
 
 
+def cell_label(c: dict) -> str:
+    return f"{c['rung']}@{c['model']}"
+
+
 def two_models(make_task, large: str = HOSTED, small: str = CHEAP, **fields) -> Path:
     """A task with two dummy models (same seed: same answers) at the given prices."""
     fields.setdefault("decision", {"latency_sample": 0})  # call counts: test items only
@@ -198,7 +202,7 @@ def test_parity_is_a_paired_test_against_the_best_cell_of_the_other_model(make_t
     parity = v["parity"]
     assert parity and all(p["a"] == a for p in parity)
     vs_large = next(p for p in parity if p["b"].endswith("@large"))
-    cells = {c["label"]: c for c in result["cells"]}
+    cells = {cell_label(c): c for c in result["cells"]}
     assert vs_large["diff"] == pytest.approx(cells[a]["value"] - cells[vs_large["b"]]["value"])
     assert vs_large["ci_low"] <= vs_large["diff"] <= vs_large["ci_high"]
     assert 0 < vs_large["p"] <= 1
@@ -219,9 +223,9 @@ def test_cost_command_reprices_the_matrix_without_model_calls(make_task, runner)
     assert store.db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == calls
     stored = json.loads(next(Path("runs").glob("*/result.json")).read_text())
     matrix = json.loads(out.output)["matrix"]
-    assert set(matrix["cells"]) == {c["label"] for c in stored["cells"]}
+    assert set(matrix["cells"]) == {cell_label(c) for c in stored["cells"]}
     for c in stored["cells"]:
-        new = matrix["cells"][c["label"]]
+        new = matrix["cells"][cell_label(c)]
         assert new["per_request_usd"] == pytest.approx(c["cost"]["per_request_usd"])
         assert new["daily_usd"] == pytest.approx(20000 * new["per_request_usd"]
                                                  + new["maintenance_per_day_usd"])
@@ -293,7 +297,7 @@ def test_distillation_trains_on_the_teachers_labels_not_the_gold_ones(make_task,
     # scored on the gold test split, priced with the teacher's labelling at its price
     rows = store.predictions(result["run_id"], "distill@small")
     assert [r["gold"] for r in rows] == sorted_gold(plan, rows)
-    c = next(c for c in result["cells"] if c["label"] == "distill@small")
+    c = next(c for c in result["cells"] if cell_label(c) == "distill@small")
     assert c["n"] == len(plan.ctx.split.test) and c["family"] == "fine_tuning"
     parts = c["cost"]["upfront_parts"]
     per = teacher["tokens"]
@@ -328,7 +332,7 @@ def test_report_and_web_show_the_matrix_and_chart_every_cell(make_task) -> None:
     result = run_ladder(task, Store(), climb_all=True)
     data, html = build_report(Store(), result["run_id"])
     assert [m["model"] for m in data["models"]["models"]] == ["large", "small"]
-    by = {c["label"]: c for c in result["cells"]}
+    by = {cell_label(c): c for c in result["cells"]}
     for row in data["models"]["rows"]:
         for model, cell in zip(("large", "small"), row["cells"], strict=True):
             mine = by[f"{row['rung']}@{model}"]

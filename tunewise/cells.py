@@ -331,8 +331,8 @@ def add_cells(result: dict[str, Any], task: TaskSpec, store: Store | None = None
     cell over the horizon among those meeting the target becomes the verdict.
     """
     cells = build_cells(result, task)
-    result["cells"] = [{k: v for k, v in c.items() if k not in ("model_order", "stored_as")}
-                       for c in cells]
+    result["cells"] = [{k: v for k, v in c.items()
+                        if k not in ("model_order", "stored_as", "label")} for c in cells]
     result.setdefault("cost", {})["matrix"] = matrix_cost(cells, task)
     verdict = result.setdefault("verdict", {})
     if len(model_runs(result)) > 1:

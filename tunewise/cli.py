@@ -587,7 +587,7 @@ def print_cost(result: Any) -> None:
         return
     for table in cost_tables(res.cost.model_dump(mode="json")):
         console.print(table)
-    cells = res.cells or []
+    cells = [c.model_dump(mode="json") for c in res.cells or []]
     matrix = res.cost.model_dump(mode="json").get("matrix")
     if len({c["model"] for c in cells}) > 1 and matrix:
         for table in matrix_tables(cells, matrix):

@@ -48,7 +48,8 @@ def quality_vs_cost(data: dict[str, Any]) -> tuple[Markup, str] | None:
     with_cost = [r for r in done if r.get("cost_per_request") is not None]
     cells = data.get("cells") or []
     if len({c.get("model") for c in cells}) > 1:  # several models: every (rung, model) cell
-        with_cost = [{"name": c["label"], "family": c.get("family", ""), "value": c["value"],
+        with_cost = [{"name": f"{c['rung']}@{c['model']}", "family": c.get("family", ""),
+                      "value": c["value"],
                       "ci_low": c["ci_low"], "ci_high": c["ci_high"],
                       "cost_per_request": c["cost"]["per_request_usd"]} for c in cells]
     if with_cost:
@@ -121,7 +122,7 @@ def break_even(data: dict[str, Any]) -> Markup | None:
     if not days or not series_data:
         return None
     rungs = {r["name"]: r for r in data["rungs"]}
-    rungs.update({c["label"]: c for c in data.get("cells") or [] if "label" in c})
+    rungs.update({f"{c['rung']}@{c['model']}": c for c in data.get("cells") or []})
     series = []
     for name, values in series_data.items():
         fam = rungs.get(name, {}).get("family", "")

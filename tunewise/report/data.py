@@ -96,8 +96,8 @@ def models_side_by_side(result: RunResult, target: float) -> dict[str, Any] | No
     names: list[str] = []
     for p in per:  # rungs in ladder order, each once, whichever model ran it
         names += [n for n in p if n not in names]
-    costs = {(c.get("rung"), c.get("model")): c.get("cost") or {}
-             for c in result.cells or [] if isinstance(c, Mapping)}
+    costs = {(c.rung, c.model): c.cost.model_dump() if c.cost else {}
+             for c in result.cells or []}
     verdict = result.verdict
     choice = verdict.choice if verdict and verdict.choice else None
     rows = []
@@ -195,7 +195,7 @@ def report_data(result: RunResult | Mapping[str, Any],
         "verdict": verdict,
         "rungs": table,
         "models": models_side_by_side(res, target),
-        "cells": list(res.cells or []),
+        "cells": [c.model_dump(mode="json") for c in res.cells or []],
         "cost": res.cost.model_dump(mode="json") if res.cost else None,
         "cost_by_rung": cost,
         "learning_curves": curves,
