@@ -407,7 +407,7 @@ def estimate_run(plan: Plan) -> dict[str, Any]:
     if len(plan.models) < 2:
         return estimate_model(plan, model_price(plan.task))
     parts = [estimate_model(replace(plan, task=m.ctx.task, ctx=m.ctx, rungs=m.rungs,
-                                    models=[]), model_price(plan.task, m.name), checks=not i)
+                                    models=[]), model_price(plan.task, m.name), with_checks=not i)
              for i, m in enumerate(plan.models)]  # the checks after the ladder: first model
 
     def tagged(key: str) -> dict[str, Any]:
@@ -420,7 +420,7 @@ def estimate_run(plan: Plan) -> dict[str, Any]:
             "checks": tagged("checks")}
 
 
-def estimate_model(plan: Plan, price: Price, checks: bool = True) -> dict[str, Any]:
+def estimate_model(plan: Plan, price: Price, with_checks: bool = True) -> dict[str, Any]:
     """An estimate of one model's calls, tokens and cost at ``price``, without a model call.
 
     Calls come from ``ladder.estimate_breakdown`` (rungs, latency timing, few_shot_best's
@@ -491,7 +491,7 @@ def estimate_model(plan: Plan, price: Price, checks: bool = True) -> dict[str, A
     checks: dict[str, dict[str, float]] = {}
     check_prompt = {"learning_curve": query, "forgetting": query,
                     "freshness": prompt.get(task.freshness.rung, query)}
-    for name in ("learning_curve", "forgetting", "freshness") if checks else ():
+    for name in ("learning_curve", "forgetting", "freshness") if with_checks else ():
         if calls.get(name):
             tokens = {"prompt_mean": check_prompt[name], "completion_mean": completion}
             checks[name] = {"calls": calls[name],
