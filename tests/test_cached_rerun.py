@@ -89,3 +89,39 @@ def test_cached_rerun_of_the_local_backend_loads_no_model(tmp_path: Path,
     for a, b in zip(first["rungs"], again["rungs"], strict=True):
         assert a["value"] == b["value"]
         assert a["tokens"] == b["tokens"]
+
+
+def test_cached_rerun_with_the_server_down_uses_its_remembered_identity(caplog) -> None:
+    """The openai backend's id names the server's weights, probed on first use. With the
+    server down, the last identity it gave (kept in the store) keys the cache lookups."""
+    import logging
+
+    from openai_stub import StubServer
+
+    from tunewise.backends.base import CachedBackend
+    from tunewise.backends.openai_compat import OpenAIBackend
+    from tunewise.store import Store
+    from tunewise.task import BackendSpec
+
+    prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(3)]
+    models = {"data": [{"id": "m", "owned_by": "me", "root": "/weights/a"}]}
+
+    def backend(url: str, store: Store) -> CachedBackend:
+        spec = BackendSpec(kind="openai", model="m", base_url=url, timeout_s=2, max_retries=0)
+        return CachedBackend(OpenAIBackend(spec), store)
+
+    store = Store()
+    with StubServer(models=models) as stub:
+        url = stub.url
+        first = backend(url, store)
+        answers = first.generate(prompts, 8)
+    assert not any(a.cached for a in answers)
+    with caplog.at_level(logging.WARNING):
+        again = backend(url, store)
+        replay = again.generate(prompts, 8)  # the server is gone: answered from the store
+    assert again.id == first.id and ":server=unverified" not in again.id
+    assert all(a.cached for a in replay) and [a.text for a in replay] == [a.text for a in answers]
+    said = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(said) == 1 and url in said[0]
+    # Another store never saw the server: the id falls back to URL and name, and differs.
+    assert backend(url, Store(store.path.with_name("other.db"))).id != first.id
