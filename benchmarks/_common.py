@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -170,6 +171,7 @@ def session(args: argparse.Namespace | None = None) -> Iterator[None]:
     """Print versions, threads and load before the benchmark, the load and peak RSS after."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecations
     threads = getattr(args, "threads", None)
     used = set_threads(threads) if args is not None and hasattr(args, "threads") else None
     print(f"# {Path(sys.argv[0]).name}: {versions()}; python {sys.version.split()[0]}")
