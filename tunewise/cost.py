@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
 from tunewise.errors import BudgetExceeded, TunewiseError
@@ -41,7 +40,6 @@ MILLION = 1_000_000
 CHART_POINTS = 31
 MAX_CANDIDATES = 3  # rungs compared when fewer than two meet the target
 DEFAULT_EPOCHS = 3  # training-token estimate when a fine-tuning rung does not report them
-RAG_TOP_K = 5  # passages assumed per retrieval prompt in the pre-run estimate
 
 
 class PriceEntry(PriceFields):
@@ -108,20 +106,23 @@ class Price:
 
 
 def _read_table(path: Path | None) -> tuple[str, dict[str, Any]]:
-    """(as_of, raw entries) of the bundled table, or of a user file."""
+    """(as_of, raw entries) of the bundled table, or of a user file (read with the task
+    file's guards: unreadable files, hostile YAML and syntax errors are one line)."""
+    from tunewise.files import read_utf8
+    from tunewise.task import read_yaml
+
     if path is None:
         text = resources.files("tunewise").joinpath("prices.yaml").read_text(encoding="utf-8")
         where: str | Path = "prices.yaml"
     else:
-        if not path.is_file():
-            raise TunewiseError("price file not found", path=path, field="cost.prices_file")
-        text, where = path.read_text(encoding="utf-8"), path
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise TunewiseError("not valid YAML", path=where,
-                            line=mark.line + 1 if mark else None) from None
+        try:
+            text = read_utf8(path, missing="price file not found",
+                             folder="is a folder, not a price file")
+        except TunewiseError as exc:
+            exc.field = "cost.prices_file"
+            raise
+        where = path
+    raw = read_yaml(text, where)[0] or {}
     if not isinstance(raw, dict) or not isinstance(raw.get("entries"), dict):
         raise TunewiseError("a price file needs an 'entries:' mapping of name -> prices",
                             path=where)
@@ -292,7 +293,7 @@ def break_even(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def _eval_calls(result: dict[str, Any], rung: dict[str, Any]) -> int:
-    used = (result.get("usage") or {}).get(rung["name"])
+    used = ((result.get("usage") or {}).get("rungs") or {}).get(rung["name"])
     if used:
         return int(used.get("calls_made", 0) or 0) + int(used.get("cache_hits", 0) or 0)
     made = int(rung.get("calls_made", 0) or 0) + int(rung.get("cache_hits", 0) or 0)
@@ -311,8 +312,11 @@ def summarize(result: dict[str, Any], task: TaskSpec, *, volume: int | None = No
     target = task.target
     n_train = int((result.get("split") or {}).get("train", 0) or 0)
     done = [r for r in result["rungs"] if r.get("status") == "done"]
+    horizon = task.decision.horizon_days
     costs = {r["name"]: {**rung_cost(r, task, price, volume, n_train, _eval_calls(result, r)),
                          "meets_target": r["value"] >= target} for r in done}
+    for c in costs.values():  # what the verdict compares: upfront + daily x horizon
+        c["total_over_horizon"] = c["upfront"] + c["daily"] * horizon
     meeting = [r["name"] for r in done if r["value"] >= target]
     if len(meeting) >= 2:
         candidates, basis = meeting, "rungs that meet the target"
@@ -331,6 +335,7 @@ def summarize(result: dict[str, Any], task: TaskSpec, *, volume: int | None = No
     return {
         "price": price.to_dict(),
         "requests_per_day": volume,
+        "horizon_days": horizon,
         "assumptions": task.cost.model_dump(mode="json", exclude={"override", "price"}),
         "rungs": costs,
         "met_target": meeting,
@@ -348,14 +353,27 @@ def _mean_tokens(backend: Any, texts: list[str]) -> float:
     return sum(backend.count_tokens(t) for t in texts) / len(texts) if texts else 0.0
 
 
-def estimate_run(plan: Plan) -> dict[str, Any]:
-    """A conservative cost estimate of a planned run, made without any model call.
+def _turn_tokens(backend: Any, messages: list[dict[str, str]]) -> float:
+    """Tokens ``messages`` add to a prompt (measured against a one-word question, since a
+    chat template may refuse an empty conversation)."""
+    probe = [{"role": "user", "content": "x"}]
+    return float(backend.count_tokens(backend.render(messages + probe))
+                 - backend.count_tokens(backend.render(probe)))
 
-    Prompts are sized from a sample of real items rendered by the backend's chat template:
-    the user turn, the system message, shots (k or the few_shot_best maximum) and passages.
-    No prefix-cache discount is assumed, and generation is priced at ``max_new_tokens``.
+
+def estimate_run(plan: Plan) -> dict[str, Any]:
+    """An estimate of a planned run's calls, tokens and cost, made without any model call.
+
+    Calls come from ``ladder.estimate_breakdown`` (rungs, latency timing, few_shot_best's
+    dev passes, learning curve, forgetting, freshness). Prompts are sized from real items
+    rendered by the backend's chat template: the user turn, the system message, shots (k,
+    or the few_shot_best maximum) and, for retrieval, ``retrieval.k`` passages of
+    ``retrieval.chunk_tokens`` each, in the question and in each of ``retrieval.shots``
+    worked examples. Answers are sized by the training answers (label scoring generates
+    nothing). No prefix-cache discount is assumed. Fine-tuning adds its training tokens
+    (``lora.epochs`` passes over the training examples).
     """
-    from tunewise.ladder import estimate_calls
+    from tunewise.ladder import estimate_breakdown
     from tunewise.prompts import system_message
 
     task, ctx = plan.task, plan.ctx
@@ -364,42 +382,92 @@ def estimate_run(plan: Plan) -> dict[str, Any]:
     sample = ctx.split.test[:20]
     query = _mean_tokens(backend, [backend.render([{"role": "user", "content": e.input}])
                                    for e in sample])
-    system = backend.count_tokens(system_message(task, ctx.labels))
-    shot = _mean_tokens(backend, [
-        backend.render([{"role": "user", "content": e.input},
-                        {"role": "assistant", "content": e.output}])
-        for e in ctx.split.train[:50]])
-    passage = _mean_tokens(backend, [d.text for d in ctx.corpus[:50]]) * RAG_TOP_K
+    system = _turn_tokens(backend, [{"role": "system",
+                                     "content": system_message(task, ctx.labels)}])
+    train = ctx.split.train[:50]
+    shot = sum(_turn_tokens(backend, [{"role": "user", "content": e.input},
+                                      {"role": "assistant", "content": e.output}])
+               for e in train) / max(len(train), 1)
+    spec = task.retrieval
+    passages = 0.0
+    if ctx.corpus:  # k passages of the corpus's real chunk size (short documents: shorter)
+        from tunewise.retrieval.chunking import chunk_documents
+
+        chunks = chunk_documents(ctx.corpus[:200], spec.chunk_tokens, spec.overlap)
+        passages = spec.k * _mean_tokens(backend, [c.text for c in chunks])
+    rag = query + system + passages + spec.shots * (shot + passages)
     prompt = {
         "zero_shot": query, "system_prompt": query + system,
         "few_shot_random": query + system + task.few_shot.k * shot,
         "few_shot_knn": query + system + task.few_shot.k * shot,
         "few_shot_best": query + system + task.few_shot.best_max * shot,
-        "rag": query + system + passage, "lora": query,
-        "lora_system_prompt": query + system, "lora_rag": query + system + passage,
+        "rag": rag, "lora": query, "lora_system_prompt": query + system, "lora_rag": rag,
     }
+    answer = _mean_tokens(backend, [e.output for e in train])
     if ctx.labels:
         completion = float(max(backend.count_tokens(label) for label in ctx.labels))
+        generated = 0.0  # label scoring reads log-probs; it generates nothing
     else:
-        completion = float(task.backend.max_new_tokens)
+        completion = generated = min(answer, float(task.backend.max_new_tokens))
+    calls = estimate_breakdown(plan)
     n_train = len(ctx.split.train)
     rungs: dict[str, dict[str, float]] = {}
     for name in plan.rungs:
-        calls = estimate_calls(replace(plan, rungs=[name]))
         tokens = {"prompt_mean": prompt.get(name, query + system), "completion_mean": completion}
         tuned = name.startswith("lora")
-        usd = calls * request_cost(tokens, price, tuned)["usd"]
+        usd = calls[name] * request_cost(tokens, price, tuned)["usd"]
         if tuned:
-            train_tokens = n_train * DEFAULT_EPOCHS * (query + shot)
+            train_tokens = n_train * task.lora.epochs * (query + answer)
             if price.entry.training_per_1m is not None:
                 usd += train_tokens * price.entry.training_per_1m / MILLION
             elif price.entry.compute_per_hour and price.entry.prefill_tokens_per_s:
                 # forward + backward is about three forward passes
                 hours = 3 * train_tokens / price.entry.prefill_tokens_per_s / 3600
                 usd += hours * price.entry.measured_time_scale * price.entry.compute_per_hour
-        rungs[name] = {"calls": calls, "prompt_tokens": tokens["prompt_mean"], "usd": usd}
-    return {"price": price.name, "calls": sum(int(r["calls"]) for r in rungs.values()),
-            "usd": sum(r["usd"] for r in rungs.values()), "rungs": rungs}
+        rungs[name] = {"calls": calls[name], "prompt_tokens": tokens["prompt_mean"],
+                       "tokens": calls[name] * (tokens["prompt_mean"] + generated), "usd": usd}
+    if "few_shot_knn" in rungs:
+        rungs["few_shot_knn"].update(knn_embedding(plan, price))
+        rungs["few_shot_knn"]["usd"] += rungs["few_shot_knn"]["embed_usd"]
+    checks: dict[str, dict[str, float]] = {}
+    check_prompt = {"learning_curve": query, "forgetting": query,
+                    "freshness": prompt.get(task.freshness.rung, query)}
+    for name in ("learning_curve", "forgetting", "freshness"):
+        if calls.get(name):
+            tokens = {"prompt_mean": check_prompt[name], "completion_mean": completion}
+            checks[name] = {"calls": calls[name],
+                            "tokens": calls[name] * (check_prompt[name] + generated),
+                            "usd": calls[name] * request_cost(tokens, price)["usd"]}
+    parts = [*rungs.values(), *checks.values()]
+    return {"price": price.name, "calls": int(sum(p["calls"] for p in parts)),
+            "tokens": int(sum(p["tokens"] for p in parts)),
+            "usd": sum(p["usd"] for p in parts), "rungs": rungs, "checks": checks}
+
+
+# ---- few_shot_knn's upfront work: embedding the training inputs ---------------------------
+
+EMBED_TOKENS_PER_S = 5_000.0
+"""Rough throughput of the bundled all-MiniLM-L6-v2 on two CPU cores, in tokens/s (a few
+hundred short sentences a second). An assumption for the pre-run estimate only: the run
+measures the real time as the rung's upfront seconds."""
+
+
+def knn_embedding(plan: Plan, price: Price) -> dict[str, float]:
+    """What few_shot_knn embeds before and while prompting: every training input once and
+    each test input, priced as machine time (``compute_per_hour``; 0 when the entry has
+    none). Conservative: texts already in the on-disk embedding memo are counted too."""
+    ctx = plan.ctx
+    texts = len(ctx.split.train) + len(ctx.split.test)
+    per_text = _mean_tokens(ctx.backend, [e.input for e in ctx.split.train[:50]])
+    seconds = texts * per_text / EMBED_TOKENS_PER_S
+    usd = seconds / 3600 * (price.entry.compute_per_hour or 0.0)
+    return {"embed_texts": float(texts), "embed_s": seconds, "embed_usd": usd}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def check_usd_budget(plan: Plan, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -411,9 +479,12 @@ def check_usd_budget(plan: Plan, log: Callable[[str], None] | None = None) -> di
     est = estimate_run(plan)
     limit = plan.task.budget.max_usd
     if log is not None:
+        knn = est["rungs"].get("few_shot_knn", {})
+        embed = (f"; few_shot_knn first embeds {int(knn['embed_texts']):,} texts (about "
+                 f"{_duration(knn['embed_s'])})" if knn.get("embed_s", 0) >= 10 else "")
         log(f"estimate: up to {est['calls']} model calls, about {format_usd(est['usd'])} "
             f"at price '{est['price']}'" + (f" (budget {format_usd(limit)})"
-                                            if limit is not None else ""))
+                                            if limit is not None else "") + embed)
     if limit is not None and est["usd"] > limit:
         costly = max(est["rungs"].items(), key=lambda kv: kv[1]["usd"], default=None)
         hint = f"; the costliest rung is {costly[0]} ({format_usd(costly[1]['usd'])})" \

@@ -18,12 +18,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import PackageLoader
+from starlette.concurrency import run_in_threadpool
 
 from tunewise.advisor import QUESTIONS
 from tunewise.errors import TunewiseError
 from tunewise.report.charts import all_charts
 from tunewise.report.data import load_run, report_data
 from tunewise.report.render import environment, render_html
+from tunewise.results import Verdict, load_result
 from tunewise.web.jobs import Jobs
 from tunewise.web.wizard import step
 
@@ -76,11 +78,17 @@ def create_app(store_path: str | Path | None = None,
         for row in store.runs(RUN_LIST_LIMIT):
             item = dict(row)
             full = store.run(row["id"])
-            result = json.loads(full["result_json"]) if full["result_json"] else {}
-            verdict = result.get("verdict") or {}
-            item.update(summary=verdict.get("summary", ""), rung=verdict.get("rung"),
-                        meets_target=verdict.get("meets_target"),
-                        metric=(result.get("task") or {}).get("metric"))
+            try:
+                result = load_result(json.loads(full["result_json"]), f"run {row['id']}") \
+                    if full["result_json"] else None
+            except TunewiseError as exc:  # an unreadable old run is listed, not fatal
+                item.update(summary=str(exc), rung=None, meets_target=None, metric=None)
+                out.append(item)
+                continue
+            verdict = (result.verdict if result else None) or Verdict()
+            item.update(summary=verdict.summary, rung=verdict.rung,
+                        meets_target=verdict.meets_target if verdict.rung else None,
+                        metric=result.task.metric if result else None)
             out.append(item)
         return out
 
@@ -103,7 +111,8 @@ def create_app(store_path: str | Path | None = None,
             result = None
             if run_id:
                 full = store.run(run_id)
-                result = json.loads(full["result_json"]) if full["result_json"] else None
+                result = load_result(json.loads(full["result_json"]), f"run {run_id}"
+                                     ).to_json() if full["result_json"] else None
         if s.question is not None:
             keep = {**s.given, **({"run": run_id} if run_id else {})}
             skip_url = "/advisor?" + urlencode({**keep, s.question.key: ""})
@@ -149,7 +158,9 @@ def create_app(store_path: str | Path | None = None,
         try:
             if not task_path.strip():
                 raise TunewiseError("enter the path of a task.yaml file")
-            job = jobs.start(path, climb_all)
+            # Loading validates the task file; a huge or hostile one must not stall the
+            # event loop, which serves every other request.
+            job = await run_in_threadpool(jobs.start, path, climb_all)
         except TunewiseError as exc:
             return page("start.html", 400, error=str(exc), task_path=task_path,
                         climb_all=climb_all)
