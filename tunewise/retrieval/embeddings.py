@@ -62,6 +62,10 @@ class Embedder:
             self._model = SentenceTransformer(str(model_path()), device="cpu")
         return self._model
 
+    @model.setter
+    def model(self, value) -> None:
+        self._model = value
+
     @staticmethod
     def _key(text: str) -> str:
         return hashlib.sha256(text.encode()).hexdigest()[:24]
