@@ -124,8 +124,10 @@ def interleave(sides: list[Side], rounds: int, warmup: bool = True) -> list[Side
 
 def spread(values: list[float]) -> str:
     """``median [min, max]`` of one side's rounds."""
-    med = statistics.median(values)
-    return f"{med:.3g} [{min(values):.3g}, {max(values):.3g}]"
+    def fmt(v: float) -> str:
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+
+    return f"{fmt(statistics.median(values))} [{fmt(min(values))}, {fmt(max(values))}]"
 
 
 def ratio(a: Side, b: Side) -> tuple[float, float, float]:
