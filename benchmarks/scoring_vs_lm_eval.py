@@ -86,7 +86,7 @@ def run(args) -> None:
     shots = [{"input": r["input"], "output": r["output"]}
              for r in rows[len(rows) - args.shots:]]
     few = [build_messages(task, labels, r["input"], shots=shots)
-           for r in items[: args.shot_items]]
+           for r in rows[: args.shot_items]]
 
     def scorer(reuse: bool):
         def go() -> int:

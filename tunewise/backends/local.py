@@ -314,7 +314,19 @@ class LocalBackend:
         import torch
 
         x = torch.tensor([prefix], device=self.device)
-        return self.model(input_ids=x, use_cache=True, logits_to_keep=1).past_key_values
+        out = self.model(input_ids=x, use_cache=True, logits_to_keep=1)
+        cache = getattr(out, "cache", None)  # transformers >= 5.x names it so
+        return cache if cache is not None else out.past_key_values
+
+    def _cache_kw(self, cache: Any) -> dict[str, Any]:
+        """``cache`` under the forward argument this transformers version names it by
+        (``past_key_values`` is deprecated in 5.x, and older versions know only it)."""
+        import inspect
+
+        model = self.model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        new = "cache" in inspect.signature(type(base).forward).parameters
+        return {"cache" if new else "past_key_values": cache}
 
     @staticmethod
     def _shared_cache(prefix_cache: Any, batch: int) -> Any:
@@ -396,7 +408,7 @@ class LocalBackend:
         cache = self._shared_cache(prefix_cache, B) if prefix_cache is not None else None
         logits = self.model(input_ids=x.to(self.device),
                             attention_mask=mask[:, None].to(self.device),
-                            position_ids=pos.to(self.device), past_key_values=cache,
+                            position_ids=pos.to(self.device), **self._cache_kw(cache),
                             use_cache=prefix_cache is not None,
                             logits_to_keep=torch.tensor(cols, device=self.device)).logits
         logp = torch.log_softmax(logits.float(), -1)
