@@ -118,6 +118,10 @@ def load_examples(task: TaskSpec) -> list[Example]:
     for line, row in rows:
         inp = _text_field(row, spec.input, spec.path, line)
         out = _text_field(row, spec.output, spec.path, line)
+        if spec.rejected and not str(row.get(spec.rejected) or "").strip():
+            raise TunewiseError(f"field '{spec.rejected}' is missing or empty: every row needs "
+                                "a rejected answer for the dpo rung (data.rejected)",
+                                path=spec.path, line=line, field=spec.rejected)
         ex_id = str(row[spec.id]) if spec.id and row.get(spec.id) is not None else f"L{line}"
         _claim_id(seen_ids, ex_id, "id", spec.path, line, spec.id)
         extra = {k: v for k, v in row.items() if k not in (spec.input, spec.output)}
@@ -304,7 +308,8 @@ def check_data(examples: list[Example], split: Split, task: TaskSpec) -> DataRep
             f"only {n_train} training examples; fine-tuning needs at least "
             f"{min_ft} and is not offered (collect more, keep prompting)"
         )
-        blocks.update(dict.fromkeys(("lora", "lora_rag", "lora_system_prompt"), reason))
+        blocks.update(dict.fromkeys(("lora", "lora_rag", "lora_system_prompt", "full_ft", "dpo"),
+                                    reason))
     elif n_train < warn_ft:
         notes.append(
             f"{n_train} training examples: enough to try fine-tuning, but results under "

@@ -31,7 +31,7 @@ from tunewise.errors import BudgetExceeded
 from tunewise.evaluate import compare, evaluate, expected_calibration_error
 from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable, get_rung
 from tunewise.store import Store
-from tunewise.task import RUNG_ORDER, TaskSpec
+from tunewise.task import OPT_IN_RUNGS, RUNG_ORDER, TaskSpec
 
 
 @dataclass
@@ -56,8 +56,10 @@ class Plan:
 
 
 def default_rungs(task: TaskSpec) -> list[str]:
-    """Every rung in ladder order (requirements are checked per rung later)."""
-    return [r for r in RUNG_ORDER if r in (task.rungs or RUNG_ORDER)]
+    """Every rung in ladder order (requirements are checked per rung later); the opt-in
+    rungs (full_ft, dpo) only when the task names them."""
+    default = [r for r in RUNG_ORDER if r not in OPT_IN_RUNGS]
+    return [r for r in RUNG_ORDER if r in (task.rungs or default)]
 
 
 def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,

@@ -38,8 +38,12 @@ RungName = Literal[
     "lora",
     "lora_rag",
     "lora_system_prompt",
+    "full_ft",
+    "dpo",
 ]
 RUNG_ORDER: tuple[str, ...] = RungName.__args__  # type: ignore[attr-defined]
+# Rungs that run only when named (rungs: or --rungs): each trains a model of its own.
+OPT_IN_RUNGS: tuple[str, ...] = ("full_ft", "dpo")
 
 DEFAULT_METRIC: dict[str, str] = {
     "classification": "accuracy",
@@ -62,6 +66,9 @@ class DataSpec(Strict):
     input: str = Field("input", description="Field (column) holding the model input.")
     output: str = Field("output", description="Field (column) holding the expected output.")
     id: str | None = Field(None, description="Optional field with a stable example id.")
+    rejected: str | None = Field(
+        None, description="Field holding a rejected (worse) answer beside the output: "
+        "preference pairs for the dpo rung. Every row must have one.")
 
 
 class CorpusSpec(Strict):
@@ -380,6 +387,22 @@ class LoraSpec(Strict):
     forgetting_threshold: float = Field(
         0.05, ge=0, le=1, description="A drop on the general set beyond this is flagged."
     )
+    full_lr: float = Field(
+        5e-5, gt=0, description="Peak learning rate of the full_ft rung (every weight trained; "
+        "LoRA's rate would wreck pretrained weights). Epochs, batches, schedule: as above."
+    )
+
+
+class DpoSpec(Strict):
+    """Preference tuning (the dpo rung): DPO (Rafailov et al. 2023) on data.rejected pairs."""
+
+    start_from: Literal["sft", "base"] = Field(
+        "sft", description="sft: on top of the lora rung's adapter (merged); base: the base model."
+    )
+    beta: float = Field(0.1, gt=0, description="DPO temperature: how far from the reference.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate of the DPO adapter.")
+    epochs: int = Field(1, ge=1, le=20, description="Passes over the preference pairs.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
 
 
 def _one_scoring_rule(specs: list[BackendSpec]) -> None:
@@ -435,6 +458,7 @@ class TaskSpec(Strict):
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description="Spend limits.")
     few_shot: FewShotSpec = Field(default_factory=FewShotSpec, description="Few-shot settings.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="Fine-tuning settings.")
+    dpo: DpoSpec = Field(default_factory=DpoSpec, description="Preference tuning settings.")
     cost: CostSpec = Field(default_factory=CostSpec, description="Prices and cost assumptions.")
 
     @field_validator("labels")
@@ -453,6 +477,9 @@ class TaskSpec(Strict):
                 raise ValueError("give either backend or backends, not both")
             object.__setattr__(self, "backend", self.backends[0])
             _one_scoring_rule(self.backends)
+        if self.rungs and "dpo" in self.rungs and self.data.rejected is None:
+            raise ValueError("the dpo rung needs preference data: set data.rejected to the "
+                             "field holding the rejected answer of each row")
         return self
 
     # Set by load_task / parse_task: the file this spec came from and its YAML node tree
