@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -468,6 +469,16 @@ class TaskSpec(Strict):
             raise ValueError("needs at least two distinct labels")
         return value
 
+    @field_validator("rungs")
+    @classmethod
+    def _dpo_needs_pairs(cls, value: list[str] | None, info: ValidationInfo
+                         ) -> list[str] | None:
+        data = info.data.get("data")
+        if value and "dpo" in value and data is not None and data.rejected is None:
+            raise ValueError("the dpo rung needs preference data: set data.rejected to the "
+                             "field holding the rejected answer of each row")
+        return value
+
     @model_validator(mode="after")
     def _defaults(self) -> TaskSpec:
         if self.metric is None:
@@ -477,9 +488,6 @@ class TaskSpec(Strict):
                 raise ValueError("give either backend or backends, not both")
             object.__setattr__(self, "backend", self.backends[0])
             _one_scoring_rule(self.backends)
-        if self.rungs and "dpo" in self.rungs and self.data.rejected is None:
-            raise ValueError("the dpo rung needs preference data: set data.rejected to the "
-                             "field holding the rejected answer of each row")
         return self
 
     # Set by load_task / parse_task: the file this spec came from and its YAML node tree

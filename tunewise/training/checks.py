@@ -34,6 +34,10 @@ def after_ladder(ctx: RunContext, results: list[dict[str, Any]]) -> dict[str, An
     for name in ("full_ft", "dpo"):  # models of their own: their own forgetting check
         if name in done and name in ctx.shared:
             done[name]["info"]["forgetting"] = forgetting(ctx.shared[name].backend)
+    if "dpo" in done and "dpo" in ctx.shared:
+        from tunewise.rungs.dpo import preference_check
+
+        done["dpo"]["info"]["preference"] = preference_check(ctx)
     if "full_ft" in done and "lora" in done:
         done["full_ft"]["info"]["vs_lora"] = paired(ctx, "lora", "full_ft")
     tuned = ctx.shared.get("lora")
@@ -81,7 +85,7 @@ def verdict_notes(result: dict[str, Any]) -> list[str]:
         else:
             notes.append(f"lora stays below the target {target} and has levelled off; more of "
                          f"the same examples is unlikely to close the gap (curve {shape})")
-    notes += full_ft_notes(result)
+    notes += full_ft_notes(result) + dpo_notes(result)
     forgetting = result.get("forgetting") or {}
     if "base" in forgetting:
         b, t = forgetting["base"], forgetting["tuned"]
@@ -124,3 +128,21 @@ def full_ft_notes(result: dict[str, Any]) -> list[str]:
                 f"{test}): the full fine-tune is not worth its cost ({costs})"]
     return [f"the full fine-tune beats lora beyond its confidence interval ({scores}{test}); "
             f"weigh that against its cost ({costs}) and hosting a model of its own"]
+
+
+def dpo_notes(result: dict[str, Any]) -> list[str]:
+    """What preference tuning bought: test-pair preference accuracy before and after."""
+    dpo = next((r for r in result["rungs"] if r["name"] == "dpo" and r.get("status") == "done"),
+               None)
+    pref = (dpo or {}).get("info", {}).get("preference")
+    if not pref:
+        return []
+    acc = ", ".join(f"{k} {_pct(v['accuracy'])} [{_pct(v['ci_low'])}, {_pct(v['ci_high'])}]"
+                    for k, v in pref.items() if isinstance(v, dict))
+    start = pref.get("sft") or pref["base"]
+    gain = pref["dpo"]["accuracy"] - start["accuracy"]
+    verdict = ("dpo prefers the chosen answers more often than the model it started from"
+               if pref["dpo"]["ci_low"] > start["accuracy"] else
+               "dpo's preference accuracy is within the noise of the model it started from")
+    return [f"{verdict} (preference accuracy on {pref['n']} test pairs: {acc}; change "
+            f"{gain:+.3f}); task metric {_pct(dpo['value'])}"]

@@ -199,6 +199,7 @@ class LoraTrainer:
         except (OSError, ImportError) as exc:
             raise TunewiseError(f"cannot load model for training ({exc})".splitlines()[0],
                                 field="backend.model") from None
+        model = self._prepare_base(model)
         if qlora:
             from peft import prepare_model_for_kbit_training
 
@@ -208,7 +209,7 @@ class LoraTrainer:
             self.peft_model = model
             self.params = [p for p in model.parameters() if p.requires_grad]
             self.optimizer = torch.optim.AdamW(self.params, lr=self.spec.lr, weight_decay=0.0)
-            self.module = self.accelerator.prepare(_loss_module(model))
+            self.module = self.accelerator.prepare(self._make_module(model))
             return
         torch.manual_seed(self.spec.seed)  # the adapter's initial weights
         config = LoraConfig(r=self.spec.r, lora_alpha=self.spec.alpha,
@@ -221,7 +222,15 @@ class LoraTrainer:
             raise TunewiseError(f"{exc}".splitlines()[0], field="lora.target_modules") from None
         self.params = [p for p in self.peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.spec.lr, weight_decay=0.0)
-        self.module = self.accelerator.prepare(_loss_module(self.peft_model))
+        self.module = self.accelerator.prepare(self._make_module(self.peft_model))
+
+    def _prepare_base(self, model: Any) -> Any:
+        """The model the adapter is trained on (the DPO trainer merges an SFT adapter in)."""
+        return model
+
+    def _make_module(self, model: Any) -> Any:
+        """The module the loop calls: forward gives (loss sum, count) for the features."""
+        return _loss_module(model)
 
     def _check_fits(self, method: str, cuda: bool) -> None:
         """The planner's peak-memory estimate against what is free, before any loading."""
