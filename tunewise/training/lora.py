@@ -28,7 +28,7 @@ from typing import Any
 
 from tunewise.errors import TunewiseError
 from tunewise.task import LoraSpec
-from tunewise.training.features import IGNORE, Feature, collate, length_batches
+from tunewise.training.features import IGNORE, Feature, collate, length_batches, shard_batches
 
 TRAINER_VERSION = "1"  # bump when training semantics change: part of the adapter cache key
 CHECKPOINT = "checkpoint.pt"
@@ -261,8 +261,7 @@ class LoraTrainer:
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         """This process's micro-batches for an epoch (same on every run: seed + epoch)."""
         batches = length_batches(self.lengths, self.spec.batch_size, self.spec.seed + epoch)
-        usable = len(batches) // self.world * self.world or len(batches)
-        return batches[self.rank : usable : self.world]
+        return shard_batches(batches, self.world, self.rank)
 
     # ---- checkpoints --------------------------------------------------------------
     def _adapter_state(self) -> dict[str, Any]:
