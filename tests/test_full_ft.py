@@ -7,11 +7,12 @@ integration test trains SmolLM2 a few steps on e2e records, LoRA and full, side 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_jsonl
+from conftest import REPO, write_jsonl
 from test_training import _one_thread, e2e_rows, features, spec, tiny_backend, tiny_model  # noqa: F401
 
 from tunewise.errors import TunewiseError
@@ -168,3 +169,40 @@ def test_ladder_reports_full_ft_beside_lora(tmp_path: Path, tiny_model: Path) ->
     assert f"full_ft {full['value']:.3f}" in note
     stored = json.loads((tmp_path / "out" / "result.json").read_text())
     assert stored["rungs"][1]["info"]["vs_lora"]["n"] == 10
+
+
+@pytest.mark.integration
+def test_smollm2_lora_full_ft_and_dpo_side_by_side(tmp_path: Path) -> None:
+    """The real model on a bounded slice: 150 e2e rows, 3 optimizer steps each, 8 test items,
+    a 12-item general set. Checks the plumbing and the measured sizes, not quality."""
+    from tunewise.ladder import run_ladder
+    from tunewise.store import Store
+    from tunewise.task import load_task
+    from tunewise.training.forgetting import bundled_path
+
+    sys.path.insert(0, str(REPO / "examples" / "dpo"))
+    from make_pairs import make_pairs
+
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(bundled_path().read_text().splitlines(keepends=True)[:12]))
+    write_jsonl(tmp_path / "data.jsonl", make_pairs(e2e_rows(150)))
+    task = {"name": "e2e-slice", "kind": "extraction",
+            "data": {"path": "data.jsonl", "rejected": "rejected"},
+            "target": 0.5, "split": {"test": 8, "dev": 8, "seed": 0},
+            "backend": {"kind": "local", "model": "smollm2-135m", "max_new_tokens": 24},
+            "lora": {"max_steps": 3, "batch_size": 8, "curve": [], "general": "general.jsonl"},
+            "dpo": {"max_steps": 2}}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    result = run_ladder(load_task(tmp_path / "task.yaml"), Store(tmp_path / "store.db"),
+                        out_dir=tmp_path / "out", climb_all=True,
+                        rungs=["lora", "full_ft", "dpo"])
+    by = {r["name"]: r for r in result["rungs"]}
+    assert [by[n]["status"] for n in ("lora", "full_ft", "dpo")] == ["done"] * 3
+    lora, full, dpo = (by[n]["info"] for n in ("lora", "full_ft", "dpo"))
+    assert full["trainable_params"] == 134_515_008 and lora["trainable_params"] < 2_000_000
+    assert full["artefact_bytes"] > 100 * lora["artefact_bytes"]
+    assert full["peak_rss_mb"] > lora["peak_rss_mb"]
+    assert full["steps"] == lora["steps"] == 3 and dpo["steps"] == 2
+    assert full["vs_lora"]["n"] == 8 and full["forgetting"]["n"] == 12
+    assert dpo["preference"]["n"] == 8 and set(dpo["preference"]) == {"n", "base", "sft", "dpo"}
+    assert any("full fine-tune" in r for r in result["verdict"]["reasons"])

@@ -672,9 +672,9 @@ def train(
 # ---- plan (issue 19) -----------------------------------------------------------------------
 @app.command("plan")
 def plan_cmd(
-    model: Annotated[str, typer.Option(
-        help="Model: bundled name, model folder, cached hub id, Llama-3-8B, or a size (7b).")
-    ] = "smollm2-135m",
+    model: Annotated[str | None, typer.Option(
+        help="Model: bundled name, model folder, cached hub id, Llama-3-8B, or a size (7b); "
+             "default: the task's model, else smollm2-135m.")] = None,
     task: Annotated[Path | None, typer.Option(
         help="task.yaml: sequence length, batch size and epoch size from its data.")] = None,
     params: Annotated[float | None, typer.Option(help="Parameter count, e.g. 7e9.")] = None,
@@ -689,6 +689,7 @@ def plan_cmd(
     from tunewise.planner import plan_report, render
 
     spec = _load(task) if task is not None else None
+    model = model or (spec.backend.model if spec is not None else "smollm2-135m")
     report = plan_report(model, spec, params, {"seq_len": seq_len, "batch_size": batch_size,
                                                "checkpointing": checkpointing})
     if as_json:
