@@ -11,13 +11,16 @@ add the next.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +86,92 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX call_uses_run ON call_uses(run_id, rung);
         """,
     ),
+    (
+        # Why a run failed, and which process ran it (a run whose process is gone without
+        # finishing was killed: it is marked failed instead of 'running' for ever).
+        "002_run_failure",
+        """
+        ALTER TABLE runs ADD COLUMN error TEXT;
+        ALTER TABLE runs ADD COLUMN pid INTEGER;
+        ALTER TABLE runs ADD COLUMN host TEXT
+        """,
+    ),
 ]
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (signal 0 checks, sends none)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+BUSY_TIMEOUT_S = 30  # how long a write waits for another process's lock before failing
+
+
+class StoreError(TunewiseError):
+    """SQLite could not do what the store asked, for a reason outside tunewise's control
+    (disk full, a lock held too long, a read-only file, a damaged file). ``sqlite`` keeps
+    the original exception."""
+
+    def __init__(self, message: str, sqlite: sqlite3.Error, path: Path) -> None:
+        super().__init__(message, path=path)
+        self.sqlite = sqlite
+
+
+def store_error(exc: sqlite3.Error, path: Path) -> StoreError | None:
+    """A one-line error saying what happened to the store, or None for an SQLite error that
+    is a bug rather than a condition of the disk or file (a bad query, a constraint).
+
+    Only a file SQLite cannot read as a database is called damaged; a full disk, a lock or a
+    read-only file leave a healthy store that must not be moved away.
+    """
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc).lower()
+    if name == "SQLITE_FULL" or "disk is full" in text:
+        msg = ("the disk holding the store is full; free some space (or point --store / "
+               "TUNEWISE_DB at another disk) and run again: finished work is kept")
+    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        msg = (f"the store stayed locked by another process for over {BUSY_TIMEOUT_S} s "
+               "(another tunewise run or a program holding the file open); let it finish "
+               "and run again: the store itself is fine")
+    elif name.startswith("SQLITE_READONLY") or "readonly" in text:
+        msg = ("the store is read-only (this user may not write the file or its folder); "
+               "fix the permissions, or point --store / TUNEWISE_DB at a writable path")
+    elif name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        msg = ("cannot open the store: its folder is missing, not writable, or the path "
+               "is not a file; point --store / TUNEWISE_DB at a writable path")
+    elif name.startswith("SQLITE_IOERR") or "disk i/o error" in text:
+        msg = (f"disk I/O error while using the store ({exc}); check the disk and run "
+               "again: finished work is kept")
+    elif name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or type(exc) is sqlite3.DatabaseError:
+        msg = (f"not a usable tunewise store ({exc}); move the file away or point "
+               "--store / TUNEWISE_DB at another path")
+    else:
+        return None
+    return StoreError(msg, exc, path)
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose failures from the disk or file are :class:`StoreError` lines."""
+
+    store_path: Path = Path()
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.store_path) or exc from None
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.store_path) or exc from None
 
 
 def default_store_path() -> Path:
@@ -104,19 +192,18 @@ class Store:
         self.path = Path(path) if path else default_store_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                      factory=_Connection)
         except (OSError, sqlite3.Error) as exc:
             raise TunewiseError(f"cannot open the store ({exc})", path=self.path) from None
+        self.db.store_path = self.path
         self.db.row_factory = sqlite3.Row
+        self.started: list[str] = []  # runs this instance created (marked failed on a crash)
         try:
             self._setup()
-        except sqlite3.DatabaseError as exc:  # a corrupt file, or not SQLite at all
+        except BaseException:
             self.db.close()
-            raise TunewiseError(
-                f"not a usable tunewise store ({exc}); move the file away or point "
-                "--store / TUNEWISE_DB at another path",
-                path=self.path,
-            ) from None
+            raise
 
     def _setup(self, patience_s: float = 60.0) -> None:
         """WAL mode, busy timeout, migrations. Switching a new file to WAL can fail at once
@@ -125,13 +212,13 @@ class Store:
         deadline = time.monotonic() + patience_s
         while True:
             try:
-                self.db.execute("PRAGMA busy_timeout=30000")
+                self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self._migrate()
                 return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+            except StoreError as exc:
+                if "locked" not in str(exc.sqlite) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
 
@@ -141,14 +228,20 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception.
+
+        A failed COMMIT (disk full) is rolled back too, so the connection stays usable and
+        the error is the one line of :func:`store_error`; earlier transactions are kept.
+        """
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may already have rolled back (SQLITE_FULL)
+                with suppress(sqlite3.Error):  # keep the first error, the informative one
+                    sqlite3.Connection.execute(self.db, "ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     def _migrate(self) -> None:
         with self.transaction() as db:
@@ -221,21 +314,41 @@ class Store:
                    config: dict[str, Any], split: dict[str, Any]) -> str:
         """Start a run and return its id."""
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.mark_interrupted()
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO runs (id, task_name, task_path, task_fingerprint, config_json, "
-                "split_json, status, created_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
+                "split_json, status, created_at, pid, host) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
                 (run_id, task_name, task_path, fingerprint, json.dumps(config),
-                 json.dumps(split), time.time()),
+                 json.dumps(split), time.time(), os.getpid(), socket.gethostname()),
             )
+        self.started.append(run_id)
         return run_id
+
+    def fail_run(self, run_id: str, reason: str) -> None:
+        """Mark a run that stopped before finishing as ``failed``, with the reason."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status = 'failed', error = ?, finished_at = ? "
+                       "WHERE id = ? AND status = 'running'", (reason, time.time(), run_id))
+
+    def mark_interrupted(self) -> int:
+        """Mark runs left ``running`` by a process of this machine that no longer exists
+        (killed, power loss) as failed; returns how many. Runs of live processes and of
+        other machines sharing the store are left alone."""
+        rows = self.db.execute("SELECT id, pid FROM runs WHERE status = 'running' AND "
+                               "host = ? AND pid IS NOT NULL", (socket.gethostname(),))
+        gone = [(r["id"], r["pid"]) for r in rows if not _process_alive(r["pid"])]
+        for run_id, pid in gone:
+            self.fail_run(run_id, f"interrupted: its process ({pid}) ended without finishing")
+        return len(gone)
 
     def finish_run(self, run_id: str, result: dict[str, Any], status: str = "done") -> None:
         """Mark a run finished and keep its result."""
         with self.transaction() as db:
             db.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, result_json = ? WHERE id = ?",
-                (status, time.time(), json.dumps(result), run_id),
+                (status, time.time(), json.dumps(result, allow_nan=False), run_id),
             )
 
     def save_rung(self, run_id: str, rung: str, status: str, score: dict[str, Any] | None,
@@ -257,9 +370,12 @@ class Store:
             )
 
     def runs(self, limit: int = 50) -> list[sqlite3.Row]:
-        """Most recent runs first."""
+        """Most recent runs first (killed runs marked failed first, when the store is
+        writable)."""
+        with contextlib.suppress(sqlite3.Error):  # a read-only store still lists
+            self.mark_interrupted()
         return list(self.db.execute(
-            "SELECT id, task_name, task_path, status, created_at, finished_at FROM runs "
+            "SELECT id, task_name, task_path, status, created_at, finished_at, error FROM runs "
             "ORDER BY created_at DESC LIMIT ?", (limit,)))
 
     def run(self, run_id: str) -> sqlite3.Row:
