@@ -51,15 +51,13 @@ def after_ladder(ctx: RunContext, results: list[dict[str, Any]]) -> dict[str, An
 
 
 def paired(ctx: RunContext, a: str, b: str) -> dict[str, Any]:
-    """Paired bootstrap of rung ``b`` against rung ``a`` on the test items both answered
-    (diff = b - a, its 95% CI, one-sided p that b beats a), from the stored rows."""
-    from tunewise.evaluate import compare
+    """Paired bootstrap of rung ``b`` against rung ``a`` on the test items both answered, in
+    the task's metric (diff = b - a, its 95% CI, two-sided p), from the stored rows."""
+    from tunewise.comparisons import paired_bootstrap
 
-    rows = {name: {r["example_id"]: float(r["score"])
-                   for r in ctx.store.predictions(ctx.run_id, name)} for name in (a, b)}
-    ids = sorted(set(rows[a]) & set(rows[b]))
-    return {"a": a, "b": b, "n": len(ids),
-            **compare([rows[a][i] for i in ids], [rows[b][i] for i in ids])}
+    rows = {name: {str(r["example_id"]): dict(r) for r in ctx.store.predictions(ctx.run_id, name)}
+            for name in (a, b)}
+    return {"a": a, "b": b, **paired_bootstrap(rows[a], rows[b], ctx.task.metric)}
 
 
 def _pct(x: float) -> str:
@@ -128,7 +126,7 @@ def full_ft_notes(result: dict[str, Any]) -> list[str]:
     scores = (f"lora {_pct(lora['value'])} vs full_ft {_pct(full['value'])} "
               f"[{_pct(full['ci_low'])}, {_pct(full['ci_high'])}]")
     test = (f"; paired diff {vs['diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}], "
-            f"p={vs['p_value']:.3f}" if vs else "")
+            f"{p_text(vs['p'])}" if vs else "")
     if full["ci_low"] <= lora["value"]:
         return [f"lora is within the confidence interval of the full fine-tune ({scores}"
                 f"{test}): the full fine-tune is not worth its cost ({costs})"]
