@@ -191,3 +191,22 @@ def test_the_example_pairs_differ_in_exactly_one_field() -> None:
     task = yaml.safe_load((REPO / "examples" / "dpo" / "task.yaml").read_text())
     assert task["data"]["rejected"] == "rejected" and "dpo" in task["rungs"]
     assert json.dumps(pairs[0])
+
+
+def test_call_estimate_counts_each_tuned_models_checks(make_task) -> None:
+    from dataclasses import replace
+
+    from tunewise.ladder import estimate_breakdown, plan_run
+    from tunewise.store import Store
+    from tunewise.task import load_task
+
+    rows = make_pairs(e2e_rows(200))
+    task = load_task(make_task(rows, kind="extraction", data={"path": "data.jsonl",
+                                                                "rejected": "rejected"}))
+    plan = plan_run(task, Store(Path("s.db")))
+    n_test = len(plan.ctx.split.test)
+    every = estimate_breakdown(replace(plan, rungs=["lora", "full_ft", "dpo"]))
+    assert every["forgetting"] == 4 * 120  # base, lora, full_ft, dpo on the general set
+    assert every["preference_check"] == 3 * n_test  # base, sft, dpo on the test pairs
+    alone = estimate_breakdown(replace(plan, rungs=["full_ft"]))
+    assert alone["forgetting"] == 2 * 120 and "preference_check" not in alone

@@ -127,9 +127,16 @@ def estimate_breakdown(plan: Plan) -> dict[str, int]:
         from tunewise.training.forgetting import load_general
 
         try:
-            out["forgetting"] = 2 * len(load_general(task.lora.general))
+            general = len(load_general(task.lora.general))
         except TunewiseError:
-            out["forgetting"] = 0  # the check reports its own error and makes no call
+            general = 0  # the check reports its own error and makes no call
+        # the base model, the lora adapter (also dpo's start), each model of its own
+        sft = any(n.startswith("lora") for n in tuned) or (
+            "dpo" in tuned and task.dpo.start_from == "sft")
+        models = sft + sum(n in tuned for n in ("full_ft", "dpo"))
+        out["forgetting"] = (1 + models) * general
+    if "dpo" in plan.rungs:  # preference accuracy: base, supervised (if any) and dpo models
+        out["preference_check"] = (2 + sft) * n_test
     if task.freshness.run and task.freshness.rung in plan.rungs and plan.ctx.corpus:
         out["freshness"] = _freshness_calls(plan)
     return out
