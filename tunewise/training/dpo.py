@@ -113,6 +113,8 @@ class DpoTrainer(LoraTrainer):
         sft_adapter: an adapter folder merged into the base first (start from SFT), or None.
     """
 
+    sequences_per_item = 2  # chosen and rejected
+
     def __init__(self, base_model: str, spec: LoraSpec, train: Sequence[Pair],
                  dev: Sequence[Pair], out_dir: Path, pad_id: int, *, beta: float,
                  sft_adapter: Path | None = None, **kwargs: Any) -> None:

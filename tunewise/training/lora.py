@@ -137,6 +137,8 @@ class LoraTrainer:
         check_memory: refuse, before loading, a model the planner says will not fit.
     """
 
+    sequences_per_item = 1  # sequences one training item puts in a batch (a DPO pair: 2)
+
     def __init__(self, base_model: str, spec: LoraSpec, train: Sequence[Feature],
                  dev: Sequence[Feature], out_dir: Path, pad_id: int, *, label: str = "lora",
                  progress: bool = True, log: Callable[[str], None] = print,
@@ -237,7 +239,8 @@ class LoraTrainer:
         from tunewise.planner import Workload, check_fits
 
         lengths = [len(f.input_ids) for f in self.train_feats]
-        work = Workload(seq_len=max(lengths), batch_size=self.spec.batch_size,
+        work = Workload(seq_len=max(lengths),
+                        batch_size=self.spec.batch_size * self.sequences_per_item,
                         examples=len(lengths), mean_len=sum(lengths) / len(lengths),
                         r=self.spec.r, targets=tuple(self.spec.target_modules))
         check_fits(self.base_model, method, work, "gpu" if cuda else "cpu")
