@@ -17,6 +17,7 @@ import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from tunewise.errors import TunewiseError, redact
@@ -116,6 +117,18 @@ def _fmt_score(r: dict[str, Any]) -> str:
     return f"{r['value']:.3f} ({r['ci_low']:.2f}-{r['ci_high']:.2f})"
 
 
+def _flags(r: dict[str, Any]) -> list[str]:
+    """Warnings about a rung's numbers: a collapsed answer, a dev tie, cut answers."""
+    flags = []
+    if r.get("degenerate"):
+        flags.append(f"degenerate ({r['top_share']:.0%} one answer)")
+    if (r.get("info") or {}).get("dev_tie"):
+        flags.append("dev tie")
+    if r.get("truncated"):
+        flags.append(f"{r['truncated']} truncated")
+    return flags
+
+
 def results_table(result: dict[str, Any]) -> Table:
     """The run table: one row per rung, numbers with CIs, significance against zero-shot."""
     task = result["task"]
@@ -132,18 +145,24 @@ def results_table(result: dict[str, Any]) -> Table:
             others.setdefault(r["name"], []).append((m["model"], r))
     rows = [(models[0]["model"] if models else "", r) for r in result["rungs"]]
     rows = [row for main in rows for row in [main, *others.get(main[1]["name"], [])]]
-    for col in ("score (95% CI)", "vs zero-shot", "ECE", "tokens in/out", "ms p50/p95",
+    for col in ("score (95% CI)", "vs baseline", "ECE", "tokens in/out", "ms p50/p95",
                 "calls/cached"):
         table.add_column(col, justify="right")
+    table.add_column("flags")
+    for name, b in (result.get("baselines") or {}).items():  # model-free: no cost, no calls
+        what = "majority class" if name == "majority" else "most common answer"
+        lead = [Text(f"{what}: {b['label']}"[:60], style="dim")] + ([""] if models else [])
+        table.add_row(*lead, _fmt_score(b), "", "", "", "", "", "baseline")
     for model, r in rows:
         lead = [r["name"], model] if models else [r["name"]]
         if r["status"] != "done":
             table.add_row(*lead, f"[dim]{r['status']}: {r.get('reason', '')}[/dim]")
             continue
-        vs = r.get("vs_zero_shot")
+        vs = r.get("vs_baseline") or r.get("vs_zero_shot")
         mark = ""
         if vs:
-            mark = f"{vs['diff']:+.3f}" + (" *" if vs["p_value"] < 0.05 else "")
+            mark = (f"{vs['diff']:+.3f}" + (" *" if vs["p_value"] < 0.05 else "")
+                    + f" ({vs.get('against', 'zero_shot')})")
         met = " ✓" if r["value"] >= task["target"] else ""
         table.add_row(
             *lead,
@@ -152,8 +171,12 @@ def results_table(result: dict[str, Any]) -> Table:
             f"{r['tokens']['prompt_mean']:.0f}/{r['tokens']['completion_mean']:.0f}",
             f"{r['latency_ms']['p50']:.0f}/{r['latency_ms']['p95']:.0f}",
             f"{r['calls_made']}/{r['cache_hits']}",
+            ", ".join(_flags(r)),
         )
-    table.caption = "* better than zero_shot (paired bootstrap p < 0.05)   ✓ meets the target"
+    table.caption = ("* better than the better of the baseline and zero_shot (paired bootstrap "
+                     "p < 0.05)   ✓ meets the target\ndegenerate: one answer for over 90% of "
+                     "items   dev tie: few_shot_best's candidates tied on dev   truncated: "
+                     "answers cut at max_new_tokens")
     from tunewise.report.data import label_only
 
     if label_only(models):

@@ -251,6 +251,9 @@ class DataReport:
     unseen_test_labels: list[str]
     notes: list[str]
     rung_blocks: dict[str, str]
+    # Gold answer lengths in tokens of the run's model (training split; generated kinds):
+    # set by the ladder, which has the tokenizer (see ``ladder.resolve_max_tokens``).
+    answer_tokens: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for result.json."""

@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from tunewise.answers import default_max_tokens, length_stats, per_field_accuracy
 from tunewise.backends import make_backend
 from tunewise.backends.base import Backend, CachedBackend
 from tunewise.dataset import (
     DataReport,
+    Example,
     check_data,
     load_corpus,
     load_examples,
@@ -28,7 +30,13 @@ from tunewise.dataset import (
     task_labels,
 )
 from tunewise.errors import BudgetExceeded
-from tunewise.evaluate import compare, evaluate, expected_calibration_error
+from tunewise.evaluate import (
+    answer_spread,
+    compare,
+    evaluate,
+    expected_calibration_error,
+)
+from tunewise.evaluate import baseline as model_free_baseline
 from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable, get_rung
 from tunewise.store import Store
 from tunewise.task import RUNG_ORDER, TaskSpec
@@ -53,6 +61,7 @@ class Plan:
     report: DataReport
     rungs: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def default_rungs(task: TaskSpec) -> list[str]:
@@ -70,6 +79,8 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
     corpus = load_corpus(task)
     labels = task_labels(task, examples) if task.kind == "classification" else None
     inner = backend or make_backend(task.backend)
+    if task.kind != "classification":
+        resolve_max_tokens(task, report, split.train, inner.count_tokens)
     ctx = RunContext(
         task=task, examples=examples, split=split, labels=labels,
         backend=CachedBackend(inner, store, run_id or None), store=store,
@@ -87,7 +98,50 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
             skipped[name] = reason
         else:
             chosen.append(name)
-    return Plan(task, ctx, report, chosen, skipped)
+    found = model_free_baseline([e.output for e in split.train], [e.output for e in split.test],
+                                task.metric or "", task.kind == "classification")
+    return Plan(task, ctx, report, chosen, skipped, found)
+
+
+def first_reference(baselines: dict[str, dict[str, Any]]
+                    ) -> tuple[str, list[float], float] | None:
+    """The model-free baseline as (name, per-item scores, value), before zero_shot runs."""
+    for name, b in baselines.items():
+        return name, b["per_item"], b["value"]
+    return None
+
+
+def better_reference(current: tuple[str, list[float], float] | None, zero_shot: dict[str, Any],
+                     per: list[float]) -> tuple[str, list[float], float]:
+    """zero_shot replaces the model-free baseline as the reference when it scores higher."""
+    if current is None or zero_shot["value"] > current[2]:
+        return "zero_shot", per, zero_shot["value"]
+    return current
+
+
+def resolve_max_tokens(task: TaskSpec, report: DataReport, train: list[Example],
+                       count_tokens: Callable[[str], int]) -> None:
+    """Measure the training answers in tokens; size ``max_new_tokens`` from them.
+
+    A task that does not set ``backend.max_new_tokens`` gets p99 of the training answers
+    plus a margin, so long answers (records, JSON) are not cut; one that sets it below the
+    p95 gets a data-check note, since most answers that long would be cut and scored wrong.
+    """
+    stats = length_stats(count_tokens(e.output) for e in train)
+    if not stats:
+        return
+    report.answer_tokens = stats
+    for i, spec in enumerate(task.backends or [task.backend]):
+        if "max_new_tokens" not in spec.model_fields_set:
+            # Not an assignment: the value is derived, and stays derived on a re-plan.
+            object.__setattr__(spec, "max_new_tokens", default_max_tokens(stats))
+        elif spec.max_new_tokens < stats["p95"]:
+            where = "backend" if not task.backends else f"backends[{i}]"
+            report.notes.append(
+                f"{where}.max_new_tokens is {spec.max_new_tokens} but 5% of the training "
+                f"answers are longer than {stats['p95']:.0f} tokens (p50 {stats['p50']:.0f}, "
+                f"max {stats['max']:.0f}); long answers will be cut and scored wrong; raise "
+                f"it or remove it to use {default_max_tokens(stats)}")
 
 
 def estimate_calls(plan: Plan) -> int:
@@ -136,12 +190,18 @@ def _shared_prefix_tokens(ctx: RunContext, prompts: list[Any]) -> int:
     return ctx.backend.count_tokens(texts[0][:n])
 
 
+Reference = tuple[str, list[float]]  # (name, per-item scores) significance is tested against
+
+
 def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
-             tag: str = "") -> tuple[dict[str, Any], list[float]]:
+             tag: str = "", reference: Reference | None = None
+             ) -> tuple[dict[str, Any], list[float]]:
     """Prepare, predict and score one rung; store it; return its summary and per-item scores.
 
-    ``tag`` (e.g. ``@openai:model``) names the rung in the store when it runs on a further
-    backend of ``task.backends``.
+    ``baseline`` is zero_shot's per-item scores (``vs_zero_shot``); ``reference`` the better
+    of zero_shot and the model-free baseline (``vs_baseline``: a rung must beat both to
+    count). ``tag`` (e.g. ``@openai:model``) names the rung in the store when it runs on a
+    further backend of ``task.backends``.
     """
     ctx, task = plan.ctx, plan.task
     rung = get_rung(name)
@@ -180,15 +240,25 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
         "calls_made": sum(not p.cached for p in preds),
         "cache_hits": sum(p.cached for p in preds),
     }
-    if task.kind == "extraction":  # records: field-level F1 beside exact match
-        texts = [p.text for p in preds]
+    texts = [p.text for p in preds]
+    per_field = per_field_accuracy(texts, gold) if not ctx.labels else {}
+    if task.kind == "extraction" or per_field:  # records: field-level F1 beside exact match
         result["secondary"] = {m: evaluate(texts, gold, m).to_dict()
                                for m in ("exact_match", "field_f1") if m != task.metric}
+    if per_field:
+        result["per_field"] = per_field
+    if not ctx.labels:
+        result["truncated"] = sum(bool(p.details.get("truncated")) for p in preds)
+        result["max_new_tokens"] = task.backend.max_new_tokens
+    result.update(answer_spread(texts))
     if ctx.labels:
         conf = [max(p.probs.values()) for p in preds if p.probs]
         result["ece"] = expected_calibration_error(conf, score.per_example)
     if baseline is not None and name != "zero_shot":
         result["vs_zero_shot"] = compare(baseline, score.per_example)
+    if reference is not None and reference[0] != name:
+        result["vs_baseline"] = {"against": reference[0],
+                                 **compare(reference[1], score.per_example)}
     rows = [
         {"example_id": e.id, "input": e.input, "gold": e.output, "prediction": p.text,
          "score": s, "details": {"probs": p.probs, **p.details} if p.probs else p.details}
@@ -231,13 +301,16 @@ def run_other_backends(plan: Plan, results: list[dict[str, Any]], hooks: Hooks
         sub = replace(plan, task=sub_task, ctx=ctx)
         rungs: list[dict[str, Any]] = []
         baseline: list[float] | None = None
+        reference = first_reference(plan.baselines)
         for name in names:
-            result, per = run_rung(sub, name, hooks, baseline, tag=f"@{label}")
+            result, per = run_rung(sub, name, hooks, baseline, tag=f"@{label}",
+                                   reference=reference[:2] if reference else None)
             result["model"] = label
             rungs.append(result)
             hooks.end_rung(result)
             if name == "zero_shot":
                 baseline = per
+                reference = better_reference(reference, result, per)
         out.append({"model": label, "backend": backend.id, "rungs": rungs})
     return out
 
@@ -275,6 +348,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     plan.ctx.log = hooks.log
     results: list[dict[str, Any]] = []
     baseline: list[float] | None = None
+    reference = first_reference(plan.baselines)
     stopped_at: str | None = None
     for name in default_rungs(task) if rungs is None else rungs:
         if name in plan.skipped:
@@ -285,11 +359,13 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
             results.append({"name": name, "family": FAMILY[name], "status": "not_needed",
                             "reason": f"{stopped_at} already meets the target"})
             continue
-        result, per = run_rung(plan, name, hooks, baseline)
+        result, per = run_rung(plan, name, hooks, baseline,
+                               reference=reference[:2] if reference else None)
         results.append(result)
         hooks.end_rung(result)
         if name == "zero_shot" and per is not None:
             baseline = per
+            reference = better_reference(reference, result, per)
         if per is not None and meets_target(result, task.target) and not stopped_at:
             stopped_at = name
     from tunewise.verdict import decide
@@ -305,6 +381,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         "data": plan.report.to_dict(),
         "split": {"seed": task.split.seed, **plan.report.sizes},
         "labels": plan.ctx.labels,
+        "baselines": plan.baselines,
         "rungs": results,
     }
     models = run_other_backends(plan, results, hooks)

@@ -156,4 +156,12 @@ class FewShotBest(PromptRung):
         prompt_for, kept = fixed_prompt(ctx, [by_id[i] for i in best["shots"]])
         info = {"shots": [s.id for s in kept], "k": len(kept), "dev_score": best["dev_score"],
                 "candidates": trials, "dev_size": len(dev)}
+        tied = [t["candidate"] for t in trials if t["dev_score"] == best["dev_score"]]
+        if len(tied) > 1:  # the first was kept, but the dev split could not tell them apart
+            info["dev_tie"] = True
+            info["note"] = (f"{len(tied)} of {len(trials)} candidate shot sets tie at dev "
+                            f"{ctx.task.metric} {best['dev_score']:.3f}: the {len(dev)}-item "
+                            "dev split is too small to choose between them (the first was "
+                            "kept; raise split.dev)")
+            ctx.log(f"few_shot_best: {info['note']}")
         return Prepared(self.name, prompt_for, info, upfront_s=time.perf_counter() - started)
