@@ -153,6 +153,8 @@ def results_table(result: dict[str, Any]) -> Table:
         what = "majority class" if name == "majority" else "most common answer"
         lead = [Text(f"{what}: {b['label']}"[:60], style="dim")] + ([""] if models else [])
         table.add_row(*lead, _fmt_score(b), "", "", "", "", "", "baseline")
+    against = [(r.get("vs_baseline") or {}).get("against") for _, r in rows]
+    usual = max(set(against) - {None}, key=against.count, default="zero_shot")
     for model, r in rows:
         lead = [r["name"], model] if models else [r["name"]]
         if r["status"] != "done":
@@ -161,8 +163,9 @@ def results_table(result: dict[str, Any]) -> Table:
         vs = r.get("vs_baseline") or r.get("vs_zero_shot")
         mark = ""
         if vs:
+            ref = vs.get("against", "zero_shot")
             mark = (f"{vs['diff']:+.3f}" + (" *" if vs["p_value"] < 0.05 else "")
-                    + f" ({vs.get('against', 'zero_shot')})")
+                    + (f" (vs {ref})" if ref != usual else ""))
         met = " ✓" if r["value"] >= task["target"] else ""
         table.add_row(
             *lead,
@@ -173,10 +176,10 @@ def results_table(result: dict[str, Any]) -> Table:
             f"{r['calls_made']}/{r['cache_hits']}",
             ", ".join(_flags(r)),
         )
-    table.caption = ("* better than the better of the baseline and zero_shot (paired bootstrap "
-                     "p < 0.05)   ✓ meets the target\ndegenerate: one answer for over 90% of "
-                     "items   dev tie: few_shot_best's candidates tied on dev   truncated: "
-                     "answers cut at max_new_tokens")
+    table.caption = (f"vs baseline: against {usual}, the better of the model-free baseline and "
+                     "zero_shot   * p < 0.05 (paired bootstrap)   ✓ meets the target\n"
+                     "degenerate: one answer for over 90% of items   dev tie: few_shot_best's "
+                     "candidates tied on dev   truncated: answers cut at max_new_tokens")
     from tunewise.report.data import label_only
 
     if label_only(models):

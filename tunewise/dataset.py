@@ -118,6 +118,9 @@ def load_examples(task: TaskSpec) -> list[Example]:
     for line, row in rows:
         inp = _text_field(row, spec.input, spec.path, line)
         out = _text_field(row, spec.output, spec.path, line)
+        if spec.system and spec.system not in row:
+            raise TunewiseError(f"field '{spec.system}' (data.system) is missing", path=spec.path,
+                                line=line, field=spec.system)
         ex_id = str(row[spec.id]) if spec.id and row.get(spec.id) is not None else f"L{line}"
         _claim_id(seen_ids, ex_id, "id", spec.path, line, spec.id)
         extra = {k: v for k, v in row.items() if k not in (spec.input, spec.output)}
