@@ -351,6 +351,11 @@ def show_prompt(
         sys.stdout.write("\n")
     if plan.ctx.labels:
         err_console.print(f"[dim]scored answers: {', '.join(plan.ctx.labels)}[/dim]")
+    if plan.task.data.system:
+        err_console.print(Text(
+            f"system prompt: column '{plan.task.data.system}' of the row, sent as written"
+            if text is None else f"--input has no row, so no '{plan.task.data.system}' system "
+            "prompt; use --example N to see a row's", style="dim"))
 
 
 @app.command()
