@@ -58,7 +58,7 @@ def answer_text(pred: str, gold: str) -> str:
     text = strip_fences(pred)
     if text.startswith(("{", "[")):  # a JSON value spans lines; it is read whole
         return text
-    if "\n" not in gold.strip():
+    if len(gold.strip().splitlines()) <= 1:
         return _first_line(text)
     return text
 

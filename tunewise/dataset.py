@@ -366,8 +366,8 @@ def repeated_answers_note(examples: list[Example], split: Split, task: TaskSpec)
     knn = task.rungs is None or "few_shot_knn" in task.rungs
     if distinct * 2 < len(copied) or not knn:  # a few frequent answers, or no copying rung
         return None
-    return (f"{len(copied)} of {len(split.test)} test answers ({distinct} distinct) also occur "
-            "as training answers: few_shot_knn's nearest-neighbour shots can copy them; set "
+    return (f"{len(copied)} of {len(split.test)} test answers also occur as training answers "
+            f"({distinct} distinct): few_shot_knn's nearest-neighbour shots can copy them; set "
             "split.group_by: output to score only answers the model has not been shown")
 
 
