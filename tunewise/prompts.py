@@ -37,7 +37,10 @@ def system_message(task: TaskSpec, labels: Sequence[str] | None, row_system: str
                    ) -> str:
     """The system message stating the task, the label set or format, and instructions;
     after the row's own system prompt when the task has ``data.system``."""
-    return _render("system", task=task, labels=list(labels or []), row_system=row_system)
+    rest = _render("system", task=task, labels=list(labels or []), row_system=bool(row_system))
+    if not row_system:
+        return rest
+    return f"{row_system}\n\n{rest}" if rest else row_system
 
 
 def row_system(task: TaskSpec, example: Any) -> str | None:
