@@ -151,7 +151,9 @@ def results_table(result: dict[str, Any]) -> Table:
     table.add_column("flags")
     for name, b in (result.get("baselines") or {}).items():  # model-free: no cost, no calls
         what = "majority class" if name == "majority" else "most common answer"
-        lead = [Text(f"{what}: {b['label']}"[:60], style="dim")] + ([""] if models else [])
+        label = " ".join(str(b["label"]).split())
+        label = label if len(label) <= 24 else label[:23] + "…"
+        lead = [Text(f"{what}: {label}", style="dim")] + ([""] if models else [])
         table.add_row(*lead, _fmt_score(b), "", "", "", "", "", "baseline")
     against = [(r.get("vs_baseline") or {}).get("against") for _, r in rows]
     usual = max(set(against) - {None}, key=against.count, default="zero_shot")

@@ -131,10 +131,16 @@ def resolve_max_tokens(task: TaskSpec, report: DataReport, train: list[Example],
     if not stats:
         return
     report.answer_tokens = stats
+    derived = default_max_tokens(stats)
     for i, spec in enumerate(task.backends or [task.backend]):
         if "max_new_tokens" not in spec.model_fields_set:
             # Not an assignment: the value is derived, and stays derived on a re-plan.
-            object.__setattr__(spec, "max_new_tokens", default_max_tokens(stats))
+            object.__setattr__(spec, "max_new_tokens", derived)
+            if i == 0:
+                report.notes.append(
+                    f"max_new_tokens {derived}, from the answers in train (p50 "
+                    f"{stats['p50']:.0f}, p95 {stats['p95']:.0f}, p99 {stats['p99']:.0f} "
+                    "tokens); set backend.max_new_tokens to change it")
         elif spec.max_new_tokens < stats["p95"]:
             where = "backend" if not task.backends else f"backends[{i}]"
             report.notes.append(

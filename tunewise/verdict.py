@@ -308,9 +308,12 @@ def decide(result: dict[str, Any], task: TaskSpec, store: Store | None = None
     reasons = [f"{name} scores {metric} {value:.3f} ({_ci(chosen)}), "
                + ("meeting the target " if value >= target else f"{share:.0%} of the target ")
                + f"{target:g}"]
-    vs = chosen.get("vs_zero_shot")
+    vs = chosen.get("vs_baseline") or chosen.get("vs_zero_shot")
     if vs:
-        reasons.append(f"that is {vs['diff']:+.3f} over zero_shot on the same "
+        against = vs.get("against", "zero_shot")
+        against = "the majority class" if against == "majority" else \
+            "the most common answer" if against == "most_common" else against
+        reasons.append(f"that is {vs['diff']:+.3f} over {against} on the same "
                        f"{chosen['n']} test items (paired bootstrap p = {vs['p_value']:.3g})")
     else:
         others = [r for r in done if r["name"] != name]
