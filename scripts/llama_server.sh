@@ -43,7 +43,9 @@ install() {
   fi
   echo "building llama-cpp-python $VERSION from source (CMAKE_ARGS=$CMAKE_FLAGS)..." >&2
   local started=$SECONDS
-  CMAKE_ARGS="$CMAKE_FLAGS" $PY -m pip install -q "llama-cpp-python[server]==$VERSION" >&2
+  # -c constraints.txt: its server dependencies must not move the versions tunewise is tested on.
+  CMAKE_ARGS="$CMAKE_FLAGS" $PY -m pip install -q -c constraints.txt \
+    "llama-cpp-python[server]==$VERSION" >&2
   echo "llama-cpp-python installed in $(( SECONDS - started )) s" >&2
   installed || { echo "error: llama_cpp.server still not importable" >&2; exit 1; }
 }

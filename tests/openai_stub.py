@@ -5,6 +5,11 @@ Each request is keyed by its last user message (chat) or its prompt (completions
 ``429`` (with Retry-After), ``500``, ``503``, ``hang`` (answers only after ``hang_s``,
 longer than the client's timeout) or ``401``. Everything the server saw is recorded so
 tests can assert that each request was answered exactly once.
+
+What identifies the served model is scripted too: ``models`` (the ``/v1/models`` answer;
+None answers 404), ``props`` (llama.cpp's ``/props``) and ``tags`` (Ollama's
+``/api/tags``); each GET path is recorded in ``gets``. ``usage`` replaces the token counts
+of chat answers (to test a server that sends a malformed one).
 """
 
 from __future__ import annotations
@@ -25,13 +30,21 @@ def always_ok(key: str, attempt: int) -> str:
     return "ok"
 
 
+DEFAULT_MODELS: dict[str, Any] = {"data": [{"id": "stub", "max_model_len": 4096}]}
+_UNSET: Any = object()
+
+
 class StubServer:
     """Start with ``with StubServer(plan) as stub:``; ``stub.url`` ends in ``/v1``."""
 
     def __init__(self, plan: Plan = always_ok, *, hang_s: float = 1.0, retry_after: str = "1",
                  reject_grammar: bool = False, apply_template: bool = False,
-                 ignore_grammar: bool = False) -> None:
+                 ignore_grammar: bool = False, models: Any = DEFAULT_MODELS,
+                 props: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
+                 usage: Any = _UNSET, port: int = 0) -> None:
         self.plan = plan
+        self.models, self.props, self.tags, self.usage = models, props, tags, usage
+        self.gets: list[str] = []
         self.hang_s = hang_s
         self.retry_after = retry_after
         self.reject_grammar = reject_grammar
@@ -41,7 +54,7 @@ class StubServer:
         self.attempts: Counter[str] = Counter()
         self.served: Counter[str] = Counter()  # 200 answers actually sent, per key
         self.seen: list[dict[str, Any]] = []  # path, key, mode, authorization, body
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -73,10 +86,11 @@ class StubServer:
             content = next((c for c in choices if c.split("_")[0] in key.lower()), choices[0])
         else:
             content = f"answer to: {key}\nsecond line"
+        usage = ({"prompt_tokens": len(key.split()) + 10,
+                  "completion_tokens": len(content.split())}
+                 if self.usage is _UNSET else self.usage)
         return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": len(key.split()) + 10,
-                          "completion_tokens": len(content.split())}}
+                             "finish_reason": "stop"}], "usage": usage}
 
     @staticmethod
     def char_logprob(ch: str) -> float:
@@ -127,8 +141,12 @@ class StubServer:
                     pass
 
             def do_GET(self) -> None:
-                if self.path == "/v1/models":
-                    self._send(200, {"data": [{"id": "stub", "max_model_len": 4096}]})
+                with stub.lock:
+                    stub.gets.append(self.path)
+                answer = {"/v1/models": stub.models, "/props": stub.props,
+                          "/api/tags": stub.tags}.get(self.path)
+                if answer is not None:
+                    self._send(200, answer)
                 else:
                     self._send(404, {"error": "not found"})
 

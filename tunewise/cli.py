@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -21,8 +20,44 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from tunewise.errors import TunewiseError, redact
+from tunewise.terminal import json_text, printable, safe
 
 STATE: dict[str, Any] = {"store": None, "debug": False}
+
+
+def _framework_signals() -> tuple[type[BaseException], ...]:
+    """The exception classes typer and click use for help, usage errors, Exit and Abort.
+
+    Typer up to 0.1x raises click's own classes; 0.2x vendors click and raises copies
+    (``typer._click``) that are not click's. Both are collected from public names
+    (``typer.Exit``, ``typer.Abort``, ``typer.BadParameter``'s ``ClickException`` base), plus
+    click's when it is installed, so neither generation is mistaken for a bug.
+    """
+    found: set[type[BaseException]] = {typer.Exit, typer.Abort}
+    found.update(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    try:
+        import click
+    except ImportError:  # typer 0.2x no longer needs click
+        pass
+    else:
+        found.update({click.exceptions.Exit, click.ClickException, click.exceptions.Abort})
+    return tuple(found)
+
+
+_SIGNALS = _framework_signals()
+
+
+def is_framework_signal(exc: BaseException) -> bool:
+    """True when typer/click raised ``exc`` to end the command on purpose (``--help``, a usage
+    error, ``Exit(code)``, Abort): it must reach typer's handler, not the bug handler.
+
+    Besides the known classes, any exception defined by typer or click that carries an
+    integer ``exit_code`` counts, so a future reshuffle of their classes still works.
+    """
+    if isinstance(exc, _SIGNALS):
+        return True
+    home = type(exc).__module__.split(".")[0]
+    return home in ("typer", "click") and isinstance(getattr(exc, "exit_code", None), int)
 
 
 class _Group(TyperGroup):
@@ -32,7 +67,7 @@ class _Group(TyperGroup):
     see exactly what a user sees, and Ctrl-C gets the resume hint instead of "Aborted!".
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except TunewiseError as exc:
@@ -42,9 +77,14 @@ class _Group(TyperGroup):
             _print_error("interrupted: finished work is saved; run the same command again "
                          "to resume from the cache")
             raise typer.Exit(130) from None
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
-        except Exception as exc:  # a bug, not bad input: still one masked line by default
+        except Exception as exc:
+            if is_framework_signal(exc):  # --help, usage errors, Exit: typer shows them
+                raise
+            if isinstance(exc, ValueError) and "embedded null byte" in str(exc):
+                # os.stat & co. on a path holding NUL (older click checks paths that way)
+                _print_error("error: a path contains a NUL byte; paths cannot hold one")
+                raise typer.Exit(2) from None
+            # A bug, not bad input: still one masked line by default.
             _print_error(_traceback() if STATE["debug"] else
                          f"internal error: {type(exc).__name__}: {exc} (finished work is "
                          "saved; --debug shows the traceback, please report it)")
@@ -59,8 +99,9 @@ def _traceback() -> str:
 
 
 def _print_error(line: str) -> None:
-    """One line on stderr, secrets masked, never wrapped or marked up by Rich."""
-    err_console.print(redact(line), markup=False, highlight=False, soft_wrap=True)
+    """One line on stderr, secrets masked, never wrapped or marked up by Rich; control
+    characters from user text shown as escapes."""
+    err_console.print(printable(redact(line)), markup=False, highlight=False, soft_wrap=True)
 
 
 app = typer.Typer(
@@ -97,7 +138,55 @@ def _root(
 def _store():
     from tunewise.store import Store
 
+    if STATE["store"] is not None:
+        check_path(Path(STATE["store"]), "--store")
     return Store(STATE["store"])
+
+
+def check_path(path: Path, field: str) -> Path:
+    """A path typed by the user: one clear line for a NUL byte or a symbolic-link loop, which
+    would otherwise surface as "not found" or a ValueError deep inside. Missing files are
+    left to the code that reads them (its message says what was expected)."""
+    import errno
+
+    if "\x00" in str(path):
+        raise TunewiseError(f"{printable(repr(str(path)))} contains a NUL byte", field=field)
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TunewiseError("symbolic link loop (the link points back at itself)",
+                                path=path, field=field) from None
+    return path
+
+
+def out_folder(out: Path | None) -> Path | None:
+    """``run --out``: checked before any work, so a bad folder costs nothing. It may be new,
+    but its parent must exist (a typo should not create a tree somewhere)."""
+    if out is None:
+        return None
+    check_path(out, "--out")
+    if out.exists() and not out.is_dir():
+        raise TunewiseError("is a file; --out takes a folder (result.json goes in it)",
+                            path=out, field="--out")
+    parent = out.absolute().parent
+    if not out.exists() and not parent.is_dir():
+        raise TunewiseError(f"folder {parent} does not exist (create it first)", path=out,
+                            field="--out")
+    return out
+
+
+def out_file(out: Path) -> Path:
+    """``report -o``: a file whose folder exists; not a folder."""
+    check_path(out, "--out")
+    if out.is_dir():
+        raise TunewiseError("is a folder; give a file name, e.g. "
+                            f"{out / 'report.html'}", path=out, field="--out")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise TunewiseError(f"folder {parent} does not exist (create it first)", path=out,
+                            field="--out")
+    return out
 
 
 def demo_path(name: str) -> Path:
@@ -110,7 +199,7 @@ def demo_path(name: str) -> Path:
 def _load(task: Path):
     from tunewise.task import load_task
 
-    return load_task(task)
+    return load_task(check_path(task, "task"))
 
 
 def _fmt_score(r: dict[str, Any]) -> str:
@@ -132,7 +221,7 @@ def _flags(r: dict[str, Any]) -> list[str]:
 def results_table(result: dict[str, Any]) -> Table:
     """The run table: one row per rung, numbers with CIs, significance against zero-shot."""
     task = result["task"]
-    table = Table(title=f"{task['name']}: {task['metric']} on {result['split']['test']} "
+    table = Table(title=f"{safe(task['name'])}: {task['metric']} on {result['split']['test']} "
                         f"test examples (target {task['target']})")
     table.add_column("rung", no_wrap=True)
     # Several backends (task.backends): a model column, each rung's rows side by side.
@@ -153,14 +242,14 @@ def results_table(result: dict[str, Any]) -> Table:
         what = "majority class" if name == "majority" else "most common answer"
         label = " ".join(str(b["label"]).split())
         label = label if len(label) <= 24 else label[:23] + "…"
-        lead = [Text(f"{what}: {label}", style="dim")] + ([""] if models else [])
+        lead = [Text(printable(f"{what}: {label}"), style="dim")] + ([""] if models else [])
         table.add_row(*lead, _fmt_score(b), "", "", "", "", "", "baseline")
     against = [(r.get("vs_baseline") or {}).get("against") for _, r in rows]
     usual = max(set(against) - {None}, key=against.count, default="zero_shot")
     for model, r in rows:
-        lead = [r["name"], model] if models else [r["name"]]
+        lead = [safe(r["name"]), safe(model)] if models else [safe(r["name"])]
         if r["status"] != "done":
-            table.add_row(*lead, f"[dim]{r['status']}: {r.get('reason', '')}[/dim]")
+            table.add_row(*lead, f"[dim]{safe(r['status'])}: {safe(r.get('reason', ''))}[/dim]")
             continue
         vs = r.get("vs_baseline") or r.get("vs_zero_shot")
         mark = ""
@@ -196,13 +285,13 @@ def print_verdict(result: dict[str, Any]) -> None:
     print_cost(result)
     if not v:
         return
-    console.print(f"\n[bold]Verdict:[/bold] {v.get('summary', '')}")
+    console.print(f"\n[bold]Verdict:[/bold] {safe(v.get('summary', ''))}")
     for reason in v.get("reasons", []):
-        console.print(f"  • {reason}")
+        console.print(f"  • {safe(reason)}")
     for line in v.get("rejected", []):
-        console.print(f"  ✗ {line}")
+        console.print(f"  ✗ {safe(line)}")
     for line in v.get("next", []):
-        console.print(f"  → {line}")
+        console.print(f"  → {safe(line)}")
 
 
 def _progress_hooks(progress):
@@ -214,7 +303,7 @@ def _progress_hooks(progress):
         # Started with the first rung, so an error found before any work is one clean line.
         if not progress.live.is_started:
             progress.start()
-        state["task"] = progress.add_task(name, total=total)
+        state["task"] = progress.add_task(safe(name), total=total)
 
     def advance(n: int) -> None:
         if state["task"] is not None:
@@ -222,8 +311,8 @@ def _progress_hooks(progress):
 
     def log(message: str) -> None:
         # Log lines quote user data ("[label]") and errors: no markup, secrets masked.
-        progress.console.print(redact(message), style="yellow", markup=False, highlight=False,
-                               soft_wrap=True)
+        progress.console.print(printable(redact(message)), style="yellow", markup=False,
+                               highlight=False, soft_wrap=True)
 
     return Hooks(log=log, start_rung=start, advance=advance)
 
@@ -233,6 +322,7 @@ def _run(task_path: Path, out: Path | None, climb_all: bool, as_json: bool,
     from tunewise.files import progress_bar
     from tunewise.ladder import run_ladder
 
+    out = out_folder(out)
     task = _load(task_path)
     store = _store()
     progress = progress_bar(console=err_console, disable=as_json)
@@ -252,7 +342,8 @@ def _run(task_path: Path, out: Path | None, climb_all: bool, as_json: bool,
         made = sum(u["calls_made"] for u in usage.values())
         hits = sum(u["cache_hits"] for u in usage.values())
         console.print(f"\nmodel calls: {made} made, {hits} served from cache")
-        console.print(f"result: {result['result_path']}  (run id {result['run_id']})")
+        console.print(f"result: {safe(result['result_path'])}  (run id "
+                      f"{safe(result['run_id'])})")
     return result
 
 
@@ -264,7 +355,7 @@ def _rung_names(text: str | None) -> list[str] | None:
 
     from tunewise.task import RUNG_ORDER
 
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))  # a,a: once
     if not names:
         raise TunewiseError("give at least one rung name, e.g. zero_shot,few_shot_knn",
                             field="--rungs")
@@ -314,7 +405,7 @@ def demo_cmd(
 ) -> None:
     """Run a bundled demo task (symptom -> specialty, or the clinic handbook Q&A)."""
     path = demo_path(name)
-    console.print(f"[dim]demo task: {path}[/dim]")
+    console.print(f"[dim]demo task: {safe(path)}[/dim]")
     _run(path, out, climb_all, as_json, _rung_names(rungs))
 
 
@@ -347,17 +438,18 @@ def show_prompt(
     ex = Example("input", text, "") if text is not None else test[min(example, len(test) - 1)]
     prompt = prepared.prompt_for(ex)
     if messages:
-        print(json.dumps(prompt, indent=2, ensure_ascii=False))
+        print(json_text(prompt))
     else:
-        sys.stdout.write(plan.ctx.backend.render(prompt))
+        sys.stdout.write(printable(plan.ctx.backend.render(prompt)))
         sys.stdout.write("\n")
     if plan.ctx.labels:
-        err_console.print(f"[dim]scored answers: {', '.join(plan.ctx.labels)}[/dim]")
+        err_console.print(f"[dim]scored answers: {safe(', '.join(plan.ctx.labels))}[/dim]")
     if plan.task.data.system:
+        column = printable(plan.task.data.system)
         err_console.print(Text(
-            f"system prompt: column '{plan.task.data.system}' of the row, sent as written"
-            if text is None else f"--input has no row, so no '{plan.task.data.system}' system "
-            "prompt; use --example N to see a row's", style="dim"))
+            f"system prompt: column '{column}' of the row, sent as written"
+            if text is None else f"--input has no row, so no '{column}' system prompt; use "
+            "--example N to see a row's", style="dim"))
 
 
 @app.command()
@@ -380,9 +472,9 @@ def predict(
     if as_json:
         print(json.dumps({"answer": pred.text, "probs": dict(ranked)}, indent=2))
         return
-    console.print(f"[bold]{pred.text}[/bold]")
+    console.print(f"[bold]{safe(pred.text)}[/bold]")
     for label, p in ranked[:top]:
-        console.print(f"  {label:<24} {p:.3f}")
+        console.print(f"  {safe(f'{printable(label):<24}')} {p:.3f}")
 
 
 @cache_app.command("stats")
@@ -390,7 +482,7 @@ def cache_stats() -> None:
     """How many model calls are cached, and their tokens."""
     store = _store()
     stats = store.cache_stats()
-    console.print(f"{store.path}: {stats['calls']} cached calls, "
+    console.print(f"{safe(store.path)}: {stats['calls']} cached calls, "
                   f"{stats['prompt_tokens']} prompt + {stats['completion_tokens']} "
                   "completion tokens")
 
@@ -406,7 +498,12 @@ def runs(limit: Annotated[int, typer.Option(help="How many.")] = 20) -> None:
     """List recent runs in the store."""
     table = Table("run id", "task", "status", "file")
     for row in _store().runs(limit):
-        table.add_row(row["id"], row["task_name"], row["status"], row["task_path"] or "")
+        status = safe(row["status"])
+        if row["error"]:  # why a run failed, shortened to keep the table readable
+            error = row["error"] if len(row["error"]) <= 60 else row["error"][:59] + "…"
+            status += f" [dim]({safe(error)})[/dim]"
+        table.add_row(safe(row["id"]), safe(row["task_name"]), status,
+                      safe(row["task_path"] or ""))
     console.print(table)
 
 
@@ -416,7 +513,9 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id, or 'latest'.")] = "
     """Show a stored run's table and verdict without re-running anything."""
     row = _store().run(run_id)
     if not row["result_json"]:
-        raise TunewiseError(f"run {row['id']} did not finish; re-run its task to resume")
+        why = f" ({row['error']})" if row["error"] else ""
+        raise TunewiseError(f"run {row['id']} did not finish{why}; re-run its task to "
+                            "resume")
     result = json.loads(row["result_json"])
     if as_json:
         print(json.dumps(result, indent=2))
@@ -434,25 +533,25 @@ def cost_tables(cost: dict[str, Any]) -> list[Table]:
 
     price, volume = cost["price"], cost["requests_per_day"]
     tag = " [yellow](example prices: override them)[/yellow]" if price.get("example") else ""
-    per = Table(title=f"Cost at {volume:,} requests/day, price '{price['name']}' "
-                      f"(as of {price['as_of']}){tag}")
+    per = Table(title=f"Cost at {volume:,} requests/day, price '{safe(price['name'])}' "
+                      f"(as of {safe(price['as_of'])}){tag}")
     per.add_column("rung", no_wrap=True)
     for col in ("meets target", "per 1k req", "per day", "upfront", "upkeep/day", "p95 ms"):
         per.add_column(col, justify="right")
     for name, c in cost["rungs"].items():
-        per.add_row(name, "yes" if c["meets_target"] else "no", format_usd(c["per_1k"]),
+        per.add_row(safe(name), "yes" if c["meets_target"] else "no", format_usd(c["per_1k"]),
                     format_usd(c["daily"]), format_usd(c["upfront"]),
                     format_usd(c["maintenance_per_day"]),
                     f"{(c.get('latency_ms') or {}).get('p95', 0):.0f}")
     met = cost.get("met_target") or []
-    per.caption = ("rungs meeting the target: " + (", ".join(met) if met else "none"))
+    per.caption = ("rungs meeting the target: " + (safe(", ".join(met)) if met else "none"))
     be = cost["break_even"]
-    pairs = Table(title=f"Break-even at {volume:,} requests/day ({be['basis']})")
+    pairs = Table(title=f"Break-even at {volume:,} requests/day ({safe(be['basis'])})")
     for col in ("cheaper upfront", "vs", "extra upfront", "saves/day", "break-even"):
         pairs.add_column(col, justify="right" if col[0] in "es" or col == "break-even"
                          else "left")
     for p in be["pairs"]:
-        pairs.add_row(p["a"], p["b"], format_usd(p["extra_upfront"]),
+        pairs.add_row(safe(p["a"]), safe(p["b"]), format_usd(p["extra_upfront"]),
                       format_usd(p["daily_saving"]) if p["daily_saving"] > 0 else "-",
                       format_days(p["days"]))
     if not be["pairs"]:
@@ -513,26 +612,26 @@ def cost_cmd(
     if as_json:
         print(json.dumps(cost, indent=2))
         return
-    console.print(f"[dim]run {result['run_id']}; {cost['price'].get('description', '')}"
-                  "[/dim]")
+    console.print(f"[dim]run {safe(result['run_id'])}; "
+                  f"{safe(cost['price'].get('description', ''))}[/dim]")
     for table in cost_tables(cost):
         console.print(table)
     for pair in cost["break_even"]["pairs"]:
-        console.print(f"  • {pair['text']}")
+        console.print(f"  • {safe(pair['text'])}")
 
 
 def print_advice(advice: Any) -> None:
     """The advisor's recommendation, reasons, what to avoid and next steps."""
-    console.print(f"\n[bold]Recommendation:[/bold] {advice.headline}  "
-                  f"[dim]({advice.recommendation})[/dim]")
+    console.print(f"\n[bold]Recommendation:[/bold] {safe(advice.headline)}  "
+                  f"[dim]({safe(advice.recommendation)})[/dim]")
     for line in advice.measured:
-        console.print(f"  [cyan]measured[/cyan] {line}")
+        console.print(f"  [cyan]measured[/cyan] {safe(line)}")
     for line in advice.reasons:
-        console.print(f"  • {line}")
+        console.print(f"  • {safe(line)}")
     for line in advice.avoid:
-        console.print(f"  ✗ avoid {line}")
+        console.print(f"  ✗ avoid {safe(line)}")
     for line in advice.next_steps:
-        console.print(f"  → {line}")
+        console.print(f"  → {safe(line)}")
 
 
 @app.command()
@@ -609,8 +708,8 @@ def report(
     if as_json:
         print(json.dumps(report_data(*load_run(store, run_id)), indent=2))
         return
-    data, _ = build_report(store, run_id, out)
-    console.print(f"report of run {data['run_id']}: {out}")
+    data, _ = build_report(store, run_id, out_file(out))
+    console.print(f"report of run {safe(data['run_id'])}: {safe(out)}")
 
 
 @app.command()
@@ -620,12 +719,13 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
 ) -> None:
     """Start the web UI: advisor wizard, runs, reports, live runs, comparisons."""
-    from tunewise.web.server import resolve_host, run_server
+    from tunewise.web.server import check_port, resolve_host, run_server
 
     bind, warning = resolve_host(host, os.environ)
+    check_port(bind, port)  # before the banner: a taken port is one line, not a URL and a log
     if warning:
-        err_console.print(f"[yellow]warning: {warning}[/yellow]")
-    console.print(f"tunewise web UI on http://{bind}:{port}/  (Ctrl+C to stop)")
+        err_console.print(f"[yellow]warning: {safe(warning)}[/yellow]")
+    console.print(f"tunewise web UI on http://{safe(bind)}:{port}/  (Ctrl+C to stop)")
     run_server(bind, port, STATE["store"])
 
 
@@ -639,8 +739,6 @@ def doctor(
 ) -> None:
     """Check this machine (torch, model packages, cache, disk, store, server) and say what
     to fix. Exit code 0 when everything required is in place, 1 otherwise."""
-    from rich.markup import escape
-
     from tunewise.doctor import healthy, run_checks
     from tunewise.store import default_store_path
 
@@ -655,14 +753,14 @@ def doctor(
                  "fail": "[red]✗ FAIL[/red]"}
         table = Table("check", "status", "detail", "how to fix", title="tunewise doctor")
         for c in checks:
-            table.add_row(c.name, marks[c.status], escape(c.detail), escape(c.fix))
+            table.add_row(safe(c.name), marks[c.status], safe(c.detail), safe(c.fix))
         console.print(table)
         failed = [c for c in checks if c.status == "fail"]
         if failed:
             console.print(f"[red]{len(failed)} problem(s): "
-                          f"{escape(', '.join(c.name for c in failed))}[/red]")
+                          f"{safe(', '.join(c.name for c in failed))}[/red]")
             for c in failed:  # unwrapped, so a fix can be copied as one line
-                console.print(f"  fix {escape(c.name)}: {escape(c.fix)}", soft_wrap=True)
+                console.print(f"  fix {safe(c.name)}: {safe(c.fix)}", soft_wrap=True)
         else:
             console.print("[green]ready: every required check passes[/green]")
     if not healthy(checks):
@@ -686,7 +784,8 @@ def train(
     plan = plan_run(_load(task), _store(), rungs=["lora"])
     if "lora" in plan.skipped:
         raise TunewiseError(f"rung 'lora' cannot run: {plan.skipped['lora']}")
-    plan.ctx.log = lambda m: err_console.print(m, markup=False, highlight=False)
+    plan.ctx.log = lambda m: err_console.print(printable(redact(m)), markup=False,
+                                               highlight=False)
     adapter, _ = main_adapter(plan.ctx)
     log = adapter.log
     summary = {"adapter": str(adapter.path), "trained_now": adapter.trained_now,
@@ -697,7 +796,7 @@ def train(
         print(json.dumps(summary, indent=2))
         return
     verb = "trained" if adapter.trained_now else "found (cached)"
-    console.print(f"adapter {verb}: {adapter.path}")
+    console.print(f"adapter {verb}: {safe(adapter.path)}")
     console.print(f"  {summary['steps']} steps in {summary['train_seconds']:.1f} s, final loss "
                   f"{summary['final_loss']:.3f}, dev loss {summary['dev_loss']}")
 
@@ -719,21 +818,23 @@ def freshness(
     from tunewise.freshness import run_freshness
 
     plan, rung_obj, prepared = _prepared(task, rung)
-    plan.ctx.log = lambda m: err_console.print(m, markup=False, highlight=False)
+    plan.ctx.log = lambda m: err_console.print(printable(redact(m)), markup=False,
+                                               highlight=False)
     summary = run_freshness(plan.ctx, rung_obj, prepared, max_questions=edits)
     if as_json:
         print(json.dumps(summary, indent=2))
         return
     table = Table("question", "old", "new", "answer after the edit", "followed",
-                  title=f"freshness of {summary['rung']}: {summary['edits']} edits in "
+                  title=f"freshness of {safe(summary['rung'])}: {summary['edits']} edits in "
                         f"{summary['edited_docs']} documents ({summary['mode']})")
     for row in summary["examples"]:
         mark = "yes" if row["followed"] else ("kept old" if row["kept_old"] else "no")
-        table.add_row(row["question"], row["old"], row["new"], row["after"], mark)
+        table.add_row(safe(row["question"]), safe(row["old"]), safe(row["new"]),
+                      safe(row["after"]), mark)
     console.print(table)
     n = summary["edited_questions"]
     if not n:
-        console.print(summary.get("note", "no question could be edited"))
+        console.print(safe(summary.get("note", "no question could be edited")))
         return
     console.print(f"{summary['followed']} of {n} answers followed the edit "
                   f"({summary['followed_share']:.0%}); {summary['kept_old']} kept the old "

@@ -32,6 +32,34 @@ def read_utf8(path: Path, *, missing: str, folder: str, encoding: str = "utf-8")
                             ) from None
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` so that readers see the old file or the new one, never half of one.
+
+    The text goes to a temporary file in the same folder, is flushed to disk, then renamed
+    over ``path``: a kill or a full disk leaves no truncated result.json or report.
+
+    Raises:
+        TunewiseError: the file cannot be written (the message says why; the temporary
+            file is removed).
+    """
+    import tempfile
+
+    path = Path(path)
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise TunewiseError(f"cannot write this file ({exc.strerror or exc})", path=path
+                            ) from None
+
+
 def user_path(override: str, name: str, *, cache: bool) -> Path:
     """``$<override>``, else ``$TUNEWISE_HOME/<name>``, else ``<name>`` in the per-user data
     dir (``cache=False``) or cache dir (``cache=True``)."""

@@ -29,7 +29,7 @@ from tunewise.dataset import (
     require_seen_labels,
     task_labels,
 )
-from tunewise.errors import BudgetExceeded
+from tunewise.errors import BudgetExceeded, TunewiseError, redact
 from tunewise.evaluate import (
     answer_spread,
     compare,
@@ -37,6 +37,7 @@ from tunewise.evaluate import (
     expected_calibration_error,
 )
 from tunewise.evaluate import baseline as model_free_baseline
+from tunewise.files import write_text_atomic
 from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable, get_rung
 from tunewise.store import Store
 from tunewise.task import RUNG_ORDER, TaskSpec
@@ -321,6 +322,30 @@ def run_other_backends(plan: Plan, results: list[dict[str, Any]], hooks: Hooks
     return out
 
 
+def _marks_failure(run: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """A run that raises (bad data mid-run, a bug, Ctrl-C) is marked ``failed`` in the store
+    with the reason, instead of staying ``running``; the exception still propagates."""
+    import contextlib
+    import functools
+
+    @functools.wraps(run)
+    def wrapper(task: TaskSpec, store: Store, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        before = len(store.started)
+        try:
+            return run(task, store, *args, **kwargs)
+        except BaseException as exc:
+            reason = ("interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else
+                      redact(f"{type(exc).__name__}: {exc}"))
+            for run_id in store.started[before:]:
+                # The store itself may be what failed (disk full): keep the real error.
+                with contextlib.suppress(Exception):
+                    store.fail_run(run_id, reason)
+            raise
+
+    return wrapper
+
+
+@_marks_failure
 def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
                hooks: Hooks | None = None, out_dir: Path | None = None,
                climb_all: bool = False, rungs: list[str] | None = None,
@@ -407,6 +432,10 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     result["verdict"] = decide(result, task, store)
     result["verdict"].setdefault("reasons", []).extend(verdict_notes(result))
     store.finish_run(run_id, result)
-    (out_dir / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    try:
+        write_text_atomic(out_dir / "result.json", json.dumps(result, indent=2))
+    except TunewiseError as exc:  # e.g. disk full: the stored run is complete, say so
+        raise TunewiseError(f"{exc.message}; the run is saved in the store: tunewise show "
+                            f"{run_id} --json", path=exc.path) from None
     result["result_path"] = str(out_dir / "result.json")
     return result

@@ -11,8 +11,11 @@ add the next.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import time
 import uuid
@@ -83,7 +86,28 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX call_uses_run ON call_uses(run_id, rung);
         """,
     ),
+    (
+        # Why a run failed, and which process ran it (a run whose process is gone without
+        # finishing was killed: it is marked failed instead of 'running' for ever).
+        "002_run_failure",
+        """
+        ALTER TABLE runs ADD COLUMN error TEXT;
+        ALTER TABLE runs ADD COLUMN pid INTEGER;
+        ALTER TABLE runs ADD COLUMN host TEXT
+        """,
+    ),
 ]
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (signal 0 checks, sends none)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def default_store_path() -> Path:
@@ -108,6 +132,7 @@ class Store:
         except (OSError, sqlite3.Error) as exc:
             raise TunewiseError(f"cannot open the store ({exc})", path=self.path) from None
         self.db.row_factory = sqlite3.Row
+        self.started: list[str] = []  # runs this instance created (marked failed on a crash)
         try:
             self._setup()
         except sqlite3.DatabaseError as exc:  # a corrupt file, or not SQLite at all
@@ -221,14 +246,34 @@ class Store:
                    config: dict[str, Any], split: dict[str, Any]) -> str:
         """Start a run and return its id."""
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.mark_interrupted()
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO runs (id, task_name, task_path, task_fingerprint, config_json, "
-                "split_json, status, created_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
+                "split_json, status, created_at, pid, host) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
                 (run_id, task_name, task_path, fingerprint, json.dumps(config),
-                 json.dumps(split), time.time()),
+                 json.dumps(split), time.time(), os.getpid(), socket.gethostname()),
             )
+        self.started.append(run_id)
         return run_id
+
+    def fail_run(self, run_id: str, reason: str) -> None:
+        """Mark a run that stopped before finishing as ``failed``, with the reason."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status = 'failed', error = ?, finished_at = ? "
+                       "WHERE id = ? AND status = 'running'", (reason, time.time(), run_id))
+
+    def mark_interrupted(self) -> int:
+        """Mark runs left ``running`` by a process of this machine that no longer exists
+        (killed, power loss) as failed; returns how many. Runs of live processes and of
+        other machines sharing the store are left alone."""
+        rows = self.db.execute("SELECT id, pid FROM runs WHERE status = 'running' AND "
+                               "host = ? AND pid IS NOT NULL", (socket.gethostname(),))
+        gone = [(r["id"], r["pid"]) for r in rows if not _process_alive(r["pid"])]
+        for run_id, pid in gone:
+            self.fail_run(run_id, f"interrupted: its process ({pid}) ended without finishing")
+        return len(gone)
 
     def finish_run(self, run_id: str, result: dict[str, Any], status: str = "done") -> None:
         """Mark a run finished and keep its result."""
@@ -257,9 +302,12 @@ class Store:
             )
 
     def runs(self, limit: int = 50) -> list[sqlite3.Row]:
-        """Most recent runs first."""
+        """Most recent runs first (killed runs marked failed first, when the store is
+        writable)."""
+        with contextlib.suppress(sqlite3.Error):  # a read-only store still lists
+            self.mark_interrupted()
         return list(self.db.execute(
-            "SELECT id, task_name, task_path, status, created_at, finished_at FROM runs "
+            "SELECT id, task_name, task_path, status, created_at, finished_at, error FROM runs "
             "ORDER BY created_at DESC LIMIT ?", (limit,)))
 
     def run(self, run_id: str) -> sqlite3.Row:

@@ -186,7 +186,11 @@ class BackendSpec(Strict):
     )
     batch_size: int = Field(8, ge=1, description="Prompts per forward pass (local backend).")
     max_new_tokens: int = Field(48, ge=1, description="Cap on generated tokens per answer.")
-    timeout_s: float = Field(60.0, gt=0, description="openai backend: request timeout.")
+    timeout_s: float = Field(
+        60.0, gt=0,
+        description="openai backend: seconds one attempt of a request may take in all "
+        "(connect, send, read the whole answer); each retry gets its own.",
+    )
     concurrency: int = Field(8, ge=1, description="openai backend: requests in flight.")
     max_retries: int = Field(
         6, ge=0, le=20,
@@ -254,6 +258,9 @@ class BackendSpec(Strict):
     @field_validator("base_url")
     @classmethod
     def _url_without_secret(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not value:  # never fall back to a public API
+            raise ValueError("an empty list names no server: give one URL or several, or "
+                             "leave base_url out for the OpenAI API")
         for url in [value] if isinstance(value, str) else value or []:
             if not re.match(r"https?://", url):
                 raise ValueError("base_url must start with http:// or https://")

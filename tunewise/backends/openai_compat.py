@@ -8,7 +8,16 @@ How it behaves, and why:
 - **Retries.** 408/429/5xx answers, timeouts and dropped connections are retried with
   exponential backoff and jitter (tenacity); a ``Retry-After`` header is honoured. Each
   attempt goes to the next base URL (round-robin), so a dead replica is skipped. A request
-  that still fails raises one :class:`TunewiseError` line naming the URL.
+  that still fails raises one :class:`TunewiseError` line naming the URL. No wait between
+  attempts exceeds ``MAX_RETRY_AFTER_S``, jitter included, whatever the server asks for.
+- **Deadlines.** ``timeout_s`` bounds each attempt as a whole (connecting, sending and
+  reading the complete answer), not each read: a server that trickles a byte at a time
+  cannot hold a run for ever.
+- **Cache identity.** The backend ``id`` (part of every cache key) names the server as well
+  as the model: the base URLs, the model id ``/v1/models`` reports, and the weights'
+  fingerprint where the server gives one (llama.cpp: ``/v1/models`` meta and ``/props``;
+  Ollama: ``/api/tags`` digest). Probed once per backend, when the id is first needed. A
+  server that cannot be asked gets ``server=unverified-...``: base URLs and model name only.
 - **Nothing finished is lost.** Each answer is handed to the cache as it arrives
   (``on_result``, set by :class:`CachedBackend`), so a request failing for good, Ctrl-C
   or a kill loses only what was still in flight.
@@ -39,18 +48,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
-import email.utils
 import itertools
-import json
 import logging
 import os
 import random
-import re
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -58,6 +63,21 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from tunewise.backends.base import Completion, Messages, Scored
+from tunewise.backends.openai_identity import served_entry, server_identity, server_key
+from tunewise.backends.openai_wire import (
+    check_api_key,
+    choice_grammar,
+    cut_at_stop,
+    forced_logprobs,
+    http_detail,
+    message_text,
+    parse_label,
+    parse_retry_after,
+    readable,
+    span_logprob,
+    token_grammar,
+    usage_count,
+)
 from tunewise.errors import TunewiseError, redact, register_secret
 from tunewise.task import BackendSpec
 
@@ -89,122 +109,15 @@ class HTTPStatusError(TunewiseError):
         self.status = status
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _norm(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
-
-
-def parse_label(text: str, choices: list[str]) -> int | None:
-    """Index of the label a generated answer names, or None when it names none.
-
-    Exact match (ignoring case and punctuation, so ``Add to playlist`` is
-    ``add_to_playlist``), else the longest label appearing as whole words in the answer,
-    else the closest label by string similarity (difflib, ratio >= 0.6).
-    """
-    answer = _norm(text)
-    if not answer:
-        return None
-    normed = [_norm(c) for c in choices]
-    for i, c in enumerate(normed):
-        if c == answer:
-            return i
-    padded = f" {answer} "
-    found = [(len(c), -padded.index(f" {c} "), i) for i, c in enumerate(normed)
-             if c and f" {c} " in padded]
-    if found:
-        return max(found)[2]
-    close = difflib.get_close_matches(answer, [c for c in normed if c], n=1, cutoff=0.6)
-    return normed.index(close[0]) if close else None
-
-
-def choice_grammar(choices: list[str]) -> str:
-    """A GBNF grammar (llama.cpp) whose only sentences are the given choices."""
-    return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
-
-
-def token_grammar(ids: list[int]) -> str:
-    """A GBNF grammar (llama.cpp token syntax) whose only sentence is these token ids."""
-    return "root ::= " + " ".join(f"<[{int(i)}]>" for i in ids)
-
-
-def span_logprob(logprobs: list[float | None], n_choice: int, n_generated: int) -> float:
-    """Sum of the log-probs of the choice's tokens in an echoed prompt + choice + generation.
-
-    Counted from the end, not by character offsets: servers disagree on offsets around
-    special tokens (llama-cpp-python measures them on text without the chat markers).
-    """
-    end = len(logprobs) - n_generated
-    if n_choice < 1 or end - n_choice < 1:
-        raise ValueError(f"{len(logprobs)} echoed tokens cannot hold a {n_choice}-token choice")
-    return float(sum(lp for lp in logprobs[end - n_choice : end] if lp is not None))
-
-
-def readable(prompt: Messages) -> str:
-    """Chat messages as plain text, for servers whose chat template is unknown."""
-    return "".join(f"[{m['role']}]\n{m['content']}\n\n" for m in prompt) + "[assistant]\n"
-
-
-def _message_text(data: dict[str, Any]) -> str:
-    try:
-        return (data["choices"][0]["message"].get("content") or "").strip()
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise ValueError("no choices[0].message in the answer") from None
-
-
-def forced_logprobs(data: Any, n: int) -> list[float]:
-    """The ``n`` token log-probs of a token-grammar completion; ValueError when the answer
-    does not hold exactly ``n`` of them (the server ignored the grammar or gave none)."""
-    try:
-        lps = data["choices"][0]["logprobs"]["token_logprobs"]
-    except (KeyError, IndexError, TypeError) as exc:
-        raise ValueError(f"no log-probs ({exc}); is this a llama.cpp server?") from None
-    if not isinstance(lps, list) or len(lps) != n or any(x is None for x in lps):
-        got = len(lps) if isinstance(lps, list) else 0
-        raise ValueError(f"{got} log-probs for {n} grammar-forced tokens; the server ignored "
-                         "the token grammar (use score_method constrained)")
-    return [float(x) for x in lps]
-
-
-def _detail(resp: httpx.Response) -> str:
-    """The server's own words on a refused request, on one short line (': ...')."""
-    try:
-        data = resp.json()
-        error = data.get("error", data) if isinstance(data, dict) else data
-        text = str(error.get("message", error) if isinstance(error, dict) else error)
-    except ValueError:
-        text = resp.text
-    text = " ".join(text.split())[:200]
-    return f": {text}" if text else ""
-
-
-def _cut(text: str, stop: list[str] | None) -> str:
-    """Apply stop strings client-side too: some servers ignore ``stop``."""
-    for s in stop or []:
-        if s and s in text:
-            text = text[: text.index(s)]
-    return text.strip()
-
-
 class OpenAIBackend:
     """A model behind an OpenAI-compatible HTTP API."""
 
     def __init__(self, spec: BackendSpec, *, backoff_s: float = 0.5) -> None:
-        urls = spec.base_url or DEFAULT_BASE_URL
+        urls = DEFAULT_BASE_URL if spec.base_url is None else spec.base_url
         self.urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
+        if not self.urls:  # never fall back to a public API that would receive the key
+            raise TunewiseError("base_url is an empty list: name the server(s), or leave "
+                                "base_url out for the OpenAI API", field="backend.base_url")
         self.model = spec.model
         self.timeout_s = spec.timeout_s
         self.concurrency = spec.concurrency
@@ -224,23 +137,66 @@ class OpenAIBackend:
                     f"environment variable {spec.api_key_env} is not set; export the API "
                     "key in it", field="backend.api_key_env")
             register_secret(key)
+            register_secret(key.strip())
+            check_api_key(spec.api_key_env, key)
             self._headers["Authorization"] = f"Bearer {key}"
         self.score_end_of_turn = spec.score_end_of_turn
-        self.id = f"openai:{self.model}:score={self.score_method}"
+        self._settings_id = f"openai:{self.model}:score={self.score_method}"
         if self.tokenizer_name:
-            self.id += f":tok={self.tokenizer_name}"
+            self._settings_id += f":tok={self.tokenizer_name}"
         if not self.score_end_of_turn and self.score_method != "forced":  # forced says so
-            self.id += ":label-only"
-        self.id += f":{SCORING_VERSION}"
+            self._settings_id += ":label-only"
+        self._settings_id += f":{SCORING_VERSION}"
+        self._id: str | None = None
+        self._id_lock = threading.Lock()
+        self.servers: list[dict[str, Any]] = []  # what the id was built from, per base URL
         self._rr = itertools.count()
         self._rr_lock = threading.Lock()
         self._tok: Any = None
-        self._sync: httpx.Client | None = None
         self._ssl: ssl.SSLContext | None = None
         self._features: dict[str, Any] = {}  # probed once: tokenize, apply-template, ...
         self._grammar = True  # cleared when the server rejects the grammar parameter
         self._counts: dict[str, int] = {}
         self._free: asyncio.Queue[str] | None = None  # servers not held by a scoring job
+
+    @property
+    def id(self) -> str:
+        """Model, scoring settings and server identity: part of every cache key.
+
+        The servers are asked once, on first use (not when the backend is built, so a task
+        can be checked or estimated without them). The same weights behind the same URLs
+        give the same id run after run; another model served under the same ``model:``
+        name, or another server, gives another id, so no cached answer is reused.
+        """
+        with self._id_lock:
+            if self._id is None:
+                self.servers = self._identify()
+                self._id = f"{self._settings_id}:server={server_key(self.model, self.servers)}"
+                if not all(s["verified"] for s in self.servers):
+                    unknown = ", ".join(s["url"] for s in self.servers if not s["verified"])
+                    log.warning("%s", redact(
+                        f"{unknown}: /models names no model '{self.model}' (or no answer), "
+                        "so cached answers are keyed by base URL and model name only"))
+            return self._id
+
+    def _identify(self) -> list[dict[str, Any]]:
+        """Each base URL's identity (see :func:`server_identity`), its probes concurrent."""
+
+        async def probe(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
+            root = self._root(url)
+            models, props, tags = await asyncio.gather(
+                self._get_json(client, url + "/models"), self._get_json(client, root + "/props"),
+                self._get_json(client, root + "/api/tags"))
+            if models is not None:
+                self._features.setdefault("models", models)
+            return server_identity(url, self.model, models, props, tags)
+
+        async def all_urls() -> list[dict[str, Any]]:
+            async with self._client(3 * len(self.urls)) as client:
+                return list(await asyncio.gather(*(probe(client, u)
+                                                   for u in sorted(set(self.urls)))))
+
+        return self._run_sync(all_urls)
 
     # ---- plumbing ------------------------------------------------------------------
     def _next_url(self) -> str:
@@ -256,32 +212,60 @@ class OpenAIBackend:
         return redact(f"{url}: {why}")
 
     def _wait(self, state: RetryCallState) -> float:
+        """Seconds before the next attempt: the server's Retry-After, or exponential backoff;
+        both with jitter, and never more than MAX_RETRY_AFTER_S in all."""
         exc = state.outcome.exception() if state.outcome else None
         after = getattr(exc, "retry_after", None)
         if after is not None:
-            return min(after, MAX_RETRY_AFTER_S) + random.uniform(0, 0.05 + 0.1 * after)
-        exp = self.backoff_s * 2 ** (state.attempt_number - 1)
-        return min(exp, 30.0) + random.uniform(0, self.backoff_s)
+            after = min(after, MAX_RETRY_AFTER_S)
+            wait = after + random.uniform(0, 0.05 + 0.1 * after)
+        else:
+            exp = self.backoff_s * 2 ** (state.attempt_number - 1)
+            wait = min(exp, 30.0) + random.uniform(0, self.backoff_s)
+        return min(wait, MAX_RETRY_AFTER_S)
+
+    def _client(self, connections: int) -> httpx.AsyncClient:
+        if self._ssl is None:  # building a TLS context costs ~50 ms: once per backend
+            self._ssl = httpx.create_ssl_context()
+        limits = httpx.Limits(max_connections=connections,
+                              max_keepalive_connections=connections)
+        return httpx.AsyncClient(headers=self._headers, timeout=self.timeout_s, limits=limits,
+                                 verify=self._ssl)
+
+    async def _send(self, client: httpx.AsyncClient, url: str, body: dict[str, Any] | None
+                    ) -> httpx.Response:
+        """One request (POST ``body``, or GET when None) that must be over, answer read in
+        full, within ``timeout_s``: httpx's own timeouts bound each read, not the whole."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if body is None:
+                    return await client.get(url)
+                return await client.post(url, json=body)
+        except (TimeoutError, httpx.TimeoutException):
+            raise _Retryable(url, f"no complete answer within {self.timeout_s:g} s") from None
+        except httpx.TransportError as exc:
+            raise _Retryable(url, f"connection failed ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:  # a body that does not decode, a redirect loop
+            raise _Retryable(url, f"unreadable answer ({type(exc).__name__})") from None
 
     async def _post_once(self, client: httpx.AsyncClient, url: str, body: dict[str, Any]
                          ) -> dict[str, Any]:
-        try:
-            resp = await client.post(url, json=body)
-        except httpx.TimeoutException:
-            raise _Retryable(url, f"no answer within {self.timeout_s:g} s") from None
-        except httpx.TransportError as exc:
-            raise _Retryable(url, f"connection failed ({type(exc).__name__})") from None
+        resp = await self._send(client, url, body)
         code = resp.status_code
         if code in RETRY_STATUS or code >= 500:
             after = parse_retry_after(resp.headers.get("retry-after"))
-            raise _Retryable(url, f"HTTP {code}{_detail(resp)}", after)
+            raise _Retryable(url, f"HTTP {code}{http_detail(resp)}", after)
         if code >= 400:
             hint = " (check the key)" if code in (401, 403) else ""
-            raise HTTPStatusError(self._error(url, f"HTTP {code}{hint}{_detail(resp)}"), code)
+            raise HTTPStatusError(
+                self._error(url, f"HTTP {code}{hint}{http_detail(resp)}"), code)
         try:
-            return resp.json()
+            data = resp.json()
         except ValueError:
             raise HTTPStatusError(self._error(url, "the answer is not JSON"), code) from None
+        if not isinstance(data, dict):
+            raise HTTPStatusError(self._error(url, "the answer is not a JSON object"), code)
+        return data
 
     async def _post(self, client: httpx.AsyncClient, path: str, body: dict[str, Any],
                     url: str | None = None) -> dict[str, Any]:
@@ -308,12 +292,7 @@ class OpenAIBackend:
     async def _gather(self, jobs: list[Job], sink: Callable[[int, Any], None] | None
                       ) -> list[Any]:
         sem = asyncio.Semaphore(self.concurrency)
-        limits = httpx.Limits(max_connections=self.concurrency,
-                              max_keepalive_connections=self.concurrency)
-        if self._ssl is None:  # building a TLS context costs ~50 ms: once per backend
-            self._ssl = httpx.create_ssl_context()
-        async with httpx.AsyncClient(headers=self._headers, timeout=self.timeout_s,
-                                     limits=limits, verify=self._ssl) as client:
+        async with self._client(self.concurrency) as client:
 
             async def one(pos: int, job: Job) -> tuple[int, Any]:
                 async with sem:
@@ -347,8 +326,18 @@ class OpenAIBackend:
             return asyncio.run(self._gather(jobs, self.on_result))
         # Inside a running loop (a web handler): run in a thread, without the per-answer
         # sink (the store's connection belongs to this thread); the chunk stores them.
+        return self._run_sync(lambda: self._gather(jobs, None))
+
+    @staticmethod
+    def _run_sync(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        """Run a coroutine to its end from synchronous code, in a thread when this thread
+        already runs an event loop (a web handler)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(make())
         with ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, self._gather(jobs, None)).result()
+            return pool.submit(lambda: asyncio.run(make())).result()
 
     @contextlib.asynccontextmanager
     async def _server(self) -> AsyncIterator[str]:
@@ -361,20 +350,12 @@ class OpenAIBackend:
         finally:
             self._free.put_nowait(url)
 
-    def _get_sync(self) -> httpx.Client:
-        if self._sync is None:
-            self._sync = httpx.Client(headers=self._headers, timeout=self.timeout_s)
-        return self._sync
-
-    def _try(self, path: str, body: dict[str, Any] | None, root: bool = True
-             ) -> dict[str, Any] | None:
-        """One un-retried request for an optional feature; None when it is not offered."""
-        base = self._next_url()
-        url = (self._root(base) if root else base) + path
+    async def _get_json(self, client: httpx.AsyncClient, url: str,
+                        body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """One un-retried request; its JSON object, or None for any failure."""
         try:
-            resp = (self._get_sync().post(url, json=body) if body is not None
-                    else self._get_sync().get(url))
-        except httpx.HTTPError:
+            resp = await self._send(client, url, body)
+        except _Retryable:
             return None
         if resp.status_code != 200:
             return None
@@ -383,6 +364,28 @@ class OpenAIBackend:
         except ValueError:
             return None
         return data if isinstance(data, dict) else None
+
+    def _request(self, url: str, body: dict[str, Any] | None) -> httpx.Response:
+        """One un-retried request from synchronous code, under the same total deadline
+        (:meth:`_send`); raises :class:`_Retryable` on a timeout or connection failure."""
+
+        async def go() -> httpx.Response:
+            async with self._client(1) as client:
+                return await self._send(client, url, body)
+
+        return self._run_sync(go)
+
+    def _try(self, path: str, body: dict[str, Any] | None, root: bool = True
+             ) -> dict[str, Any] | None:
+        """One un-retried request for an optional feature; None when it is not offered."""
+        base = self._next_url()
+        url = (self._root(base) if root else base) + path
+
+        async def go() -> dict[str, Any] | None:
+            async with self._client(1) as client:
+                return await self._get_json(client, url, body)
+
+        return self._run_sync(go)
 
     # ---- text ----------------------------------------------------------------------
     def _tokenizer(self) -> Any:
@@ -468,10 +471,11 @@ class OpenAIBackend:
     def context_length(self) -> int | None:
         """The served context window when the server says (vLLM ``max_model_len``)."""
         if "context" not in self._features:
-            data = self._try("/models", None, root=False) or {}
-            models = data.get("data") or [{}]
-            length = models[0].get("max_model_len") if isinstance(models[0], dict) else None
-            self._features["context"] = int(length) if length else None
+            models = self._features.get("models") or self._try("/models", None, root=False)
+            entry = served_entry(models, self.model) or {}
+            length = entry.get("max_model_len")
+            ok = isinstance(length, int) and not isinstance(length, bool) and length > 0
+            self._features["context"] = length if ok else None
         return self._features["context"]
 
     # ---- generation ----------------------------------------------------------------
@@ -488,14 +492,11 @@ class OpenAIBackend:
                 start = time.perf_counter()
                 data = await self._post(client, "/chat/completions", body)
                 latency = time.perf_counter() - start
-                text = _cut(self._checked(_message_text, data), stop)
-                usage = data.get("usage") or {}
-                return Completion(
-                    text,
-                    int(usage.get("prompt_tokens") or self._local_count(readable(prompt))),
-                    int(usage.get("completion_tokens") or self._local_count(text)),
-                    latency,
-                )
+                text = cut_at_stop(self._checked(message_text, data), stop)
+                prompt_n = self._checked(lambda d: usage_count(d, "prompt_tokens"), data)
+                completion_n = self._checked(lambda d: usage_count(d, "completion_tokens"), data)
+                return Completion(text, prompt_n or self._local_count(readable(prompt)),
+                                  completion_n or self._local_count(text), latency)
 
             return run
 
@@ -537,14 +538,14 @@ class OpenAIBackend:
         url = self.urls[0]
         why = ""
         try:
-            resp = self._get_sync().post(url + "/completions", json={
+            resp = self._request(url + "/completions", {
                 "model": self.model, "prompt": "Hello", "max_tokens": len(ids), "temperature": 0,
                 "logprobs": 1, "grammar": token_grammar(ids)})
-        except httpx.HTTPError as exc:
-            why = f"no answer ({type(exc).__name__})"
+        except _Retryable as exc:
+            why = exc.why
         else:
             if resp.status_code != 200:
-                why = f"HTTP {resp.status_code}{_detail(resp)}"
+                why = f"HTTP {resp.status_code}{http_detail(resp)}"
             else:
                 try:
                     forced_logprobs(resp.json(), len(ids))
@@ -672,10 +673,10 @@ class OpenAIBackend:
                 body.pop("guided_choice")
                 data = await self._post(client, "/chat/completions", body)
             latency = time.perf_counter() - start
-            hit = parse_label(self._checked(_message_text, data), opts)
+            hit = parse_label(self._checked(message_text, data), opts)
             logps = [0.0 if i == hit else CONSTRAINED_MISS for i in range(len(opts))]
-            usage = data.get("usage") or {}
-            tokens = int(usage.get("prompt_tokens") or self._local_count(readable(prompt)))
+            tokens = (self._checked(lambda d: usage_count(d, "prompt_tokens"), data)
+                      or self._local_count(readable(prompt)))
             return Scored(logps, tokens, latency, method="constrained")
 
         return run

@@ -76,5 +76,7 @@ def build_report(store: Any, run_id: str, out: Path | None = None
     data = report_data(result, rows)
     html = render_html(data)
     if out is not None:
-        Path(out).write_text(html, encoding="utf-8")
+        from tunewise.files import write_text_atomic
+
+        write_text_atomic(Path(out), html)
     return data, html

@@ -67,9 +67,41 @@ def make_server(host: str, port: int, store: str | Path | None):
     return uvicorn.Server(config)
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port out of range, or one another program listens on, in one line.
+
+    uvicorn would log a traceback (out of range) or an ERROR line and exit 3 (in use); bind
+    once here, with the SO_REUSEADDR uvicorn also sets, so the user sees why and what to do.
+    """
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise TunewiseError(f"port {port} is out of range (1-65535)", field="--port")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise TunewiseError(f"cannot resolve host '{host}' ({exc})", field="--host") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise TunewiseError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                                "stop the program using it or pick another --port",
+                                field="--port") from None
+
+
 def run_server(host: str, port: int, store: str | Path | None) -> None:
     """Serve until interrupted."""
+    check_port(host, port)
     try:
-        make_server(host, port, store).run()
+        server = make_server(host, port, store)
+        server.run()
     except OSError as exc:
         raise TunewiseError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    except SystemExit as exc:  # uvicorn's own startup failure (port taken in between)
+        if exc.code not in (0, None):
+            raise TunewiseError(f"cannot listen on {host}:{port} (see the line above)",
+                                field="--port") from None
+        raise
