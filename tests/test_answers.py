@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tunewise.answers import (
     answer_text,
@@ -168,3 +170,31 @@ def test_a_low_explicit_cap_is_warned_and_truncation_counted(make_task) -> None:
     assert shots["max_new_tokens"] == 4
     # every answer is a JSON object longer than 4 words, so every answer was cut
     assert shots["truncated"] == 20
+
+
+# ---- property: a JSON answer is read whatever its layout ---------------------------------------
+
+_keys = st.text("abcdefghij_", min_size=1, max_size=8)
+_values = st.text("abcxyz 0123", min_size=1, max_size=12).filter(str.strip)
+
+
+@settings(max_examples=150, deadline=None)
+@given(obj=st.dictionaries(_keys, _values, min_size=1, max_size=6), indent=st.sampled_from(
+    [None, 1, 4]), fence=st.booleans(), seed=st.integers(0, 10))
+def test_any_layout_of_the_same_object_is_an_exact_match(obj, indent, fence, seed) -> None:
+    import random
+
+    gold = json.dumps(obj)
+    items = list(obj.items())
+    random.Random(seed).shuffle(items)
+    pred = json.dumps(dict(items), indent=indent)
+    if fence:
+        pred = f"Here you go:\n```json\n{pred}\n```\nAnything else?"
+    assert exact_match(pred, gold) == 1.0
+    assert field_f1(pred, gold) == 1.0
+    # drop one key: field F1 = 2(n-1)/(2n-1) (precision 1, recall (n-1)/n)
+    if len(obj) > 1:
+        n = len(obj)
+        fewer = json.dumps(dict(items[1:]))
+        assert field_f1(fewer, gold) == pytest.approx(2 * (n - 1) / (2 * n - 1))
+        assert exact_match(fewer, gold) == 0.0
