@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from tunewise.answers import default_max_tokens, length_stats, per_field_accuracy
 from tunewise.backends import make_backend
 from tunewise.backends.base import Backend, CachedBackend
+from tunewise.comparisons import paired_bootstrap
 from tunewise.dataset import (
     DataReport,
     Example,
@@ -30,14 +32,11 @@ from tunewise.dataset import (
     task_labels,
 )
 from tunewise.errors import BudgetExceeded, TunewiseError, redact
-from tunewise.evaluate import (
-    answer_spread,
-    compare,
-    evaluate,
-    expected_calibration_error,
-)
+from tunewise.evaluate import answer_spread, evaluate, expected_calibration_error
 from tunewise.evaluate import baseline as model_free_baseline
 from tunewise.files import write_text_atomic
+from tunewise.latency import single_request_latency, throughput
+from tunewise.results import SCHEMA_VERSION, check_result
 from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable, get_rung
 from tunewise.store import Store
 from tunewise.task import RUNG_ORDER, TaskSpec
@@ -104,20 +103,28 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
     return Plan(task, ctx, report, chosen, skipped, found)
 
 
-def first_reference(baselines: dict[str, dict[str, Any]]
-                    ) -> tuple[str, list[float], float] | None:
-    """The model-free baseline as (name, per-item scores, value), before zero_shot runs."""
-    for name, b in baselines.items():
-        return name, b["per_item"], b["value"]
+Rows = dict[str, dict[str, Any]]  # example id -> {"prediction", "gold", "score"}
+# (name, per-item rows, value) of what a rung's significance is tested against
+Reference = tuple[str, Rows, float]
+
+
+def first_reference(plan: Plan) -> Reference | None:
+    """The model-free baseline as a reference, before zero_shot runs."""
+    for name, b in plan.baselines.items():
+        rows = {str(e.id): {"prediction": b["label"], "gold": e.output, "score": s}
+                for e, s in zip(plan.ctx.split.test, b["per_item"], strict=True)}
+        return name, rows, b["value"]
     return None
 
 
-def better_reference(current: tuple[str, list[float], float] | None, zero_shot: dict[str, Any],
-                     per: list[float]) -> tuple[str, list[float], float]:
+def better_reference(plan: Plan, current: Reference | None, zero_shot: dict[str, Any],
+                     tag: str = "") -> Reference | None:
     """zero_shot replaces the model-free baseline as the reference when it scores higher."""
-    if current is None or zero_shot["value"] > current[2]:
-        return "zero_shot", per, zero_shot["value"]
-    return current
+    if current is not None and zero_shot["value"] <= current[2]:
+        return current
+    rows = {str(r["example_id"]): dict(r)
+            for r in plan.ctx.store.predictions(plan.ctx.run_id, "zero_shot" + tag)}
+    return "zero_shot", rows, zero_shot["value"]
 
 
 def resolve_max_tokens(task: TaskSpec, report: DataReport, train: list[Example],
@@ -151,21 +158,67 @@ def resolve_max_tokens(task: TaskSpec, report: DataReport, train: list[Example],
                 f"it or remove it to use {default_max_tokens(stats)}")
 
 
-def estimate_calls(plan: Plan) -> int:
-    """Model calls: test items per rung, plus every dev pass few_shot_best makes to choose."""
-    n_test, n_dev = len(plan.ctx.split.test), len(plan.ctx.split.dev)
-    total = 0
-    copies = len(plan.task.backends or [None])  # prompting rungs run on every backend
+def estimate_breakdown(plan: Plan) -> dict[str, int]:
+    """Model calls the run will ask for (made or cached), per rung and per check.
+
+    Per rung: its test items, the single requests timed for latency (``decision.
+    latency_sample`` plus one warm-up), and few_shot_best's dev passes (one per
+    candidate); prompting rungs again on every further backend. Then the checks after
+    the ladder: the learning curve (test items per subset size), forgetting (base and tuned
+    model on the general set) and the freshness test (the questions whose answer can be
+    edited, asked before and after the edit).
+    """
+    task, split = plan.task, plan.ctx.split
+    n_test, n_dev = len(split.test), len(split.dev)
+    sample = min(task.decision.latency_sample, n_test)
+    timing = sample + 1 if sample else 0
+    copies = len(task.backends or [None])  # prompting rungs run on every backend
+    out: dict[str, int] = {}
     for name in plan.rungs:
-        per = n_test + (n_dev * plan.task.few_shot.best_candidates
-                        if name == "few_shot_best" else 0)
-        total += per * (copies if FAMILY[name] == "prompting" else 1)
-    return total
+        per = n_test + timing + (n_dev * task.few_shot.best_candidates
+                                 if name == "few_shot_best" else 0)
+        out[name] = per * (copies if FAMILY[name] == "prompting" else 1)
+    tuned = [n for n in plan.rungs if FAMILY[n] == "fine_tuning"]
+    if "lora" in plan.rungs and task.lora.curve:
+        from tunewise.training.curve import curve_sizes
+
+        out["learning_curve"] = len(curve_sizes(task.lora.curve, len(split.train))) * n_test
+    if tuned:
+        from tunewise.errors import TunewiseError
+        from tunewise.training.forgetting import load_general
+
+        try:
+            out["forgetting"] = 2 * len(load_general(task.lora.general))
+        except TunewiseError:
+            out["forgetting"] = 0  # the check reports its own error and makes no call
+    if task.freshness.run and task.freshness.rung in plan.rungs and plan.ctx.corpus:
+        out["freshness"] = _freshness_calls(plan)
+    return out
 
 
-def check_budget(plan: Plan, log: Callable[[str], None] | None = None) -> None:
+def _freshness_calls(plan: Plan) -> int:
+    """Questions the freshness test asks before the edit, plus at most
+    ``freshness.max_questions`` asked again after it (found without any model call)."""
+    from tunewise.freshness import automatic_edits, rule_questions
+
+    ctx, spec = plan.ctx, plan.task.freshness
+    if spec.edits:
+        candidates = rule_questions(list(spec.edits), ctx.examples, ctx.corpus, 10**9)
+    else:
+        _, candidates = automatic_edits(ctx.split.test, ctx.corpus, len(ctx.split.test),
+                                        spec.seed, answers=ctx.examples)
+    return len(candidates) + min(spec.max_questions, len(candidates))
+
+
+def estimate_calls(plan: Plan) -> int:
+    """Every model call the run will ask for (see :func:`estimate_breakdown`)."""
+    return sum(estimate_breakdown(plan).values())
+
+
+def check_budget(plan: Plan, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Stop before any model call when the run would exceed ``budget.max_calls`` or
-    ``budget.max_usd`` (the dollar estimate is shown through ``log`` first)."""
+    ``budget.max_usd`` (the dollar estimate is shown through ``log`` first); returns the
+    estimate (``cost.estimate_run``), which the result keeps beside the calls made."""
     limit = plan.task.budget.max_calls
     estimate = estimate_calls(plan)
     if limit is not None and estimate > limit:
@@ -177,7 +230,7 @@ def check_budget(plan: Plan, log: Callable[[str], None] | None = None) -> None:
         )
     from tunewise.cost import check_usd_budget
 
-    check_usd_budget(plan, log)
+    return check_usd_budget(plan, log)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -197,18 +250,15 @@ def _shared_prefix_tokens(ctx: RunContext, prompts: list[Any]) -> int:
     return ctx.backend.count_tokens(texts[0][:n])
 
 
-Reference = tuple[str, list[float]]  # (name, per-item scores) significance is tested against
-
-
 def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
              tag: str = "", reference: Reference | None = None
              ) -> tuple[dict[str, Any], list[float]]:
     """Prepare, predict and score one rung; store it; return its summary and per-item scores.
 
     ``baseline`` is zero_shot's per-item scores (``vs_zero_shot``); ``reference`` the better
-    of zero_shot and the model-free baseline (``vs_baseline``: a rung must beat both to
-    count). ``tag`` (e.g. ``@openai:model``) names the rung in the store when it runs on a
-    further backend of ``task.backends``.
+    of zero_shot and the model-free baseline (``vs_baseline``, same paired bootstrap: a
+    rung must beat both to count). ``tag`` (e.g. ``@openai:model``) names the rung in the
+    store when it runs on a further backend of ``task.backends``.
     """
     ctx, task = plan.ctx, plan.task
     rung = get_rung(name)
@@ -226,6 +276,10 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
         preds: list[Prediction] = rung.predict(prepared, test, ctx)
         prompts = [prepared.prompt_for(e) for e in test[:50]]
         shared = _shared_prefix_tokens(ctx, prompts)
+        sample = min(task.decision.latency_sample, len(test))
+        single = single_request_latency(
+            ctx, prepared.backend or ctx.backend, test[:sample + 1],
+            [prepared.prompt_for(e) for e in test[:sample + 1]], sample)
     finally:
         ctx.backend = base
     gold = [e.output for e in test]
@@ -238,12 +292,17 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
             "completion_mean": float(np.mean([p.completion_tokens for p in preds])),
             "shared_prefix": shared,
         },
+        # single requests at batch 1 when timed (tunewise.latency), else per-item batch time
         "latency_ms": {
-            "p50": _percentile([p.latency_s * 1000 for p in preds], 50),
-            "p95": _percentile([p.latency_s * 1000 for p in preds], 95),
+            "p50": single["single_p50_ms"] if single else
+            _percentile([p.latency_s * 1000 for p in preds], 50),
+            "p95": single["single_p95_ms"] if single else
+            _percentile([p.latency_s * 1000 for p in preds], 95),
         },
+        "throughput_items_s": throughput([p.latency_s for p in preds]),
         "upfront_s": prepared.upfront_s or prep_s,
         "info": prepared.info,
+        **({"latency": single} if single else {}),
         "calls_made": sum(not p.cached for p in preds),
         "cache_hits": sum(p.cached for p in preds),
     }
@@ -254,6 +313,8 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
                                for m in ("exact_match", "field_f1") if m != task.metric}
     if per_field:
         result["per_field"] = per_field
+    if prepared.info.get("dev_tie"):  # few_shot_best could not choose on dev
+        result["dev_tie"] = True
     if not ctx.labels:
         result["truncated"] = sum(bool(p.details.get("truncated")) for p in preds)
         result["max_new_tokens"] = task.backend.max_new_tokens
@@ -261,16 +322,24 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
     if ctx.labels:
         conf = [max(p.probs.values()) for p in preds if p.probs]
         result["ece"] = expected_calibration_error(conf, score.per_example)
-    if baseline is not None and name != "zero_shot":
-        result["vs_zero_shot"] = compare(baseline, score.per_example)
-    if reference is not None and reference[0] != name:
-        result["vs_baseline"] = {"against": reference[0],
-                                 **compare(reference[1], score.per_example)}
     rows = [
         {"example_id": e.id, "input": e.input, "gold": e.output, "prediction": p.text,
          "score": s, "details": {"probs": p.probs, **p.details} if p.probs else p.details}
         for e, p, s in zip(test, preds, score.per_example, strict=True)
     ]
+    if baseline is not None and name != "zero_shot":
+        # paired bootstrap of the task's own metric (macro-F1 recomputed per resample)
+        zero = {str(r["example_id"]): dict(r)
+                for r in ctx.store.predictions(ctx.run_id, "zero_shot" + tag)}
+        vs = paired_bootstrap(zero, {str(r["example_id"]): r for r in rows}, task.metric)
+        result["vs_zero_shot"] = {"diff": vs["diff"], "ci_low": vs["ci_low"],
+                                  "ci_high": vs["ci_high"], "p_value": vs["p"]}
+    if reference is not None and reference[0] != name:
+        vs = paired_bootstrap(reference[1], {str(r["example_id"]): r for r in rows},
+                              task.metric)
+        result["vs_baseline"] = {"against": reference[0], "diff": vs["diff"],
+                                 "ci_low": vs["ci_low"], "ci_high": vs["ci_high"],
+                                 "p_value": vs["p"]}
     ctx.store.save_rung(ctx.run_id, name + tag, "done", result, result, rows)
     return result, score.per_example
 
@@ -308,16 +377,16 @@ def run_other_backends(plan: Plan, results: list[dict[str, Any]], hooks: Hooks
         sub = replace(plan, task=sub_task, ctx=ctx)
         rungs: list[dict[str, Any]] = []
         baseline: list[float] | None = None
-        reference = first_reference(plan.baselines)
+        reference = first_reference(plan)
         for name in names:
             result, per = run_rung(sub, name, hooks, baseline, tag=f"@{label}",
-                                   reference=reference[:2] if reference else None)
+                                   reference=reference)
             result["model"] = label
             rungs.append(result)
             hooks.end_rung(result)
             if name == "zero_shot":
                 baseline = per
-                reference = better_reference(reference, result, per)
+                reference = better_reference(sub, reference, result, f"@{label}")
         out.append({"model": label, "backend": backend.id, "rungs": rungs})
     return out
 
@@ -368,7 +437,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         require_seen_labels(plan.report, task)
     for note in plan.report.notes:
         hooks.log(f"data check: {note}")
-    check_budget(plan, hooks.log)
+    estimate = check_budget(plan, hooks.log)
     run_id = store.create_run(task.name, str(task.source) if task.source else None,
                               task.fingerprint(), task.model_dump(mode="json"),
                               plan.ctx.split.ids())
@@ -379,7 +448,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     plan.ctx.log = hooks.log
     results: list[dict[str, Any]] = []
     baseline: list[float] | None = None
-    reference = first_reference(plan.baselines)
+    reference = first_reference(plan)
     stopped_at: str | None = None
     for name in default_rungs(task) if rungs is None else rungs:
         if name in plan.skipped:
@@ -390,18 +459,18 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
             results.append({"name": name, "family": FAMILY[name], "status": "not_needed",
                             "reason": f"{stopped_at} already meets the target"})
             continue
-        result, per = run_rung(plan, name, hooks, baseline,
-                               reference=reference[:2] if reference else None)
+        result, per = run_rung(plan, name, hooks, baseline, reference=reference)
         results.append(result)
         hooks.end_rung(result)
         if name == "zero_shot" and per is not None:
             baseline = per
-            reference = better_reference(reference, result, per)
+            reference = better_reference(plan, reference, result)
         if per is not None and meets_target(result, task.target) and not stopped_at:
             stopped_at = name
     from tunewise.verdict import decide
 
     result = {
+        "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "task": {"name": task.name, "kind": task.kind, "metric": task.metric,
                  "target": task.target, "source": str(task.source or ""),
@@ -413,6 +482,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         "split": {"seed": task.split.seed, **plan.report.sizes},
         "labels": plan.ctx.labels,
         "baselines": plan.baselines,
+        "decision": task.decision.model_dump(mode="json"),
         "rungs": results,
     }
     models = run_other_backends(plan, results, hooks)
@@ -427,10 +497,17 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         result["freshness"] = ladder_freshness(plan, results)
     from tunewise.cost import summarize
 
-    result["usage"] = store.usage(run_id)
+    result["usage"] = {**store.run_usage(run_id), "estimated_calls": estimate["calls"],
+                       "estimated_tokens": estimate["tokens"]}
     result["cost"] = summarize(result, task)
     result["verdict"] = decide(result, task, store)
     result["verdict"].setdefault("reasons", []).extend(verdict_notes(result))
+    try:
+        result = check_result(result)  # typed and versioned (tunewise.results) before it is kept
+    except ValidationError as exc:  # a bug: say so, but never lose a finished run
+        err = exc.errors()[0]
+        hooks.log(f"result.json does not fit its schema ({'.'.join(map(str, err['loc']))}: "
+                  f"{err['msg']}); kept as measured, please report this")
     store.finish_run(run_id, result)
     try:
         write_text_atomic(out_dir / "result.json", json.dumps(result, indent=2, allow_nan=False))

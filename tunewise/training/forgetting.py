@@ -13,7 +13,7 @@ because its answers got shorter and the set was scored by exact match):
   (whole words, after normalisation), however short or long the answer is.
 
 The ability change is reported with Wilson CIs and a paired test, and flagged when the drop
-exceeds ``lora.forgetting_threshold``. How long the answers are is reported apart, as a
+exceeds ``decision.forgetting_threshold``. How long the answers are is reported apart, as a
 behaviour change (``length``): measured on the free-answer items, or on a sample of the
 multiple-choice questions asked openly when the set has none.
 """
@@ -156,6 +156,6 @@ def forgetting_check(ctx: RunContext, tuned: Any) -> dict[str, Any]:
         "diff_ci_low": 0.0 - drop["ci_high"],
         "diff_ci_high": 0.0 - drop["ci_low"],
         "p_value": drop["p_value"],  # one-sided: that the base model scores higher
-        "threshold": spec.forgetting_threshold,
-        "flagged": -diff > spec.forgetting_threshold,
+        "threshold": ctx.task.decision.forgetting_threshold,
+        "flagged": -diff > ctx.task.decision.forgetting_threshold,
     }
