@@ -3,7 +3,8 @@
     python benchmarks/roofline.py [--items 96] [--rounds 3] [--threads 1] [--shots 0]
 
 The same SmolLM2 model in float32, the same items and batch size. Each item's work is its
-rendered prompt followed by every label's tokens (what scoring must read); both sides are
+rendered prompt followed by every label's tokens but the last (a label's last token is only
+predicted, never read): the tokens scoring must put through the model. Both sides are
 credited with those tokens, so tokens/s compare directly. The roofline side is the bare
 model forward over those sequences in batches (``model(input_ids)``, right-padded, default
 causal attention, no mask built, no log-softmax), keeping the last logit only as a prefill
@@ -54,7 +55,7 @@ def run(args) -> None:
     backend = LocalBackend("smollm2-135m", batch_size=args.batch_size)
     model, bs = backend.model, args.batch_size
     label_ids = [backend._choice_ids(c) for c in labels]
-    seqs = [backend._encode(backend.render(p)) + [t for c in label_ids for t in c]
+    seqs = [backend._encode(backend.render(p)) + [t for c in label_ids for t in c[:-1]]
             for p in prompts]
     tokens = sum(len(s) for s in seqs)
     pad = backend.tok.pad_token_id
