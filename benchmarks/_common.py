@@ -173,6 +173,7 @@ def session(args: argparse.Namespace | None = None) -> Iterator[None]:
     """Print versions, threads and load before the benchmark, the load and peak RSS after."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and TRL's progress bars
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecations
     threads = getattr(args, "threads", None)
     used = set_threads(threads) if args is not None and hasattr(args, "threads") else None
