@@ -299,6 +299,12 @@ def rung_cost(rung: dict[str, Any], task: TaskSpec, price: Price, volume: int,
         basis.insert(0, f"serving: {(serving_seconds(rung) or 0) * 1000:.0f} ms/request "
                         f"measured x {price.entry.measured_time_scale:g} at ${hourly}/h")
     maintenance = 0.0
+    hosting = 0.0
+    if tuned and (rung.get("info") or {}).get("separate_model") and hourly is not None:
+        # an adapter is served on the base model's deployment; a fully tuned model is a
+        # model of its own: one more replica, around the clock
+        hosting = 24 * hourly
+        basis.append(f"hosting: a separate model, one more replica at ${hourly}/h x 24 h")
     if tuned and spec.retrain_every_days:
         maintenance = (parts["training"] + parts["compute"]) / spec.retrain_every_days
         basis.append(f"retraining every {spec.retrain_every_days:g} days")
@@ -309,8 +315,8 @@ def rung_cost(rung: dict[str, Any], task: TaskSpec, price: Price, volume: int,
         "name": rung["name"], "family": family, "value": rung["value"],
         "per_request": req["usd"], "per_1k": req["usd"] * 1000, "request": req,
         "upfront": sum(parts.values()), "upfront_parts": parts,
-        "maintenance_per_day": maintenance,
-        "daily": volume * req["usd"] + maintenance,
+        "maintenance_per_day": maintenance, "hosting_per_day": hosting,
+        "daily": volume * req["usd"] + maintenance + hosting,
         "latency_ms": rung.get("latency_ms", {}), "basis": basis,
     }
 
@@ -434,6 +440,7 @@ def estimate_model(plan: Plan, price: Price, with_checks: bool = True) -> dict[s
     """
     from tunewise.ladder import estimate_breakdown
     from tunewise.prompts import system_message
+    from tunewise.rungs.base import FAMILY
 
     task, ctx = plan.task, plan.ctx
     backend = ctx.backend
@@ -460,7 +467,7 @@ def estimate_model(plan: Plan, price: Price, with_checks: bool = True) -> dict[s
         "few_shot_knn": query + system + task.few_shot.k * shot,
         "few_shot_best": query + system + task.few_shot.best_max * shot,
         "rag": rag, "lora": query, "distill": query, "lora_system_prompt": query + system,
-        "lora_rag": rag,
+        "lora_rag": rag, "full_ft": query, "dpo": query,
     }
     answer = _mean_tokens(backend, [e.output for e in train])
     if ctx.labels:
@@ -473,7 +480,7 @@ def estimate_model(plan: Plan, price: Price, with_checks: bool = True) -> dict[s
     rungs: dict[str, dict[str, float]] = {}
     for name in plan.rungs:
         tokens = {"prompt_mean": prompt.get(name, query + system), "completion_mean": completion}
-        tuned = name.startswith("lora") or name == "distill"
+        tuned = FAMILY.get(name) == "fine_tuning"
         usd = calls[name] * request_cost(tokens, price, tuned)["usd"]
         if tuned:
             train_tokens = n_train * task.lora.epochs * (query + answer)
