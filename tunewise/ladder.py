@@ -463,30 +463,6 @@ def _marks_failure(run: Callable[..., dict[str, Any]]) -> Callable[..., dict[str
 
 
 @_marks_failure
-def _marks_failure(run: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-    """A run that raises (bad data mid-run, a bug, Ctrl-C) is marked ``failed`` in the store
-    with the reason, instead of staying ``running``; the exception still propagates."""
-    import contextlib
-    import functools
-
-    @functools.wraps(run)
-    def wrapper(task: TaskSpec, store: Store, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        before = len(store.started)
-        try:
-            return run(task, store, *args, **kwargs)
-        except BaseException as exc:
-            reason = ("interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else
-                      redact(f"{type(exc).__name__}: {exc}"))
-            for run_id in store.started[before:]:
-                # The store itself may be what failed (disk full): keep the real error.
-                with contextlib.suppress(Exception):
-                    store.fail_run(run_id, reason)
-            raise
-
-    return wrapper
-
-
-@_marks_failure
 def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
                backends: dict[str, Backend] | None = None,
                hooks: Hooks | None = None, out_dir: Path | None = None,
