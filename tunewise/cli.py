@@ -129,9 +129,19 @@ StoreOpt = Annotated[
 def _root(
     store: StoreOpt = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print results only: no progress bars or log lines.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Also show the libraries' own warnings and progress bars.")
+    ] = False,
 ) -> None:
+    from tunewise import noise
+
+    if quiet and verbose:
+        raise TunewiseError("choose one of --quiet and --verbose")
     STATE["store"] = store
     STATE["debug"] = debug
+    noise.LEVEL.update(quiet=quiet, verbose=verbose)
 
 
 def _store():
@@ -282,6 +292,10 @@ def _progress_hooks(progress):
             progress.advance(state["task"], n)
 
     def log(message: str) -> None:
+        from tunewise.noise import quiet
+
+        if quiet():  # --quiet: the table and verdict only
+            return
         # Log lines quote user data ("[label]") and errors: no markup, secrets masked.
         progress.console.print(printable(redact(message)), style="yellow", markup=False,
                                highlight=False, soft_wrap=True)
@@ -493,8 +507,9 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id, or 'latest'.")] = "
 # ---- cost, break-even and the advisor (issue 7) -------------------------------------------
 
 
-def cost_tables(cost: dict[str, Any]) -> list[Table]:
-    """Per-rung cost at the task's volume, and the break-even between candidate rungs."""
+def cost_tables(cost: dict[str, Any]) -> list[Any]:
+    """Per-rung cost at the task's volume, and the break-even between rungs that meet the
+    target (a sentence saying why there is none when fewer than two do)."""
     from tunewise.cost import format_days, format_usd
 
     price, volume = cost["price"], cost["requests_per_day"]
@@ -516,12 +531,15 @@ def cost_tables(cost: dict[str, Any]) -> list[Table]:
     for col in ("cheaper upfront", "vs", "extra upfront", "saves/day", "break-even"):
         pairs.add_column(col, justify="right" if col[0] in "es" or col == "break-even"
                          else "left")
+    if not be["pairs"]:  # fewer than two rungs meet the target: a sentence, not a table
+        from rich.text import Text
+
+        return [per, Text(f"Break-even: {be['basis']}.", style="dim")]
     for p in be["pairs"]:
+        pays = p["daily_saving"] > 0 and p["days"] is not None
         pairs.add_row(safe(p["a"]), safe(p["b"]), format_usd(p["extra_upfront"]),
-                      format_usd(p["daily_saving"]) if p["daily_saving"] > 0 else "-",
-                      format_days(p["days"]))
-    if not be["pairs"]:
-        pairs.caption = "fewer than two rungs finished: nothing to compare"
+                      format_usd(p["daily_saving"]) if pays else "none",
+                      format_days(p["days"]) if pays else "never pays back")
     return [per, pairs]
 
 
@@ -654,6 +672,54 @@ def advise(
         print(json.dumps(advice.to_dict(), indent=2))
     else:
         print_advice(advice)
+
+
+# ---- init: a first task file from a data file (issue 18) ---------------------------------
+
+
+@app.command("init")
+def init_cmd(
+    data: Annotated[Path, typer.Argument(help="Labelled examples: JSONL or CSV.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Task file to write.")] = Path(
+        "task.yaml"),
+    input_col: Annotated[str | None, typer.Option("--input", help="Input column.")] = None,
+    output_col: Annotated[str | None, typer.Option("--output", help="Output column.")] = None,
+    kind: Annotated[str | None, typer.Option(
+        help="classification | extraction | generation | qa (default: detected).")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Documents for the rag rungs.")] = None,
+    target: Annotated[float | None, typer.Option(min=0, max=1, help="Quality target.")
+                      ] = None,
+    backend: Annotated[str | None, typer.Option(
+        help="Backend kind: local (default), openai or dummy (tests).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the task file.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a commented task.yaml from a data file: columns, kind, labels and data checks."""
+    from tunewise.init import summary, write_task
+
+    if kind is not None and kind not in ("classification", "extraction", "generation", "qa"):
+        raise TunewiseError(f"unknown kind '{kind}' (classification, extraction, generation "
+                            "or qa)", field="--kind")
+    if backend is not None and backend not in ("local", "openai", "dummy"):
+        raise TunewiseError(f"unknown backend '{backend}' (local, openai or dummy)",
+                            field="--backend")
+    path, found, report = write_task(
+        check_path(data, "data"), check_path(out, "--out"), force=force, input_col=input_col,
+        output_col=output_col, kind=kind,
+        corpus=check_path(corpus, "--corpus") if corpus else None, target=target,
+        backend=backend)
+    if as_json:
+        print(json_text({**summary(found, report), "task": str(path)}))
+        return
+    console.print(f"wrote {safe(path)}: {safe(found.kind)}, input '{safe(found.input)}', "
+                  f"output '{safe(found.output)}', {found.n_rows} rows")
+    if found.labels:
+        console.print(f"  labels ({len(found.labels)}): {safe(', '.join(found.labels))}")
+    if found.corpus:
+        console.print(f"  corpus: {safe(found.corpus)}")
+    for note in report.notes:
+        console.print(f"  [yellow]data check:[/yellow] {safe(note)}")
+    console.print(f"next: tunewise run {safe(path)}")
 
 
 # ---- HTML report and web UI (issue 9) -----------------------------------------------------

@@ -35,6 +35,9 @@ class Embedder:
 
     def __init__(self, cache_dir: Path | None = None, batch_size: int = 64) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from tunewise.noise import quiet_libraries
+
+        quiet_libraries()
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(str(model_path()), device="cpu")
