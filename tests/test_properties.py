@@ -55,7 +55,7 @@ task_dicts = st.fixed_dictionaries(
                                    "field_f1"]),
         "split": st.fixed_dictionaries({"test": st.integers(1, 10_000)},
                                        optional={"dev": st.integers(0, 10_000),
-                                                 "seed": st.integers(-(2**31), 2**31)}),
+                                                 "seed": st.integers(0, 2**32 - 1)}),
         "volume": st.fixed_dictionaries({"requests_per_day": st.integers(0, 10**9)}),
         "latency_ms": st.floats(1, 1e6, allow_nan=False),
         "backend": st.fixed_dictionaries(

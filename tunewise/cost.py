@@ -26,7 +26,6 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
 from tunewise.errors import BudgetExceeded, TunewiseError
@@ -107,20 +106,23 @@ class Price:
 
 
 def _read_table(path: Path | None) -> tuple[str, dict[str, Any]]:
-    """(as_of, raw entries) of the bundled table, or of a user file."""
+    """(as_of, raw entries) of the bundled table, or of a user file (read with the task
+    file's guards: unreadable files, hostile YAML and syntax errors are one line)."""
+    from tunewise.files import read_utf8
+    from tunewise.task import read_yaml
+
     if path is None:
         text = resources.files("tunewise").joinpath("prices.yaml").read_text(encoding="utf-8")
         where: str | Path = "prices.yaml"
     else:
-        if not path.is_file():
-            raise TunewiseError("price file not found", path=path, field="cost.prices_file")
-        text, where = path.read_text(encoding="utf-8"), path
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise TunewiseError("not valid YAML", path=where,
-                            line=mark.line + 1 if mark else None) from None
+        try:
+            text = read_utf8(path, missing="price file not found",
+                             folder="is a folder, not a price file")
+        except TunewiseError as exc:
+            exc.field = "cost.prices_file"
+            raise
+        where = path
+    raw = read_yaml(text, where)[0] or {}
     if not isinstance(raw, dict) or not isinstance(raw.get("entries"), dict):
         raise TunewiseError("a price file needs an 'entries:' mapping of name -> prices",
                             path=where)
@@ -410,8 +412,37 @@ def estimate_run(plan: Plan) -> dict[str, Any]:
                 hours = 3 * train_tokens / price.entry.prefill_tokens_per_s / 3600
                 usd += hours * price.entry.measured_time_scale * price.entry.compute_per_hour
         rungs[name] = {"calls": calls, "prompt_tokens": tokens["prompt_mean"], "usd": usd}
+    if "few_shot_knn" in rungs:
+        rungs["few_shot_knn"].update(knn_embedding(plan, price))
+        rungs["few_shot_knn"]["usd"] += rungs["few_shot_knn"]["embed_usd"]
     return {"price": price.name, "calls": sum(int(r["calls"]) for r in rungs.values()),
             "usd": sum(r["usd"] for r in rungs.values()), "rungs": rungs}
+
+
+# ---- few_shot_knn's upfront work: embedding the training inputs ---------------------------
+
+EMBED_TOKENS_PER_S = 5_000.0
+"""Rough throughput of the bundled all-MiniLM-L6-v2 on two CPU cores, in tokens/s (a few
+hundred short sentences a second). An assumption for the pre-run estimate only: the run
+measures the real time as the rung's upfront seconds."""
+
+
+def knn_embedding(plan: Plan, price: Price) -> dict[str, float]:
+    """What few_shot_knn embeds before and while prompting: every training input once and
+    each test input, priced as machine time (``compute_per_hour``; 0 when the entry has
+    none). Conservative: texts already in the on-disk embedding memo are counted too."""
+    ctx = plan.ctx
+    texts = len(ctx.split.train) + len(ctx.split.test)
+    per_text = _mean_tokens(ctx.backend, [e.input for e in ctx.split.train[:50]])
+    seconds = texts * per_text / EMBED_TOKENS_PER_S
+    usd = seconds / 3600 * (price.entry.compute_per_hour or 0.0)
+    return {"embed_texts": float(texts), "embed_s": seconds, "embed_usd": usd}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def check_usd_budget(plan: Plan, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -423,9 +454,12 @@ def check_usd_budget(plan: Plan, log: Callable[[str], None] | None = None) -> di
     est = estimate_run(plan)
     limit = plan.task.budget.max_usd
     if log is not None:
+        knn = est["rungs"].get("few_shot_knn", {})
+        embed = (f"; few_shot_knn first embeds {int(knn['embed_texts']):,} texts (about "
+                 f"{_duration(knn['embed_s'])})" if knn.get("embed_s", 0) >= 10 else "")
         log(f"estimate: up to {est['calls']} model calls, about {format_usd(est['usd'])} "
             f"at price '{est['price']}'" + (f" (budget {format_usd(limit)})"
-                                            if limit is not None else ""))
+                                            if limit is not None else "") + embed)
     if limit is not None and est["usd"] > limit:
         costly = max(est["rungs"].items(), key=lambda kv: kv[1]["usd"], default=None)
         hint = f"; the costliest rung is {costly[0]} ({format_usd(costly[1]['usd'])})" \

@@ -22,6 +22,15 @@ import numpy as np
 from tunewise.errors import TunewiseError
 from tunewise.files import read_utf8
 from tunewise.task import TaskSpec
+from tunewise.text import (
+    MAX_DEPTH,
+    SURROGATE,
+    canonical_number,
+    check_value,
+    is_blank,
+    label_text,
+    surrogate_in,
+)
 
 MIN_EXAMPLES_FINE_TUNE = 100
 WARN_EXAMPLES_FINE_TUNE = 200
@@ -50,39 +59,109 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """Rows of a JSONL or CSV file with their 1-based line numbers.
 
     Raises:
-        TunewiseError: missing file, non-UTF-8 bytes, a line that is not a JSON object.
+        TunewiseError: missing or unreadable file, non-UTF-8 bytes, a line that is not a JSON
+            object (or repeats a key), a CSV header that repeats a column, a file in another
+            format than its name says (``;``/tab-separated CSV, one JSON array), values
+            nested too deep or holding a lone surrogate.
     """
     path = Path(path)
     text = read_utf8(path, missing="file not found", folder="is a folder, not a JSONL or CSV "
                      "file", encoding="utf-8-sig")
-    rows: list[tuple[int, dict[str, Any]]] = []
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        if not reader.fieldnames:
-            raise TunewiseError("CSV file has no header row", path=path, line=1)
-        for row in reader:
-            if None in row:
-                raise TunewiseError(
-                    "more values than header columns", path=path, line=reader.line_num
-                )
-            rows.append((reader.line_num, dict(row)))
-        return rows
+        return _csv_rows(text, path)
+    if text.lstrip().startswith("["):
+        raise TunewiseError(
+            "this is one JSON array, but tunewise reads JSON Lines (one JSON object per "
+            "line); convert it, e.g. jq -c '.[]' FILE > data.jsonl", path=path, line=1)
+    rows: list[tuple[int, dict[str, Any]]] = []
     # Split on "\n" only: splitlines() also breaks at U+2028 and friends, which JSON
     # strings may contain unescaped (CoQA stories do).
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            # json's messages end in "at" when they point at where something began.
-            at = "" if exc.msg.endswith(" at") else " at"
-            raise TunewiseError(
-                f"not valid JSON: {exc.msg}{at} column {exc.colno}", path=path, line=number
-            ) from None
+        obj = _json_line(line, path, number, first=not rows)
         if not isinstance(obj, dict):
             raise TunewiseError("each line must be a JSON object", path=path, line=number)
         rows.append((number, obj))
+    return rows
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object gave one key twice (json keeps the last one silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _not_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (numbers must be finite)")
+
+
+def _json_line(line: str, path: Path, number: int, first: bool) -> Any:
+    """One JSONL line parsed strictly: no repeated keys, no NaN/Infinity, bounded depth,
+    no lone surrogates; every problem is a one-line error naming the line."""
+    try:
+        obj = json.loads(line, object_pairs_hook=_unique_keys,
+                         parse_constant=_not_json_constant)
+    except json.JSONDecodeError as exc:
+        # json's messages end in "at" when they point at where something began.
+        at = "" if exc.msg.endswith(" at") else " at"
+        hint = ""
+        if first and not line.lstrip().startswith("{") and line.count(",") >= 1:
+            hint = " (this looks like CSV: name the file .csv)"
+        raise TunewiseError(f"not valid JSON: {exc.msg}{at} column {exc.colno}{hint}",
+                            path=path, line=number) from None
+    except _DuplicateKey as exc:
+        raise TunewiseError(f"key '{exc.args[0]}' given twice in one object (the second "
+                            "would silently win)", path=path, line=number) from None
+    except RecursionError:
+        raise TunewiseError(f"the value is nested more than {MAX_DEPTH} levels deep",
+                            path=path, line=number) from None
+    except ValueError as exc:
+        raise TunewiseError(f"not valid JSON: {exc}", path=path, line=number) from None
+    for key, value in obj.items() if isinstance(obj, dict) else [(None, obj)]:
+        problem = check_value(value)
+        if problem or (key is not None and surrogate_in(key)):
+            raise TunewiseError(f"the value {problem or 'names a key that ' + SURROGATE}",
+                                path=path, line=number, field=key and ascii(key)[1:-1])
+    return obj
+
+
+def _csv_rows(text: str, path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a comma-separated file; a field may be as large as the file (corpus
+    documents over csv's default 128 KiB limit are ordinary)."""
+    csv.field_size_limit(max(csv.field_size_limit(), min(len(text) + 1, 2**31 - 1)))
+    if text.lstrip().startswith(("{", "[")):
+        raise TunewiseError("this looks like JSON, not CSV: name the file .jsonl", path=path,
+                            line=1)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames
+    if not header:
+        raise TunewiseError("CSV file has no header row", path=path, line=1)
+    if len(header) == 1:
+        for sep, name in ((";", "semicolons"), ("\t", "tabs")):
+            if sep in header[0]:
+                raise TunewiseError(
+                    f"the header's columns are separated by {name}, but tunewise reads "
+                    "comma-separated CSV; export it with commas", path=path, line=1)
+    seen: set[str] = set()
+    for column in header:
+        if column in seen:
+            raise TunewiseError(f"column '{column}' appears twice in the header", path=path,
+                                line=1, field=column)
+        seen.add(column)
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for row in reader:
+        if None in row:
+            raise TunewiseError("more values than header columns", path=path,
+                                line=reader.line_num)
+        rows.append((reader.line_num, dict(row)))
     return rows
 
 
@@ -92,9 +171,13 @@ def _text_field(row: dict[str, Any], name: str, path: Path, line: int) -> str:
     value = row[name]
     if isinstance(value, (dict, list)):
         value = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = canonical_number(value)
     value = str(value)
-    if not value.strip():
-        raise TunewiseError(f"field '{name}' is empty", path=path, line=line, field=name)
+    if is_blank(value):
+        raise TunewiseError(f"field '{name}' is empty" + (
+            " (only invisible characters)" if value.strip() else ""),
+            path=path, line=line, field=name)
     return value
 
 
@@ -117,15 +200,16 @@ def load_examples(task: TaskSpec) -> list[Example]:
     seen_ids: dict[str, int] = {}
     for line, row in rows:
         inp = _text_field(row, spec.input, spec.path, line)
-        out = _text_field(row, spec.output, spec.path, line)
-        ex_id = str(row[spec.id]) if spec.id and row.get(spec.id) is not None else f"L{line}"
+        out = label_text(_text_field(row, spec.output, spec.path, line))
+        ex_id = (_text_field(row, spec.id, spec.path, line)
+                 if spec.id and row.get(spec.id) is not None else f"L{line}")
         _claim_id(seen_ids, ex_id, "id", spec.path, line, spec.id)
         extra = {k: v for k, v in row.items() if k not in (spec.input, spec.output)}
-        examples.append(Example(ex_id, inp, out.strip(), extra))
+        examples.append(Example(ex_id, inp, out, extra))
     if task.kind == "classification" and task.labels:
         allowed = set(task.labels)
-        for line, row in rows:
-            label = str(row[spec.output]).strip()
+        for (line, _), ex in zip(rows, examples, strict=True):
+            label = ex.output
             if label not in allowed:
                 raise TunewiseError(
                     f"label '{label}' is not in the task's labels",

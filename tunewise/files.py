@@ -13,21 +13,35 @@ from tunewise.errors import TunewiseError
 
 def read_utf8(path: Path, *, missing: str, folder: str, encoding: str = "utf-8") -> str:
     """The text of ``path``; a one-line error (with the line of the first bad byte) when it
-    is missing, a folder, or not UTF-8.
+    is missing, a folder, unreadable (permissions, I/O error, symlink loop) or not UTF-8.
 
     Args:
         missing: the message when the file does not exist.
         folder: the message when the path is a folder.
         encoding: ``utf-8-sig`` to drop a byte-order mark.
     """
-    if path.is_dir():
-        raise TunewiseError(folder, path=path)
-    if not path.is_file():
-        raise TunewiseError(missing, path=path)
+    if "\0" in str(path):
+        raise TunewiseError("the path contains a NUL byte", path=repr(str(path))[1:-1])
     try:
-        return path.read_text(encoding=encoding)
+        if path.is_dir():
+            raise TunewiseError(folder, path=path)
+        if not path.is_file() and not path.is_symlink():  # a symlink loop: say ELOOP
+            raise TunewiseError(missing, path=path)
+        data = path.read_bytes()
+    except FileNotFoundError:  # a dangling symlink
+        raise TunewiseError(missing, path=path) from None
+    except PermissionError:
+        raise TunewiseError("permission denied: this user may not read the file",
+                            path=path) from None
+    except OSError as exc:  # EIO, a symlink loop, a vanished network mount
+        reason = exc.strerror or type(exc).__name__
+        raise TunewiseError(f"cannot read the file: {reason} (errno {exc.errno})",
+                            path=path) from None
+    try:
+        # Universal newlines, as Path.read_text gives: "\r\n" and "\r" end a line too.
+        return data.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        line = data[: exc.start].count(b"\n") + 1
         raise TunewiseError(f"not UTF-8 text (byte {exc.start})", path=path, line=line
                             ) from None
 

@@ -352,7 +352,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     result["verdict"].setdefault("reasons", []).extend(verdict_notes(result))
     store.finish_run(run_id, result)
     try:
-        write_text_atomic(out_dir / "result.json", json.dumps(result, indent=2))
+        write_text_atomic(out_dir / "result.json", json.dumps(result, indent=2, allow_nan=False))
     except TunewiseError as exc:  # e.g. disk full: the stored run is complete, say so
         raise TunewiseError(f"{exc.message}; the run is saved in the store: tunewise show "
                             f"{run_id} --json", path=exc.path) from None

@@ -20,7 +20,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,70 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+BUSY_TIMEOUT_S = 30  # how long a write waits for another process's lock before failing
+
+
+class StoreError(TunewiseError):
+    """SQLite could not do what the store asked, for a reason outside tunewise's control
+    (disk full, a lock held too long, a read-only file, a damaged file). ``sqlite`` keeps
+    the original exception."""
+
+    def __init__(self, message: str, sqlite: sqlite3.Error, path: Path) -> None:
+        super().__init__(message, path=path)
+        self.sqlite = sqlite
+
+
+def store_error(exc: sqlite3.Error, path: Path) -> StoreError | None:
+    """A one-line error saying what happened to the store, or None for an SQLite error that
+    is a bug rather than a condition of the disk or file (a bad query, a constraint).
+
+    Only a file SQLite cannot read as a database is called damaged; a full disk, a lock or a
+    read-only file leave a healthy store that must not be moved away.
+    """
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc).lower()
+    if name == "SQLITE_FULL" or "disk is full" in text:
+        msg = ("the disk holding the store is full; free some space (or point --store / "
+               "TUNEWISE_DB at another disk) and run again: finished work is kept")
+    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        msg = (f"the store stayed locked by another process for over {BUSY_TIMEOUT_S} s "
+               "(another tunewise run or a program holding the file open); let it finish "
+               "and run again: the store itself is fine")
+    elif name.startswith("SQLITE_READONLY") or "readonly" in text:
+        msg = ("the store is read-only (this user may not write the file or its folder); "
+               "fix the permissions, or point --store / TUNEWISE_DB at a writable path")
+    elif name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        msg = ("cannot open the store: its folder is missing, not writable, or the path "
+               "is not a file; point --store / TUNEWISE_DB at a writable path")
+    elif name.startswith("SQLITE_IOERR") or "disk i/o error" in text:
+        msg = (f"disk I/O error while using the store ({exc}); check the disk and run "
+               "again: finished work is kept")
+    elif name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or type(exc) is sqlite3.DatabaseError:
+        msg = (f"not a usable tunewise store ({exc}); move the file away or point "
+               "--store / TUNEWISE_DB at another path")
+    else:
+        return None
+    return StoreError(msg, exc, path)
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose failures from the disk or file are :class:`StoreError` lines."""
+
+    store_path: Path = Path()
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.store_path) or exc from None
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.store_path) or exc from None
+
+
 def default_store_path() -> Path:
     """``$TUNEWISE_DB``, else ``$TUNEWISE_HOME/tunewise.db``, else the per-user data dir."""
     return user_path("TUNEWISE_DB", "tunewise.db", cache=False)
@@ -128,20 +192,18 @@ class Store:
         self.path = Path(path) if path else default_store_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                      factory=_Connection)
         except (OSError, sqlite3.Error) as exc:
             raise TunewiseError(f"cannot open the store ({exc})", path=self.path) from None
+        self.db.store_path = self.path
         self.db.row_factory = sqlite3.Row
         self.started: list[str] = []  # runs this instance created (marked failed on a crash)
         try:
             self._setup()
-        except sqlite3.DatabaseError as exc:  # a corrupt file, or not SQLite at all
+        except BaseException:
             self.db.close()
-            raise TunewiseError(
-                f"not a usable tunewise store ({exc}); move the file away or point "
-                "--store / TUNEWISE_DB at another path",
-                path=self.path,
-            ) from None
+            raise
 
     def _setup(self, patience_s: float = 60.0) -> None:
         """WAL mode, busy timeout, migrations. Switching a new file to WAL can fail at once
@@ -150,13 +212,13 @@ class Store:
         deadline = time.monotonic() + patience_s
         while True:
             try:
-                self.db.execute("PRAGMA busy_timeout=30000")
+                self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self._migrate()
                 return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+            except StoreError as exc:
+                if "locked" not in str(exc.sqlite) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
 
@@ -166,14 +228,20 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception.
+
+        A failed COMMIT (disk full) is rolled back too, so the connection stays usable and
+        the error is the one line of :func:`store_error`; earlier transactions are kept.
+        """
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may already have rolled back (SQLITE_FULL)
+                with suppress(sqlite3.Error):  # keep the first error, the informative one
+                    sqlite3.Connection.execute(self.db, "ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     def _migrate(self) -> None:
         with self.transaction() as db:
@@ -280,7 +348,7 @@ class Store:
         with self.transaction() as db:
             db.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, result_json = ? WHERE id = ?",
-                (status, time.time(), json.dumps(result), run_id),
+                (status, time.time(), json.dumps(result, allow_nan=False), run_id),
             )
 
     def save_rung(self, run_id: str, rung: str, status: str, score: dict[str, Any] | None,

@@ -19,12 +19,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from tunewise.errors import TunewiseError
 from tunewise.files import read_utf8
+from tunewise.text import MAX_DEPTH, is_blank, label_text, surrogate_in
 
 Kind = Literal["classification", "extraction", "generation", "qa"]
 Metric = Literal["accuracy", "macro_f1", "exact_match", "token_f1", "field_f1"]
@@ -41,6 +43,11 @@ RungName = Literal[
 ]
 RUNG_ORDER: tuple[str, ...] = RungName.__args__  # type: ignore[attr-defined]
 
+SEED_MAX = 2**32 - 1  # numpy and torch seeds: non-negative, at most 32 bits
+MAX_YAML_VALUES = 100_000
+"""Most values a task file may expand to through YAML aliases; far above any real task,
+far below a "billion laughs" document (10 levels of 9 aliases: 9**10 values)."""
+
 DEFAULT_METRIC: dict[str, str] = {
     "classification": "accuracy",
     "extraction": "exact_match",
@@ -49,10 +56,28 @@ DEFAULT_METRIC: dict[str, str] = {
 }
 
 
-class Strict(BaseModel):
-    """Base for every config model: unknown keys are errors, fields are immutable-ish."""
+def _wants_number(annotation: Any) -> bool:
+    """True for int/float fields (optional or not); bool and str fields are not numbers."""
+    options = [annotation, *getattr(annotation, "__args__", ())]
+    return any(o in (int, float) for o in options) and not any(
+        o in (bool, str) for o in options)
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys are errors, numbers are finite (``.inf``
+    and ``.nan`` are refused, so result.json stays strict JSON), and a YAML yes/no is not a
+    number (pydantic would read ``target: yes`` as 1.0)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bool_is_not_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _wants_number(field.annotation):
+            raise ValueError(f"expected a number, got the boolean {str(value).lower()} "
+                             "(YAML reads yes/no/on/off/true/false as booleans)")
+        return value
 
 
 class DataSpec(Strict):
@@ -129,7 +154,8 @@ class FreshnessSpec(Strict):
         description="Count only questions the rung answered right before the edit: a fact "
         "it never knew cannot show whether it follows a change.",
     )
-    seed: int = Field(0, description="Seed of the automatic choice of replacement values.")
+    seed: int = Field(0, ge=0, le=SEED_MAX,
+                      description="Seed of the automatic choice of replacement values.")
 
 
 class SplitSpec(Strict):
@@ -137,7 +163,8 @@ class SplitSpec(Strict):
 
     test: int = Field(100, ge=1, description="Held-out examples scored for every rung.")
     dev: int = Field(50, ge=0, description="Examples used to choose shots and stop training.")
-    seed: int = Field(0, description="Seed of the shuffle that makes the split.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the shuffle that makes the "
+                      "split.")
     group_by: str | None = Field(
         None, description="Keep examples that share this field together (``output``, "
         "``input`` or any other column, e.g. ``source_id``), as scikit-learn's "
@@ -211,7 +238,8 @@ class BackendSpec(Strict):
         "scores the label's own tokens only, and a run whose backends include one turns it "
         "off on every backend: the side-by-side columns then measure the same thing.",
     )
-    seed: int = Field(0, description="Seed of the dummy backend's deterministic choices.")
+    seed: int = Field(0, ge=0, le=SEED_MAX,
+                      description="Seed of the dummy backend's deterministic choices.")
 
     @model_validator(mode="before")
     @classmethod
@@ -357,7 +385,8 @@ class LoraSpec(Strict):
     max_length: int = Field(
         1024, ge=16, description="Longest prompt + answer in tokens; longer examples are skipped."
     )
-    seed: int = Field(0, description="Seed of adapter init, batch order and dropout.")
+    seed: int = Field(0, ge=0, le=SEED_MAX,
+                      description="Seed of adapter init, batch order and dropout.")
     checkpoint_every: int = Field(
         25, ge=1, description="Optimizer steps between checkpoints (Ctrl-C also saves one)."
     )
@@ -437,10 +466,34 @@ class TaskSpec(Strict):
     lora: LoraSpec = Field(default_factory=LoraSpec, description="Fine-tuning settings.")
     cost: CostSpec = Field(default_factory=CostSpec, description="Prices and cost assumptions.")
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_text(cls, value: Any) -> Any:
+        """Numbers become labels by the data's rule (``1`` and ``1.0`` are "1"); every
+        label is stripped and NFC-normalised, as the data's outputs are."""
+        if not isinstance(value, list):
+            return value
+        for i, v in enumerate(value):
+            if isinstance(v, bool):
+                raise ValueError(f"label {i + 1} is the YAML boolean {str(v).lower()} (yes/no/"
+                                 "on/off/true/false unquoted): quote it")
+        return [label_text(v) if isinstance(v, (str, int, float)) else v for v in value]
+
     @field_validator("labels")
     @classmethod
     def _two_labels(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and len(set(value)) < 2:
+        if value is None:
+            return value
+        seen: dict[str, int] = {}
+        for i, label in enumerate(value):
+            if is_blank(label):
+                raise ValueError(f"label {i + 1} is empty (blank labels cannot be predicted "
+                                 "or told apart)")
+            if label in seen:
+                raise ValueError(f"label '{label}' is given twice (items {seen[label] + 1} "
+                                 f"and {i + 1})")
+            seen[label] = i
+        if len(value) < 2:
             raise ValueError("needs at least two distinct labels")
         return value
 
@@ -497,13 +550,19 @@ def _node_line(root: yaml.Node | None, loc: tuple[Any, ...], exact: bool = False
     return line
 
 
-def _duplicate_key(node: yaml.Node | None, loc: tuple[str, ...] = ()
-                   ) -> tuple[str, int] | None:
+def _duplicate_key(node: yaml.Node | None, loc: tuple[str, ...] = (),
+                   visited: set[int] | None = None) -> tuple[str, int] | None:
     """The first key given twice in one mapping, as (dotted path, line), or None.
 
     PyYAML silently keeps the last of two equal keys, so a pasted block that repeats
-    ``target:`` would quietly change the task; this finds it instead.
+    ``target:`` would quietly change the task; this finds it instead. A node reached again
+    through an alias was already checked: each node is walked once, so an alias bomb costs
+    its size on the page, not its expansion.
     """
+    visited = set() if visited is None else visited
+    if node is None or id(node) in visited:
+        return None
+    visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
@@ -511,15 +570,110 @@ def _duplicate_key(node: yaml.Node | None, loc: tuple[str, ...] = ()
             if name in seen:
                 return ".".join((*loc, name)), key.start_mark.line + 1
             seen.add(name)
-            found = _duplicate_key(value, (*loc, name))
+            found = _duplicate_key(value, (*loc, name), visited)
             if found:
                 return found
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            found = _duplicate_key(item, (*loc, str(i)))
+            found = _duplicate_key(item, (*loc, str(i)), visited)
             if found:
                 return found
     return None
+
+
+def _children(node: yaml.Node) -> list[tuple[str, yaml.Node, int]]:
+    """(name, child node, line) of a mapping's values or a sequence's items."""
+    if isinstance(node, yaml.MappingNode):
+        return [(str(k.value), v, k.start_mark.line + 1) for k, v in node.value]
+    if isinstance(node, yaml.SequenceNode):
+        return [(str(i), v, v.start_mark.line + 1) for i, v in enumerate(node.value)]
+    return []
+
+
+def _expanded_sizes(root: yaml.Node) -> dict[int, int]:
+    """Values each node stands for once aliases are expanded, by ``id(node)``.
+
+    Each node is sized once (children first, without recursion), so a document whose
+    aliases expand to billions of values is measured in the time it takes to read it.
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, ready = stack.pop()
+        if id(node) in sizes:
+            continue
+        kids = [child for _, child, _ in _children(node)]
+        if ready:
+            sizes[id(node)] = 1 + sum(sizes[id(k)] for k in kids)
+        else:
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in sizes)
+    return sizes
+
+
+def _compose(text: str, path: Path) -> yaml.Node | None:
+    """The YAML node graph of ``text``, refusing hostile YAML before anything builds on it:
+    nesting deeper than MAX_DEPTH (found from the parser's events, which never recurse),
+    aliases that expand beyond MAX_YAML_VALUES, or a string holding a lone surrogate (a
+    ``"\\ud800"`` escape).
+
+    Raises:
+        TunewiseError: naming the line; yaml.YAMLError for YAML that does not parse.
+    """
+    depth, top_key, key_next = 0, None, False  # key_next: the root mapping's next is a key
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if depth == 1 and key_next and isinstance(event, yaml.ScalarEvent):
+            top_key = event.value
+        if depth == 1 and isinstance(event, yaml.NodeEvent):
+            key_next = not key_next
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            key_next = key_next if depth > 1 else isinstance(event, yaml.MappingStartEvent)
+            if depth > MAX_DEPTH:
+                raise TunewiseError(f"nested more than {MAX_DEPTH} levels deep", path=path,
+                                    line=event.start_mark.line + 1, field=top_key)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is None:
+        return None
+    sizes = _expanded_sizes(root)
+    if sizes[id(root)] > MAX_YAML_VALUES:
+        node, loc, line = root, [], root.start_mark.line + 1
+        while True:  # descend to the first value that is too big on its own
+            big = next(((name, child, at) for name, child, at in _children(node)
+                        if sizes[id(child)] > MAX_YAML_VALUES), None)
+            if big is None:
+                break
+            loc.append(big[0])
+            node, line = big[1], big[2]
+        raise TunewiseError(
+            f"YAML aliases expand to {sizes[id(node)]:,} values (more than "
+            f"{MAX_YAML_VALUES:,}); a task file never needs that many",
+            path=path, line=line, field=".".join(loc) or None)
+    for node in _all_nodes(root):
+        if isinstance(node, yaml.ScalarNode) and surrogate_in(str(node.value)):
+            raise TunewiseError("a lone surrogate (an unpaired \\ud800-\\udfff escape) is not "
+                                "text", path=path, line=node.start_mark.line + 1)
+    return root
+
+
+def _all_nodes(root: yaml.Node) -> list[yaml.Node]:
+    """Every node of the graph once (keys included), in document order."""
+    seen: set[int] = set()
+    out: list[yaml.Node] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        out.append(node)
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in reversed(node.value) for n in reversed(pair))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
+    return out
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -550,12 +704,18 @@ def _explain(err: dict[str, Any]) -> str:
     return err["msg"].replace("Value error, ", "")
 
 
-def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
-    """Validate YAML text as a task, raising a one-line :class:`TunewiseError` on any problem."""
+def read_yaml(text: str, path: Path | str) -> tuple[Any, yaml.Node | None]:
+    """YAML text as (data, node tree) for a user's file, with hostile YAML refused (see
+    :func:`_compose`) and syntax errors as one line naming the line.
+
+    Raises:
+        TunewiseError: the YAML does not parse, nests too deep, expands too far through
+            aliases, or holds a lone surrogate.
+    """
     path = Path(path)
     try:
-        root = yaml.compose(text)
-        raw = yaml.safe_load(text)
+        root = _compose(text, path)
+        return yaml.safe_load(text), root
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or "invalid YAML"
@@ -565,6 +725,12 @@ def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
         raise TunewiseError(
             f"not valid YAML: {problem}", path=path, line=mark.line + 1 if mark else None
         ) from None
+
+
+def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
+    """Validate YAML text as a task, raising a one-line :class:`TunewiseError` on any problem."""
+    path = Path(path)
+    raw, root = read_yaml(text, path)
     if not isinstance(raw, dict):
         raise TunewiseError("a task file must be a mapping of keys to values", path=path)
     duplicate = _duplicate_key(root)

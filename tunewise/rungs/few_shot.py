@@ -109,7 +109,8 @@ class FewShotKNN(PromptRung):
         started = time.perf_counter()
         embedder = shared_embedder(ctx.shared, ctx.store.path.parent / "embeddings")
         train = ctx.split.train
-        matrix = embedder.encode([e.input for e in train])
+        matrix = embedder.encode([e.input for e in train], on_progress=lambda done, total: ctx.log(
+            f"few_shot_knn: embedded {done:,} of {total:,} training inputs"))
         k = min(ctx.task.few_shot.k, len(train))
 
         def prompt_for(ex: Example) -> Messages:

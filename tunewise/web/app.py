@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import PackageLoader
+from starlette.concurrency import run_in_threadpool
 
 from tunewise.advisor import QUESTIONS
 from tunewise.errors import TunewiseError
@@ -149,7 +150,9 @@ def create_app(store_path: str | Path | None = None,
         try:
             if not task_path.strip():
                 raise TunewiseError("enter the path of a task.yaml file")
-            job = jobs.start(path, climb_all)
+            # Loading validates the task file; a huge or hostile one must not stall the
+            # event loop, which serves every other request.
+            job = await run_in_threadpool(jobs.start, path, climb_all)
         except TunewiseError as exc:
             return page("start.html", 400, error=str(exc), task_path=task_path,
                         climb_all=climb_all)
