@@ -98,7 +98,7 @@ def test_csv_columns_are_detected_without_conventional_names(runner, tmp_path):
     (b"", "the file has no rows"),
     (b'{"input": "a", "output": "b"}\n{"input": \n', "data.jsonl:2: not valid JSON"),
     (b'{"input": "caf\xe9"}\n', "not UTF-8 text"),
-    (b'["a", "b"]\n', "data.jsonl:1: each line must be a JSON object"),
+    (b'["a", "b"]\n', "data.jsonl:1: this is one JSON array"),
     (b"".join(b'{"id": "k%d", "a": "x y"}\n' % i for i in range(3)),
      "cannot find an input and an output column"),
 ])
