@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -117,8 +116,6 @@ app.add_typer(cache_app, name="cache")
 console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 
-DEMOS = {"symptoms": "demo/symptoms/task.yaml", "clinic": "demo/clinic/task.yaml"}
-
 StoreOpt = Annotated[
     Path | None,
     typer.Option("--store", envvar="TUNEWISE_DB", help="SQLite store (default: per-user dir)."),
@@ -200,9 +197,9 @@ def out_file(out: Path) -> Path:
 
 def demo_path(name: str) -> Path:
     """Path of a bundled demo task file."""
-    if name not in DEMOS:
-        raise TunewiseError(f"unknown demo '{name}' (choose from {', '.join(DEMOS)})")
-    return Path(str(resources.files("tunewise").joinpath(DEMOS[name])))
+    from tunewise.demos import demo_path as path
+
+    return path(name)
 
 
 def _load(task: Path):
@@ -303,13 +300,16 @@ def _progress_hooks(progress):
     return Hooks(log=log, start_rung=start, advance=advance)
 
 
-def _run(task_path: Path, out: Path | None, climb_all: bool, as_json: bool,
-         rungs: list[str] | None, allow_unseen_labels: bool = False) -> dict[str, Any]:
+def _run(task_path: Any, out: Path | None, climb_all: bool, as_json: bool,
+         rungs: list[str] | None, allow_unseen_labels: bool = False,
+         show: bool = True) -> dict[str, Any]:
+    """Run a task (a path, or an already loaded TaskSpec) with progress bars; print its
+    table and verdict, or its JSON (``show=False``: print nothing, the caller does)."""
     from tunewise.files import progress_bar
     from tunewise.ladder import run_ladder
 
     out = out_folder(out)
-    task = _load(task_path)
+    task = task_path if not isinstance(task_path, Path) else _load(task_path)
     store = _store()
     progress = progress_bar(console=err_console, disable=as_json)
     try:
@@ -319,6 +319,8 @@ def _run(task_path: Path, out: Path | None, climb_all: bool, as_json: bool,
     finally:
         if progress.live.is_started:
             progress.stop()
+    if not show:
+        return result
     if as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -383,16 +385,52 @@ def run(
 
 @app.command("demo")
 def demo_cmd(
-    name: Annotated[str, typer.Argument(help="symptoms | clinic")] = "symptoms",
+    name: Annotated[str | None, typer.Argument(
+        help="symptoms | clinic (default: both, ending with their two verdicts)")] = None,
     out: OutOpt = None,
     climb_all: Annotated[bool, typer.Option("--all/--stop", help="Run every rung.")] = True,
     as_json: JsonOpt = False,
     rungs: RungsOpt = None,
+    backend: Annotated[str | None, typer.Option(
+        hidden=True, help="Swap the demo's backend kind (dummy: tests).")] = None,
 ) -> None:
-    """Run a bundled demo task (symptom -> specialty, or the clinic handbook Q&A)."""
-    path = demo_path(name)
-    console.print(f"[dim]demo task: {safe(path)}[/dim]")
-    _run(path, out, climb_all, as_json, _rung_names(rungs))
+    """Run the bundled demos: symptom -> specialty climbs to fine-tuning, the clinic
+    handbook Q&A to retrieval and the freshness test; both end in a verdict."""
+    from tunewise.demos import DEMOS, QUESTION, closing, demo_task
+
+    names = [name] if name else list(DEMOS)
+    for n in names:  # unknown names fail before any work
+        demo_task(n, backend)
+    if out is not None and len(names) > 1:  # one result folder per demo inside --out
+        out_folder(out).mkdir(exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    for i, n in enumerate(names, start=1):
+        task = demo_task(n, backend)
+        folder = out / n if out is not None and len(names) > 1 else out
+        if not as_json:
+            head = f"demo {i}/{len(names)}: " if len(names) > 1 else "demo: "
+            console.rule(f"[bold]{head}{safe(task.name)}[/bold]")
+            console.print(f"[dim]{safe(QUESTION[n])}\ntask file: {safe(task.source)}[/dim]")
+        results[n] = _run(task, folder, climb_all, as_json, _rung_names(rungs),
+                          show=len(names) == 1 or not as_json)
+    if len(names) == 1:
+        return
+    verdicts = closing(results)
+    if as_json:
+        print(json.dumps({"demos": results, "verdicts": verdicts}, indent=2))
+        return
+    console.rule("[bold]The two verdicts[/bold]")
+    for v in verdicts:
+        console.print(f"\n[bold]{safe(v['task'])}[/bold] [dim]({safe(v['question'])})[/dim]")
+        console.print(f"  verdict:   {safe(v['summary'])}")
+        if v["score"]:
+            console.print(f"  measured:  {safe(v['rung'])} {safe(v['score'])}")
+        console.print(f"  diagnosis: {safe(v['diagnosis'])}")
+        for line in v["evidence"]:
+            console.print(f"             • {safe(line)}")
+        console.print(f"  cost:      {safe(v['cost'])}")
+    console.print("\n[dim]Your own data: tunewise init data.jsonl, then tunewise run "
+                  "task.yaml[/dim]")
 
 
 def _prepared(task_path: Path, rung_name: str):
