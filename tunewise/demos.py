@@ -29,6 +29,8 @@ GAP: dict[str, str] = {
     "knowledge": "a knowledge gap: retrieval helps",
     "behaviour": "a behaviour gap: training helps",
     "both": "both knowledge and behaviour are missing",
+    "reader": "reader capacity: retrieval finds the answers, the model does not use them "
+              "well (a larger model is the lever)",
     "none": "no gap: prompting reaches the target",
     "unclear": "unclear: neither retrieval nor fine-tuning helped clearly",
     "unmeasured": "not measured: only prompting rungs ran",
@@ -87,7 +89,7 @@ def closing(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             "summary": verdict.get("summary", ""), "rung": rung, "score": score,
             "gap": gap, "diagnosis": GAP.get(gap, gap),
             "evidence": (diag.get("knowledge") or []) + (diag.get("behaviour") or [])
-            or (diag.get("evidence") or [])[:2],
+            + (diag.get("reader") or []) or (diag.get("evidence") or [])[:2],
             "cost": cost_line(result, rung) if rung else "",
             "run_id": result.get("run_id"),
         })
