@@ -102,3 +102,18 @@ def test_try_box_answers_with_every_finished_rung(client, make_task, runner):
     assert empty.status_code == 400 and "type an input" in empty.json()["error"]
     page = client.get(f"/runs/{run_id}")
     assert 'id="try-form"' in page.text
+
+
+def test_builder_finds_the_corpus_and_previews_rows(client, tmp_path):
+    for name in ("coqa_questions.jsonl", "coqa_stories.jsonl"):
+        shutil.copy(DATA / name, tmp_path / name)
+    made = client.get("/api/build", params={"data": str(tmp_path / "coqa_questions.jsonl")}
+                      ).json()
+    assert made["found"]["corpus"] == str(tmp_path / "coqa_stories.jsonl")
+    assert made["kind"] == "qa" and made["fields"]["corpus"]["path"] == "coqa_stories.jsonl"
+    first = (DATA / "coqa_questions.jsonl").read_text().splitlines()[0]
+    import json
+
+    assert made["sample"][0] == {k: json.loads(first)[k] for k in ("input", "output")}
+    page = client.get("/build", params={"data": str(tmp_path / "coqa_questions.jsonl")})
+    assert 'id="corpus-path"' in page.text and 'id="sample"' in page.text

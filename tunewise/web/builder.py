@@ -28,6 +28,7 @@ from tunewise.errors import TunewiseError
 
 MAX_UPLOAD = 50 * 1024 * 1024  # bytes; bigger data belongs on disk, given by path
 TOP_LABELS = 5
+SAMPLE_ROWS = 5  # rows previewed by the builder
 
 
 def workspace() -> Path:
@@ -83,7 +84,7 @@ def draft(form: dict[str, str]) -> dict[str, Any]:
         TunewiseError: unreadable data, an unknown column, a bad number.
     """
     from tunewise.cost import price_table
-    from tunewise.init import check, findings, inspect, render_yaml, task_fields
+    from tunewise.init import check, findings, inspect, read_table, render_yaml, task_fields
 
     data = Path((form.get("data") or "").strip()).expanduser()
     if not str(data).strip() or str(data) == ".":
@@ -111,7 +112,11 @@ def draft(form: dict[str, str]) -> dict[str, Any]:
                          latency_ms=_number(form, "latency_ms", float, "latency"),
                          price=price)
     spec, report = check(fields, out.absolute().parent)
+    _, rows = read_table(found.path)  # a preview of the chosen columns, as LlamaBoard shows
+    sample = [{"input": str(r.get(found.input, "")), "output": str(r.get(found.output, ""))}
+              for r in rows[:SAMPLE_ROWS]]
     return {"found": found.to_dict(), "fields": fields, "task_path": str(out),
+            "sample": sample,
             "checks": findings(report, spec), "notes": report.notes,
             "sizes": report.sizes, "label_counts": report.label_counts,
             "yaml": render_yaml(fields, spec, report, found, task_path=out.name),
