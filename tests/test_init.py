@@ -64,7 +64,7 @@ def test_classification_labels_and_data_check_findings_are_in_the_file(runner, t
     for key in TaskSpec.model_fields:
         assert f"\n{key}:" in text or f"\n# {key}:" in text, key
     raw = yaml.safe_load(text)
-    assert raw["lora"]["min_examples"] == 100 and raw["lora"]["warn_examples"] == 200
+    assert raw["decision"]["min_examples"] == 100 and raw["decision"]["warn_examples"] == 200
     assert raw["few_shot"]["k"] == TaskSpec.model_fields["few_shot"].default_factory().k
     assert "  r: 8  # LoRA rank." in text
 
