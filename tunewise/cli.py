@@ -418,7 +418,7 @@ def demo_cmd(
 ) -> None:
     """Run the bundled demos: symptom -> specialty climbs to fine-tuning, the clinic
     handbook Q&A to retrieval and the freshness test; both end in a verdict."""
-    from tunewise.demos import DEMOS, QUESTION, closing, demo_task
+    from tunewise.demos import DEMOS, QUESTION, closing, demo_task, print_closing
 
     names = [name] if name else list(DEMOS)
     for n in names:  # unknown names fail before any work
@@ -441,18 +441,7 @@ def demo_cmd(
     if as_json:
         print(json.dumps({"demos": results, "verdicts": verdicts}, indent=2))
         return
-    console.rule("[bold]The two verdicts[/bold]")
-    for v in verdicts:
-        console.print(f"\n[bold]{safe(v['task'])}[/bold] [dim]({safe(v['question'])})[/dim]")
-        console.print(f"  verdict:   {safe(v['summary'])}")
-        if v["score"]:
-            console.print(f"  measured:  {safe(v['rung'])} {safe(v['score'])}")
-        console.print(f"  diagnosis: {safe(v['diagnosis'])}")
-        for line in v["evidence"]:
-            console.print(f"             • {safe(line)}")
-        console.print(f"  cost:      {safe(v['cost'])}")
-    console.print("\n[dim]Your own data: tunewise init data.jsonl, then tunewise run "
-                  "task.yaml[/dim]")
+    print_closing(console, verdicts)
 
 
 def _prepared(task_path: Path, rung_name: str):

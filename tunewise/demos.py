@@ -94,3 +94,23 @@ def closing(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             "run_id": result.get("run_id"),
         })
     return out
+
+
+def print_closing(console: Any, verdicts: list[dict[str, Any]]) -> None:
+    """The demo's last screen: the verdicts side by side, each with its diagnosis, the
+    evidence behind it and its cost line."""
+    from tunewise.terminal import safe
+
+    count = {1: "one", 2: "two", 3: "three"}.get(len(verdicts), str(len(verdicts)))
+    console.rule(f"[bold]The {count} verdicts[/bold]")
+    for v in verdicts:
+        console.print(f"\n[bold]{safe(v['task'])}[/bold] [dim]({safe(v['question'])})[/dim]")
+        console.print(f"  verdict:   {safe(v['summary'])}")
+        if v["score"]:
+            console.print(f"  measured:  {safe(v['rung'])} {safe(v['score'])}")
+        console.print(f"  diagnosis: {safe(v['diagnosis'])}")
+        for line in v["evidence"]:
+            console.print(f"             • {safe(line)}")
+        console.print(f"  cost:      {safe(v['cost'])}")
+    console.print("\n[dim]Your own data: tunewise init data.jsonl, then tunewise run "
+                  "task.yaml[/dim]")
