@@ -5,6 +5,7 @@ source, the bundled model's first load prints one line, bars count test items, a
 from __future__ import annotations
 
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -127,7 +128,7 @@ def test_a_run_prints_no_warning_line(make_task):
 def test_quiet_prints_results_only_and_verbose_excludes_quiet(make_task, runner):
     task = make_task(limit=200, rungs=["zero_shot"], budget={"max_usd": 5.0})
     loud = runner.invoke(app, ["run", str(task)])
-    assert "estimate: up to 40 model calls" in loud.output
+    assert re.search(r"estimate: up to \d+ model calls", loud.output)
     quiet = runner.invoke(app, ["--quiet", "run", str(task), "--json"])
     assert quiet.exit_code == 0, quiet.output
     assert json.loads(quiet.output)["rungs"][0]["status"] == "done"  # stdout is only JSON
