@@ -33,9 +33,22 @@ def _render(name: str, **values: Any) -> str:
     return templates()[name].render(**values).strip()
 
 
-def system_message(task: TaskSpec, labels: Sequence[str] | None) -> str:
-    """The system message stating the task, the label set or format, and instructions."""
-    return _render("system", task=task, labels=list(labels or []))
+def system_message(task: TaskSpec, labels: Sequence[str] | None, row_system: str | None = None
+                   ) -> str:
+    """The system message stating the task, the label set or format, and instructions;
+    after the row's own system prompt when the task has ``data.system``."""
+    rest = _render("system", task=task, labels=list(labels or []), row_system=bool(row_system))
+    if not row_system:
+        return rest
+    return f"{row_system}\n\n{rest}" if rest else row_system
+
+
+def row_system(task: TaskSpec, example: Any) -> str | None:
+    """The example's own system prompt (``data.system`` column), exactly as written."""
+    if not task.data.system:
+        return None
+    value = getattr(example, "extra", {}).get(task.data.system)
+    return None if value is None or not str(value).strip() else str(value)
 
 
 def build_messages(
@@ -46,6 +59,7 @@ def build_messages(
     system: bool = True,
     shots: Sequence[Shot] = (),
     passages: Sequence[dict[str, str]] | None = None,
+    row_system: str | None = None,
 ) -> Messages:
     """Chat messages for one input.
 
@@ -56,10 +70,14 @@ def build_messages(
         system: include the system message (False only for zero_shot).
         shots: worked examples, each shown as a user turn and an assistant turn.
         passages: retrieved passages for RAG, shown with their ids.
+        row_system: the example's own system prompt (see :func:`row_system`): sent as
+            written, alone when ``system`` is False, else followed by the rung's text.
     """
     if not system:
-        return [{"role": "user", "content": _render("zero_shot_user", input=text)}]
-    messages: Messages = [{"role": "system", "content": system_message(task, labels)}]
+        user = {"role": "user", "content": _render("zero_shot_user", input=text)}
+        return [{"role": "system", "content": row_system}, user] if row_system else [user]
+    messages: Messages = [{"role": "system",
+                           "content": system_message(task, labels, row_system)}]
     for shot in shots:
         messages.append({"role": "user", "content": _render("user", input=shot["input"])})
         messages.append({"role": "assistant", "content": shot["output"]})
