@@ -61,7 +61,7 @@ def test_upload_keeps_the_file_in_the_workspace_and_refuses_bad_ones(client, tmp
     assert path == tmp_path / "tasks" / "my-records" / "my-records.jsonl"
     assert path.read_bytes() == body
     made = client.get("/api/build", params={"data": str(path)}).json()
-    assert made["kind"] == "extraction" and made["fields"]["split"]["group_by"] == "output"
+    assert made["kind"] == "extraction" and made["found"]["input"] == "input"
     bad = client.post("/api/build/upload", content=b"x", headers={"X-Filename": "a.exe"})
     assert bad.status_code == 400 and "upload a .jsonl or .csv file" in bad.json()["error"]
 

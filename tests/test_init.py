@@ -70,9 +70,16 @@ def test_classification_labels_and_data_check_findings_are_in_the_file(runner, t
 
 
 def test_records_whose_answers_repeat_are_split_by_output(runner, tmp_path):
+    """When the data check advises it (many distinct test records also in train), init
+    sets split.group_by: output and says why."""
+    rows = [{"input": f"{verb} R{i} in area {i % 3}.", "output": f"name: R{i}, area: A{i % 3}"}
+            for i in range(120) for verb in ("Visit", "Try", "There is")]
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "task.yaml"
-    assert runner.invoke(app, ["init", str(DATA / "e2e_records.jsonl"), "-o", str(out)]
-                         ).exit_code == 0
+    res = runner.invoke(app, ["init", str(data), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert load_task(out).kind == "extraction"
     assert load_task(out).split.group_by == "output"
     assert "split.group_by: output set because" in out.read_text()
 
