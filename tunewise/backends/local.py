@@ -103,7 +103,7 @@ def resolve_model(name: str) -> str:
         tmp = target.with_name(target.name + ".tmp")
         with silenced():
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            if name in CHAT_FORMAT:  # a base model without a chat template: its family's
+            if name in CHAT_FORMAT:  # a base model without a chat template: its family's turns
                 tok.chat_template, tok.eos_token = CHAT_FORMAT[name]
             model = AutoModelForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, dtype=torch.float32
