@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from tunewise.comparisons import p_text, paired_bootstrap
 from tunewise.cost import (
     CHART_POINTS,
-    MAX_CANDIDATES,
     Price,
     break_even,
     format_days,
@@ -34,6 +33,8 @@ from tunewise.task import RUNG_ORDER, TaskSpec
 
 if TYPE_CHECKING:
     from tunewise.store import Store
+
+MAX_CANDIDATES = 3  # cells compared for break-even when fewer than two meet the target
 
 
 
