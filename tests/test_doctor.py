@@ -93,10 +93,10 @@ def test_unwritable_model_cache_is_a_problem(tmp_path: Path,
 
 
 def test_server_checks_with_a_task(make_task, monkeypatch: pytest.MonkeyPatch) -> None:
-    stub_mod = pytest.importorskip("openai_stub")
-    pytest.importorskip("tunewise.backends.openai_compat")
+    from openai_stub import StubServer
+
     monkeypatch.setenv("DOCTOR_TEST_CRED", "tw-doctor-key-123456789")
-    with stub_mod.StubServer() as stub:
+    with StubServer() as stub:
         task = make_task(limit=60, backend={"kind": "openai", "model": "stub",
                                             "base_url": stub.url,
                                             "api_key_env": "DOCTOR_TEST_CRED"})

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai_stub import StubServer
-from test_training import tiny_model  # noqa: F401 (fixture)
 
 from tunewise.backends import make_backend
 from tunewise.backends.openai_compat import (
@@ -261,7 +260,7 @@ def test_forced_scoring_turns_the_end_of_turn_term_off_on_every_backend() -> Non
 
 
 def test_local_backend_can_score_labels_without_the_end_of_turn_token(
-        tiny_model: Path) -> None:  # noqa: F811
+        tiny_model: Path) -> None:
     from tunewise.backends.local import LocalBackend
 
     full = LocalBackend(str(tiny_model))
