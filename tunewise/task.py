@@ -425,6 +425,21 @@ def _one_scoring_rule(specs: list[BackendSpec]) -> None:
         object.__setattr__(spec, "score_end_of_turn", False)
 
 
+class PromptsSpec(Strict):
+    """The task's own message templates (Jinja2), each replacing the built-in of that name in
+    ``tunewise/prompts.yaml``. They see the same variables: ``task``, ``labels``, ``input``,
+    ``shots`` and ``passages``; ``tunewise show-prompt`` prints the result."""
+
+    system: str | None = Field(
+        None, description="System message of every rung above zero_shot (task, labels, "
+        "instructions).")
+    user: str | None = Field(
+        None, description="User turn of system-prompt and few-shot rungs, and of each shot.")
+    zero_shot_user: str | None = Field(None, description="The zero_shot rung's only message.")
+    rag_user: str | None = Field(
+        None, description="User turn of retrieval rungs: instruction, passages, question.")
+
+
 class TaskSpec(Strict):
     """A task: labelled data, what good looks like, and the traffic it must serve."""
 
@@ -465,6 +480,9 @@ class TaskSpec(Strict):
     few_shot: FewShotSpec = Field(default_factory=FewShotSpec, description="Few-shot settings.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="Fine-tuning settings.")
     cost: CostSpec = Field(default_factory=CostSpec, description="Prices and cost assumptions.")
+    prompts: PromptsSpec = Field(
+        default_factory=PromptsSpec,
+        description="Message templates replacing the built-ins (Jinja2, same variables).")
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -747,6 +765,9 @@ def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
             _explain(err), path=path, line=_node_line(root, loc), field=field
         ) from None
     spec._yaml = root
+    from tunewise.prompts import check_task_templates  # prompts reads TaskSpec: import late
+
+    check_task_templates(spec, path)
     return spec
 
 
