@@ -181,7 +181,14 @@ def _model_free_unless_marked(request: pytest.FixtureRequest,
     import tunewise.backends.local as local
     import tunewise.retrieval.embeddings as embeddings
 
-    monkeypatch.setattr(local, "resolve_model", refuse)
+    resolve = local.resolve_model
+
+    def resolve_unbundled(name: str) -> str:
+        if name in local.BUNDLED:
+            refuse()
+        return resolve(name)  # a model folder the test made itself is fine
+
+    monkeypatch.setattr(local, "resolve_model", resolve_unbundled)
     monkeypatch.setattr(embeddings, "model_path", refuse)
 
 
