@@ -78,7 +78,9 @@ def test_few_shot_beats_zero_shot_on_dummy(runner, make_task, tmp_path):
     assert knn["vs_zero_shot"]["diff"] > 0
 
 
-@pytest.mark.parametrize("name", ["few_shot_random", "few_shot_knn", "few_shot_best"])
+@pytest.mark.parametrize("name", ["few_shot_random",
+                                  pytest.param("few_shot_knn", marks=pytest.mark.model),
+                                  "few_shot_best"])
 def test_show_prompt_shows_shots(runner, make_task, name):
     from tunewise.cli import app
 
