@@ -1,9 +1,11 @@
 """A demo-like run for the report, web and browser tests (dummy backend, a few seconds).
 
 The ladder really runs the prompting rungs on a slice of SNIPS. A fine-tuning rung with a
-learning curve, a forgetting check and a freshness check are then added the way the
-training and freshness code record them, so every section and chart of the report has
-something to show; cost and verdict are recomputed by their own modules over the result.
+learning curve, a forgetting check and a freshness check (which the dummy backend cannot
+run) are then added in the shapes the training and freshness code record, validated by
+the same typed schema the ladder applies (``tunewise.results``), so every section and
+chart of the report has something to show; cost and verdict are recomputed by their own
+modules over the result.
 One test input holds a ``<script>`` tag, to prove it is shown as text everywhere.
 """
 
@@ -53,7 +55,9 @@ def _lora_rung(base: dict[str, Any]) -> dict[str, Any]:
                                                           "shared_prefix": 2},
             "upfront_s": 900.0, "vs_zero_shot": {"diff": 0.4, "ci_low": 0.25,
                                                  "ci_high": 0.55, "p_value": 0.0005},
-            "info": {"learning_curve": curve, "train_examples": 110, "epochs": 3},
+            "info": {"learning_curve": {"metric": "accuracy", "points": curve,
+                                        "examples_to_target": 110, "monotone": True},
+                     "train_examples": 110, "epochs": 3},
             "ece": 0.08}
 
 
@@ -61,6 +65,7 @@ def demo_like_run(folder: Path, store_path: Path) -> tuple[str, dict[str, Any], 
     """Run the ladder, add the fine-tuning sections, store it; returns (run_id, result, task)."""
     from tunewise.cost import summarize
     from tunewise.ladder import run_ladder
+    from tunewise.results import check_result
     from tunewise.store import Store
     from tunewise.task import load_task
     from tunewise.verdict import decide
@@ -91,6 +96,7 @@ def demo_like_run(folder: Path, store_path: Path) -> tuple[str, dict[str, Any], 
                            "n": 20}
     result["cost"] = summarize(result, task)
     result["verdict"] = decide(result, task, store)
+    result = check_result(result)  # the shape the ladder writes, validated the same way
     store.finish_run(run_id, result)
     (folder / "run" / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     store.close()

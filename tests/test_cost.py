@@ -230,9 +230,10 @@ def test_budget_below_the_estimate_stops_before_any_call(make_task, tmp_path, bu
     if field == "budget.max_usd":
         assert "estimated at $" in line and "nothing was run" in line
         text = " ".join(out.stderr.split())  # the estimate is shown first
-        assert -1 < text.find("estimate: up to 80 model calls, about $") < text.find("error:")
+        # 2 rungs x (40 test items + 20 single requests timed for latency + 1 warm-up)
+        assert -1 < text.find("estimate: up to 122 model calls, about $") < text.find("error:")
     else:
-        assert "needs up to 80 model calls but the budget allows 5" in line
+        assert "needs up to 122 model calls but the budget allows 5" in line
     assert _calls(tmp_path) == 0
     with sqlite3.connect(tmp_path / "store.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
@@ -242,8 +243,8 @@ def test_budget_above_the_estimate_runs_and_shows_it(make_task, runner, tmp_path
     task = make_task(limit=200, budget={"max_usd": 5.0}, rungs=["zero_shot"])
     out = runner.invoke(app, ["run", str(task)])
     assert out.exit_code == 0, out.output
-    assert "estimate: up to 40 model calls" in out.output
-    assert _calls(tmp_path) == 40
+    assert "estimate: up to 61 model calls" in out.output  # 40 items + 21 timed for latency
+    assert _calls(tmp_path) == 61
 
 
 def test_cost_command_recomputes_without_model_calls(make_task, runner, tmp_path):

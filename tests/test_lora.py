@@ -210,7 +210,7 @@ def test_lora_settings_are_validated_with_the_closest_key(tmp_path) -> None:
     text = yaml.safe_dump({"name": "t", "kind": "extraction", "data": {"path": "d.jsonl"},
                            "target": 0.5, "lora": {"r": 4, "general": "g.jsonl"}})
     spec = parse_task(text)
-    assert spec.lora.r == 4 and spec.lora.alpha == 16 and spec.lora.min_examples == 100
+    assert spec.lora.r == 4 and spec.lora.alpha == 16 and spec.decision.min_examples == 100
 
 
 # ---- the general set and the checks' arithmetic -----------------------------------------

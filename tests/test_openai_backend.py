@@ -325,7 +325,8 @@ def test_prompting_rungs_run_on_every_backend_side_by_side(make_task, runner) ->
         task = load_task(path)
         store = Store()
         plan = plan_run(task, store)
-        assert estimate_calls(plan) == 2 * 2 * 40  # two prompting rungs on two backends
+        # two prompting rungs on two backends: 40 items + 20 timed single requests + warm-up
+        assert estimate_calls(plan) == 2 * 2 * (40 + 21)
         res = runner.invoke(app, ["run", str(path), "--all"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     result = json.loads(Path(res.output.split("result: ")[1].split()[0]).read_text())
@@ -335,7 +336,7 @@ def test_prompting_rungs_run_on_every_backend_side_by_side(make_task, runner) ->
     assert models[1]["rungs"][0]["n"] == 40 and "vs_zero_shot" in models[1]["rungs"][1]
     assert models[1]["backend"].startswith("openai:stub:")
     served = sum(1 for s in stub.seen if s["mode"] == "ok")
-    assert served == 2 * 40  # 40 test items per rung, each asked once
+    assert served == 2 * (40 + 21)  # 40 test items per rung, each asked once, + timing
     lines = [ln for ln in res.output.splitlines() if "│" in ln
              and ("dummy:" in ln or "openai:" in ln)]
     assert len(lines) == 4 and "dummy:smollm2-135m" in lines[0] and "openai:stub" in lines[1]

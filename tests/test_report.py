@@ -100,7 +100,7 @@ def test_optional_sections_are_left_out_when_absent(demo):
     _, result, _ = demo
     bare = {k: v for k, v in result.items() if k not in ("cost", "forgetting", "freshness")}
     bare["rungs"] = [r for r in result["rungs"] if r["name"] != "lora"]
-    bare["verdict"] = {}
+    del bare["verdict"]
     html = render_html(report_data(bare, []))
     assert 'data-chart="quality_cost"' in html  # falls back to tokens per request
     assert "tokens per request" in html

@@ -35,9 +35,21 @@ def test_second_run_makes_zero_calls_and_same_numbers(runner, make_task, tmp_pat
     first = _run(runner, "run", str(task), "--all", "--json", "--out", str(tmp_path / "a"))
     second = _run(runner, "run", str(task), "--all", "--json", "--out", str(tmp_path / "b"))
     a, b = json.loads(first.stdout), json.loads(second.stdout)
-    assert sum(u["calls_made"] for u in a["usage"].values()) == 120
-    assert sum(u["calls_made"] for u in b["usage"].values()) == 0
-    assert sum(u["cache_hits"] for u in b["usage"].values()) == 120
+    # 3 rungs x 40 test items, plus per rung 20 single requests timed after 1 warm-up
+    calls = 120 + 3 * 21
+    assert sum(u["calls_made"] for u in a["usage"]["rungs"].values()) == calls
+    assert a["usage"]["calls_made"] == calls and a["usage"]["calls"] == calls
+    assert a["usage"]["rungs"]["latency:zero_shot"]["calls_made"] == 21
+    assert sum(u["calls_made"] for u in b["usage"]["rungs"].values()) == 0
+    assert sum(u["cache_hits"] for u in b["usage"]["rungs"].values()) == calls
+    assert b["usage"]["cache_hits"] == calls and b["usage"]["calls"] == calls
+    # fresh timings the first time; the cached re-run replays them and says so
+    for first, again in zip(a["rungs"], b["rungs"], strict=True):
+        assert first["latency"]["replayed"] is False and first["latency"]["n"] == 20
+        assert again["latency"]["replayed"] is True
+        assert again["latency"]["single_p95_ms"] == first["latency"]["single_p95_ms"]
+        assert first["latency_ms"]["p95"] == first["latency"]["single_p95_ms"]
+        assert first["throughput_items_s"] > 0
     def numbers(r):
         return [(x["name"], x["value"], x["ci_low"], x["latency_ms"]) for x in r["rungs"]]
 

@@ -34,8 +34,35 @@ def rung(name: str, family: str, value: float, prompt: float = 100, upfront_s: f
 
 
 def result(*rungs: dict, train: int = 400) -> dict:
-    return {"run_id": "", "split": {"train": train, "dev": 50, "test": 100},
-            "rungs": list(rungs)}
+    return {"run_id": "", "task": {"name": "t", "kind": "classification",
+                                   "metric": "accuracy", "target": 0.85},
+            "split": {"train": train, "dev": 50, "test": 100}, "rungs": list(rungs)}
+
+
+class RowsStore:
+    """Per-item rows consistent with each synthetic rung's value: rung i gets the first
+    round(value * n) items right, so higher rungs answer a superset (paired, like a real
+    ladder where better context fixes more items)."""
+
+    def __init__(self, result: dict, n: int = 100) -> None:
+        self.rows = {}
+        for r in result["rungs"]:
+            if r.get("status") != "done":
+                continue
+            k = round(r["value"] * n)
+            self.rows[r["name"]] = [
+                {"example_id": f"L{i}", "input": f"q{i}", "gold": "a" if i % 2 else "b",
+                 "prediction": ("a" if i % 2 else "b") if i < k else ("b" if i % 2 else "a"),
+                 "score": 1.0 if i < k else 0.0} for i in range(n)]
+
+    def predictions(self, run_id, rung):
+        return self.rows.get(rung, [])
+
+
+def decide_rows(r: dict, task: TaskSpec) -> dict:
+    """The verdict with per-item rows (so every comparison is tested)."""
+    r = {**r, "run_id": r.get("run_id") or "run-1"}
+    return decide(r, task, RowsStore(r))
 
 
 def assert_cited(verdict: dict) -> None:
@@ -47,7 +74,7 @@ def test_target_met_at_the_first_rung_stops_there():
     r = result(rung("zero_shot", "prompting", 0.9),
                {"name": "system_prompt", "family": "prompting", "status": "not_needed",
                 "reason": "zero_shot already meets the target"})
-    v = decide(r, spec())
+    v = decide_rows(r, spec())
     assert (v["rung"], v["rule"], v["meets_target"]) == ("zero_shot", "target_met", True)
     assert v["met_target"] == ["zero_shot"]
     assert "accuracy 0.900" in v["reasons"][0] and "meeting the target 0.85" in v["reasons"][0]
@@ -60,7 +87,7 @@ def test_ninety_percent_rule_prefers_prompting_over_fine_tuning():
                rung("few_shot_best", "prompting", 0.78, prompt=1500),   # 0.78 / 0.85 = 92%
                rung("rag", "retrieval", 0.70),
                rung("lora", "fine_tuning", 0.90, prompt=60, upfront_s=900))
-    v = decide(r, spec())
+    v = decide_rows(r, spec())
     assert (v["rung"], v["rule"], v["meets_target"]) == ("few_shot_best", "prompting_enough",
                                                          False)
     assert "Prompting is enough" in v["summary"] and "92%" in v["summary"]
@@ -73,7 +100,7 @@ def test_ninety_percent_rule_prefers_prompting_over_fine_tuning():
 def test_below_ninety_percent_fine_tuning_that_meets_wins():
     r = result(rung("zero_shot", "prompting", 0.3), rung("few_shot_best", "prompting", 0.6),
                rung("lora", "fine_tuning", 0.88, prompt=40, upfront_s=600))
-    v = decide(r, spec())
+    v = decide_rows(r, spec())
     assert (v["rung"], v["rule"]) == ("lora", "target_met")
     assert v["diagnosis"]["gap"] == "behaviour"
     assert v["diagnosis"]["lora_gain"] == pytest.approx(0.28)
@@ -84,7 +111,7 @@ def test_below_ninety_percent_fine_tuning_that_meets_wins():
 def test_nothing_meets_names_the_closest_and_diagnoses_knowledge():
     r = result(rung("zero_shot", "prompting", 0.2), rung("few_shot_knn", "prompting", 0.4),
                rung("rag", "retrieval", 0.65), train=60)
-    v = decide(r, spec())
+    v = decide_rows(r, spec())
     assert (v["rung"], v["rule"], v["meets_target"]) == ("rag", "none_meets", False)
     assert v["met_target"] == []
     assert v["diagnosis"]["gap"] == "knowledge"
@@ -99,11 +126,13 @@ def test_only_prompting_ran_leaves_the_gap_unmeasured():
     r = result(rung("zero_shot", "prompting", 0.13), rung("few_shot_knn", "prompting", 0.47,
                                                           prompt=400),
                rung("few_shot_best", "prompting", 0.19, prompt=800, upfront_s=300))
-    v = decide(r, spec(target=0.7))
+    v = decide_rows(r, spec(target=0.7))
     assert (v["rung"], v["rule"]) == ("few_shot_knn", "none_meets")
     assert v["diagnosis"]["gap"] == "unmeasured"
     assert "only prompting rungs ran" in v["summary"]
-    assert any("run rag and lora" in s for s in v["next"])
+    # no corpus: rag cannot run, so only lora is advised (consistent with what can run)
+    assert any("run lora" in s for s in v["next"])
+    assert not any("rag" in s for s in v["next"])
     # a cheaper-per-day rung that misses the target is not offered as a break-even
     assert not any("repays" in s for s in v["next"])
     assert_cited(v)
@@ -121,18 +150,16 @@ def test_freshness_and_forgetting_feed_the_verdict():
     # the shapes the freshness test and the forgetting check record
     r["freshness"] = {"status": "done", "rung": "rag", "edited_questions": 20, "followed": 18,
                       "followed_share": 0.9, "kept_old": 1, "kept_old_share": 0.05}
-    r["forgetting"] = {"base": {"value": 0.6}, "tuned": {"value": 0.45}, "diff": -0.15,
+    r["forgetting"] = {"base": {"value": 0.6, "ci_low": 0.5, "ci_high": 0.7},
+                       "tuned": {"value": 0.45, "ci_low": 0.35, "ci_high": 0.55}, "diff": -0.15,
                        "diff_ci_low": -0.2, "diff_ci_high": -0.1, "flagged": True}
-    v = decide(r, spec(), None)
+    v = decide_rows(r, spec())
     assert (v["rung"], v["rule"]) == ("rag", "target_met")
     assert v["diagnosis"]["freshness"] == {"rag": 0.9}
     assert v["diagnosis"]["gap"] == "knowledge"
-    assert any("follow the edit: rag 90%" in x for x in v["reasons"])
+    assert any("90% of rag's answers follow the edit" in x for x in v["reasons"])
     (lora,) = [x for x in v["rejected"] if x.startswith("lora:")]
-    assert "0.520, below the target" in lora and "-0.150 (forgetting)" in lora
-    # per-rung shapes work too, and a rung that ignores the edit is not evidence
-    r["freshness"] = {"rag": {"followed_share": 0.9}, "lora": {"followed_share": 0.05}}
-    assert decide(r, spec())["diagnosis"]["freshness"] == {"rag": 0.9, "lora": 0.05}
+    assert "0.520, below the target" in lora and "forgetting flagged (-0.150" in lora
 
 
 def test_format_errors_point_to_behaviour():
@@ -190,3 +217,19 @@ def test_demo_like_run_ends_with_a_cited_verdict_and_break_even(make_task, runne
     assert "Break-even at 10,000 requests/day" in text
     assert "rungs meeting the target: none" in text
     assert f"Verdict: {v['summary'].split(':')[0]}" in text
+
+
+def test_among_rungs_meeting_the_target_the_cheapest_over_the_horizon_wins():
+    # few_shot_best is lower on the ladder but its long prompt costs more every day than
+    # the tuned rung's training costs once: over 365 days lora is cheaper
+    r = result(rung("zero_shot", "prompting", 0.4),
+               rung("few_shot_best", "prompting", 0.9, prompt=3000),
+               rung("lora", "fine_tuning", 0.9, prompt=40, upfront_s=600))
+    v = decide_rows(r, spec())
+    assert (v["rung"], v["rule"]) == ("lora", "target_met")
+    assert any("costs the least over 365 days" in x for x in v["reasons"])
+    (fsb,) = [x for x in v["rejected"] if x.startswith("few_shot_best:")]
+    assert "also meets the target" in fsb and "more over 365 days" in fsb
+    # a shorter horizon makes the upfront training count: few_shot_best wins
+    v = decide_rows(r, spec(decision={"horizon_days": 0.001}))
+    assert v["rung"] == "few_shot_best"

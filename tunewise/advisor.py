@@ -24,14 +24,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tunewise import policy
 from tunewise.errors import TunewiseError
 
-FEW_EXAMPLES = 100  # below this, fine-tuning overfits or does nothing: not offered
-MIN_EXAMPLES = 200  # default line from which fine-tuning is a reasonable option
+# The example-count lines and the 90% rule are the verdict's too (tunewise.policy).
+FEW_EXAMPLES = policy.MIN_EXAMPLES  # below this, fine-tuning overfits or does nothing
+MIN_EXAMPLES = policy.WARN_EXAMPLES  # default line from which fine-tuning is reasonable
 STRICT_MIN_EXAMPLES = 500  # the stricter rule of thumb some practitioners follow
 HIGH_VOLUME = 10_000  # requests/day from which per-request savings start to matter
 TIGHT_LATENCY_MS = 500.0  # p95 targets at or under this make long prompts costly
-PROMPTING_ENOUGH = 0.9  # measured prompting at >= 90% of target: improve the prompt
+PROMPTING_ENOUGH = policy.PROMPTING_ENOUGH  # measured prompting at >= 90% of target
 PROBLEMS = ("knowledge", "behaviour", "both", "unsure")
 CHANGES = ("never", "yearly", "monthly", "weekly", "daily")
 FAST_CHANGES = ("monthly", "weekly", "daily")  # faster than one would retrain comfortably
@@ -162,6 +164,9 @@ def measurements(result: dict[str, Any]) -> dict[str, Any]:
         "requests_per_day": task.get("requests_per_day"),
         "latency_ms": task.get("latency_ms"), "cost": result.get("cost") or {},
         "families": {r["name"]: r.get("family") for r in done},
+        # the line the run's verdict applied (task.yaml decision:), else the default
+        "prompting_enough": float((result.get("decision") or {}).get(
+            "prompting_enough", PROMPTING_ENOUGH)),
     }
 
 
@@ -320,12 +325,12 @@ def _overrule(m: dict[str, Any], rec: str, headline: str, approach: list[str],
             avoid.append(f"{rec.replace('_', '-')}: the run shows prompting "
                          f"({best_p['name']}) at {share:.0%} of the target")
         reasons.insert(0, f"measured: {best_p['name']} reaches {share:.0%} of the target "
-                          f"(the line is {PROMPTING_ENOUGH:.0%}), so prompting is enough")
+                          f"(the line is {m['prompting_enough']:.0%}), so prompting is enough")
         return ("prompting", f"Prompting is enough: use and refine {best_p['name']}.",
                 ["system prompt", "few-shot examples"])
     if rule == "none_meets" and best_p is not None and share is not None:
         reasons.insert(0, f"measured: the best prompt ({best_p['name']}) reaches only "
-                          f"{share:.0%} of the target, under the {PROMPTING_ENOUGH:.0%} line: "
+                          f"{share:.0%} of the target, under the {m['prompting_enough']:.0%} line: "
                           "prompting alone is unlikely to close the gap")
     if rule == "target_met" and chosen:
         family = m["families"].get(chosen, "")

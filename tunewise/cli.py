@@ -206,69 +206,92 @@ def _load(task: Path):
     return load_task(check_path(task, "task"))
 
 
-def _fmt_score(r: dict[str, Any]) -> str:
-    return f"{r['value']:.3f} ({r['ci_low']:.2f}-{r['ci_high']:.2f})"
+def _fmt_score(r: Any) -> str:
+    return f"{r.value:.3f} ({r.ci_low:.2f}-{r.ci_high:.2f})"
 
 
-def results_table(result: dict[str, Any]) -> Table:
+def _latency_cell(r: Any) -> str:
+    """Single-request p50/p95 (batch 1) when timed, else the per-item batch figures."""
+    single = r.latency
+    if single is not None and single.single_p95_ms is not None:
+        text = f"{single.single_p50_ms:.0f}/{single.single_p95_ms:.0f}"
+        return text + (" (replayed)" if single.replayed else "")
+    if r.latency_ms is not None:
+        return f"{r.latency_ms.p50:.0f}/{r.latency_ms.p95:.0f} (batch)"
+    return ""
+
+
+def results_table(result: Any) -> Table:
     """The run table: one row per rung, numbers with CIs, significance against zero-shot."""
-    task = result["task"]
-    table = Table(title=f"{safe(task['name'])}: {task['metric']} on {result['split']['test']} "
-                        f"test examples (target {task['target']})")
+    from tunewise.results import load_result
+
+    res = load_result(result)
+    task = res.task
+    table = Table(title=f"{safe(task.name)}: {task.metric} on {res.split.get('test', '?')} "
+                        f"test examples (target {task.target})")
     table.add_column("rung", no_wrap=True)
     # Several backends (task.backends): a model column, each rung's rows side by side.
-    models = result.get("models") or []
+    models = res.models or []
     if models:
         table.add_column("model", no_wrap=True)
-    others: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    others: dict[str, list[tuple[str, Any]]] = {}
     for m in models[1:]:
-        for r in m["rungs"]:
-            others.setdefault(r["name"], []).append((m["model"], r))
-    rows = [(models[0]["model"] if models else "", r) for r in result["rungs"]]
-    rows = [row for main in rows for row in [main, *others.get(main[1]["name"], [])]]
+        for r in m.rungs:
+            others.setdefault(r.name, []).append((m.model, r))
+    rows = [(models[0].model if models else "", r) for r in res.rungs]
+    rows = [row for main in rows for row in [main, *others.get(main[1].name, [])]]
     for col in ("score (95% CI)", "vs zero-shot", "ECE", "tokens in/out", "ms p50/p95",
                 "calls/cached"):
         table.add_column(col, justify="right")
     for model, r in rows:
-        lead = [safe(r["name"]), safe(model)] if models else [safe(r["name"])]
-        if r["status"] != "done":
-            table.add_row(*lead, f"[dim]{safe(r['status'])}: {safe(r.get('reason', ''))}[/dim]")
+        lead = [safe(r.name), safe(model)] if models else [safe(r.name)]
+        if not r.done:
+            table.add_row(*lead, f"[dim]{safe(r.status)}: {safe(r.reason)}[/dim]")
             continue
-        vs = r.get("vs_zero_shot")
+        vs = r.vs_zero_shot
         mark = ""
         if vs:
-            mark = f"{vs['diff']:+.3f}" + (" *" if vs["p_value"] < 0.05 else "")
-        met = " ✓" if r["value"] >= task["target"] else ""
+            mark = f"{vs.diff:+.3f}" + (" *" if vs.p_value < 0.05 and vs.diff > 0 else "")
+        met = " ✓" if r.value >= task.target else ""
+        tokens = r.tokens
         table.add_row(
             *lead,
             _fmt_score(r) + met, mark,
-            f"{r['ece']:.3f}" if "ece" in r else "",
-            f"{r['tokens']['prompt_mean']:.0f}/{r['tokens']['completion_mean']:.0f}",
-            f"{r['latency_ms']['p50']:.0f}/{r['latency_ms']['p95']:.0f}",
-            f"{r['calls_made']}/{r['cache_hits']}",
+            f"{r.ece:.3f}" if r.ece is not None else "",
+            f"{tokens.prompt_mean:.0f}/{tokens.completion_mean:.0f}" if tokens else "",
+            _latency_cell(r),
+            f"{r.calls_made}/{r.cache_hits}",
         )
-    table.caption = "* better than zero_shot (paired bootstrap p < 0.05)   ✓ meets the target"
+    table.caption = ("* better than zero_shot (paired bootstrap p < 0.05)   ✓ meets the target"
+                     "\nms: single requests at batch 1 (replayed: timings read from the cache)")
     from tunewise.report.data import label_only
 
-    if label_only(models):
+    if label_only([m.model_dump() for m in models]):
         table.caption += ("\nlabels scored without the end-of-turn token on every model (one "
                           "scores with score_method forced)")
     return table
 
 
-def print_verdict(result: dict[str, Any]) -> None:
+def print_verdict(result: Any) -> None:
     """The verdict and its reasons, under the table."""
-    v = result.get("verdict") or {}
-    print_cost(result)
-    if not v:
+    from tunewise.results import load_result
+
+    res = load_result(result)
+    print_cost(res)
+    v = res.verdict
+    if v is None:
         return
-    console.print(f"\n[bold]Verdict:[/bold] {safe(v.get('summary', ''))}")
-    for reason in v.get("reasons", []):
+    console.print(f"\n[bold]Verdict:[/bold] {safe(v.summary)}")
+    for reason in v.reasons:
         console.print(f"  • {safe(reason)}")
-    for line in v.get("rejected", []):
+    for line in v.rejected:
         console.print(f"  ✗ {safe(line)}")
-    for line in v.get("next", []):
+    for line in v.next:
         console.print(f"  → {safe(line)}")
+    if res.decision:
+        console.print("  [dim]thresholds: " + safe(", ".join(
+            f"{k} {val:g}" if isinstance(val, int | float) else f"{k} {val}"
+            for k, val in res.decision.items())) + "[/dim]")
 
 
 def _progress_hooks(progress):
@@ -316,8 +339,7 @@ def _run(task_path: Path, out: Path | None, climb_all: bool, as_json: bool,
         console.print(results_table(result))
         print_verdict(result)
         usage = result.get("usage", {})
-        made = sum(u["calls_made"] for u in usage.values())
-        hits = sum(u["cache_hits"] for u in usage.values())
+        made, hits = usage.get("calls_made", 0), usage.get("cache_hits", 0)
         console.print(f"\nmodel calls: {made} made, {hits} served from cache")
         console.print(f"result: {safe(result['result_path'])}  (run id "
                       f"{safe(result['run_id'])})")
@@ -500,9 +522,11 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id, or 'latest'.")] = "
         why = f" ({row['error']})" if row["error"] else ""
         raise TunewiseError(f"run {row['id']} did not finish{why}; re-run its task to "
                             "resume")
-    result = json.loads(row["result_json"])
+    from tunewise.results import load_result
+
+    result = load_result(json.loads(row["result_json"]), where=f"run {row['id']}")
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.to_json(), indent=2))
         return
     console.print(results_table(result))
     print_verdict(result)
@@ -543,12 +567,14 @@ def cost_tables(cost: dict[str, Any]) -> list[Table]:
     return [per, pairs]
 
 
-def print_cost(result: dict[str, Any]) -> None:
+def print_cost(result: Any) -> None:
     """The cost and break-even tables of a result, when it has a cost section."""
-    cost = result.get("cost")
-    if not cost or not cost.get("rungs"):
+    from tunewise.results import load_result
+
+    res = load_result(result)
+    if res.cost is None or not res.cost.rungs:
         return
-    for table in cost_tables(cost):
+    for table in cost_tables(res.cost.model_dump(mode="json")):
         console.print(table)
 
 
@@ -567,7 +593,9 @@ def _finished_run(task: Any, run_id: str | None) -> dict[str, Any] | None:
         return None
     if not row["result_json"]:
         raise TunewiseError(f"run {row['id']} did not finish; re-run its task to resume")
-    return json.loads(row["result_json"])
+    from tunewise.results import load_result
+
+    return load_result(json.loads(row["result_json"]), where=f"run {row['id']}").to_json()
 
 
 @app.command("cost")

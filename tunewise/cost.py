@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,7 +40,6 @@ MILLION = 1_000_000
 CHART_POINTS = 31
 MAX_CANDIDATES = 3  # rungs compared when fewer than two meet the target
 DEFAULT_EPOCHS = 3  # training-token estimate when a fine-tuning rung does not report them
-RAG_TOP_K = 5  # passages assumed per retrieval prompt in the pre-run estimate
 
 
 class PriceEntry(PriceFields):
@@ -294,7 +293,7 @@ def break_even(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def _eval_calls(result: dict[str, Any], rung: dict[str, Any]) -> int:
-    used = (result.get("usage") or {}).get(rung["name"])
+    used = ((result.get("usage") or {}).get("rungs") or {}).get(rung["name"])
     if used:
         return int(used.get("calls_made", 0) or 0) + int(used.get("cache_hits", 0) or 0)
     made = int(rung.get("calls_made", 0) or 0) + int(rung.get("cache_hits", 0) or 0)
@@ -313,8 +312,11 @@ def summarize(result: dict[str, Any], task: TaskSpec, *, volume: int | None = No
     target = task.target
     n_train = int((result.get("split") or {}).get("train", 0) or 0)
     done = [r for r in result["rungs"] if r.get("status") == "done"]
+    horizon = task.decision.horizon_days
     costs = {r["name"]: {**rung_cost(r, task, price, volume, n_train, _eval_calls(result, r)),
                          "meets_target": r["value"] >= target} for r in done}
+    for c in costs.values():  # what the verdict compares: upfront + daily x horizon
+        c["total_over_horizon"] = c["upfront"] + c["daily"] * horizon
     meeting = [r["name"] for r in done if r["value"] >= target]
     if len(meeting) >= 2:
         candidates, basis = meeting, "rungs that meet the target"
@@ -333,6 +335,7 @@ def summarize(result: dict[str, Any], task: TaskSpec, *, volume: int | None = No
     return {
         "price": price.to_dict(),
         "requests_per_day": volume,
+        "horizon_days": horizon,
         "assumptions": task.cost.model_dump(mode="json", exclude={"override", "price"}),
         "rungs": costs,
         "met_target": meeting,
@@ -350,14 +353,27 @@ def _mean_tokens(backend: Any, texts: list[str]) -> float:
     return sum(backend.count_tokens(t) for t in texts) / len(texts) if texts else 0.0
 
 
-def estimate_run(plan: Plan) -> dict[str, Any]:
-    """A conservative cost estimate of a planned run, made without any model call.
+def _turn_tokens(backend: Any, messages: list[dict[str, str]]) -> float:
+    """Tokens ``messages`` add to a prompt (measured against a one-word question, since a
+    chat template may refuse an empty conversation)."""
+    probe = [{"role": "user", "content": "x"}]
+    return float(backend.count_tokens(backend.render(messages + probe))
+                 - backend.count_tokens(backend.render(probe)))
 
-    Prompts are sized from a sample of real items rendered by the backend's chat template:
-    the user turn, the system message, shots (k or the few_shot_best maximum) and passages.
-    No prefix-cache discount is assumed, and generation is priced at ``max_new_tokens``.
+
+def estimate_run(plan: Plan) -> dict[str, Any]:
+    """An estimate of a planned run's calls, tokens and cost, made without any model call.
+
+    Calls come from ``ladder.estimate_breakdown`` (rungs, latency timing, few_shot_best's
+    dev passes, learning curve, forgetting, freshness). Prompts are sized from real items
+    rendered by the backend's chat template: the user turn, the system message, shots (k,
+    or the few_shot_best maximum) and, for retrieval, ``retrieval.k`` passages of
+    ``retrieval.chunk_tokens`` each, in the question and in each of ``retrieval.shots``
+    worked examples. Answers are sized by the training answers (label scoring generates
+    nothing). No prefix-cache discount is assumed. Fine-tuning adds its training tokens
+    (``lora.epochs`` passes over the training examples).
     """
-    from tunewise.ladder import estimate_calls
+    from tunewise.ladder import estimate_breakdown
     from tunewise.prompts import system_message
 
     task, ctx = plan.task, plan.ctx
@@ -366,45 +382,66 @@ def estimate_run(plan: Plan) -> dict[str, Any]:
     sample = ctx.split.test[:20]
     query = _mean_tokens(backend, [backend.render([{"role": "user", "content": e.input}])
                                    for e in sample])
-    system = backend.count_tokens(system_message(task, ctx.labels))
-    shot = _mean_tokens(backend, [
-        backend.render([{"role": "user", "content": e.input},
-                        {"role": "assistant", "content": e.output}])
-        for e in ctx.split.train[:50]])
-    passage = _mean_tokens(backend, [d.text for d in ctx.corpus[:50]]) * RAG_TOP_K
+    system = _turn_tokens(backend, [{"role": "system",
+                                     "content": system_message(task, ctx.labels)}])
+    train = ctx.split.train[:50]
+    shot = sum(_turn_tokens(backend, [{"role": "user", "content": e.input},
+                                      {"role": "assistant", "content": e.output}])
+               for e in train) / max(len(train), 1)
+    spec = task.retrieval
+    passages = 0.0
+    if ctx.corpus:  # k passages of the corpus's real chunk size (short documents: shorter)
+        from tunewise.retrieval.chunking import chunk_documents
+
+        chunks = chunk_documents(ctx.corpus[:200], spec.chunk_tokens, spec.overlap)
+        passages = spec.k * _mean_tokens(backend, [c.text for c in chunks])
+    rag = query + system + passages + spec.shots * (shot + passages)
     prompt = {
         "zero_shot": query, "system_prompt": query + system,
         "few_shot_random": query + system + task.few_shot.k * shot,
         "few_shot_knn": query + system + task.few_shot.k * shot,
         "few_shot_best": query + system + task.few_shot.best_max * shot,
-        "rag": query + system + passage, "lora": query,
-        "lora_system_prompt": query + system, "lora_rag": query + system + passage,
+        "rag": rag, "lora": query, "lora_system_prompt": query + system, "lora_rag": rag,
     }
+    answer = _mean_tokens(backend, [e.output for e in train])
     if ctx.labels:
         completion = float(max(backend.count_tokens(label) for label in ctx.labels))
+        generated = 0.0  # label scoring reads log-probs; it generates nothing
     else:
-        completion = float(task.backend.max_new_tokens)
+        completion = generated = min(answer, float(task.backend.max_new_tokens))
+    calls = estimate_breakdown(plan)
     n_train = len(ctx.split.train)
     rungs: dict[str, dict[str, float]] = {}
     for name in plan.rungs:
-        calls = estimate_calls(replace(plan, rungs=[name]))
         tokens = {"prompt_mean": prompt.get(name, query + system), "completion_mean": completion}
         tuned = name.startswith("lora")
-        usd = calls * request_cost(tokens, price, tuned)["usd"]
+        usd = calls[name] * request_cost(tokens, price, tuned)["usd"]
         if tuned:
-            train_tokens = n_train * DEFAULT_EPOCHS * (query + shot)
+            train_tokens = n_train * task.lora.epochs * (query + answer)
             if price.entry.training_per_1m is not None:
                 usd += train_tokens * price.entry.training_per_1m / MILLION
             elif price.entry.compute_per_hour and price.entry.prefill_tokens_per_s:
                 # forward + backward is about three forward passes
                 hours = 3 * train_tokens / price.entry.prefill_tokens_per_s / 3600
                 usd += hours * price.entry.measured_time_scale * price.entry.compute_per_hour
-        rungs[name] = {"calls": calls, "prompt_tokens": tokens["prompt_mean"], "usd": usd}
+        rungs[name] = {"calls": calls[name], "prompt_tokens": tokens["prompt_mean"],
+                       "tokens": calls[name] * (tokens["prompt_mean"] + generated), "usd": usd}
     if "few_shot_knn" in rungs:
         rungs["few_shot_knn"].update(knn_embedding(plan, price))
         rungs["few_shot_knn"]["usd"] += rungs["few_shot_knn"]["embed_usd"]
-    return {"price": price.name, "calls": sum(int(r["calls"]) for r in rungs.values()),
-            "usd": sum(r["usd"] for r in rungs.values()), "rungs": rungs}
+    checks: dict[str, dict[str, float]] = {}
+    check_prompt = {"learning_curve": query, "forgetting": query,
+                    "freshness": prompt.get(task.freshness.rung, query)}
+    for name in ("learning_curve", "forgetting", "freshness"):
+        if calls.get(name):
+            tokens = {"prompt_mean": check_prompt[name], "completion_mean": completion}
+            checks[name] = {"calls": calls[name],
+                            "tokens": calls[name] * (check_prompt[name] + generated),
+                            "usd": calls[name] * request_cost(tokens, price)["usd"]}
+    parts = [*rungs.values(), *checks.values()]
+    return {"price": price.name, "calls": int(sum(p["calls"] for p in parts)),
+            "tokens": int(sum(p["tokens"] for p in parts)),
+            "usd": sum(p["usd"] for p in parts), "rungs": rungs, "checks": checks}
 
 
 # ---- few_shot_knn's upfront work: embedding the training inputs ---------------------------

@@ -382,7 +382,7 @@ def check_data(examples: list[Example], split: Split, task: TaskSpec) -> DataRep
         )
     blocks: dict[str, str] = {}
     n_train = len(split.train)
-    min_ft, warn_ft = task.lora.min_examples, task.lora.warn_examples  # task.yaml `lora:`
+    min_ft, warn_ft = task.decision.min_examples, task.decision.warn_examples
     if n_train < min_ft:
         reason = (
             f"only {n_train} training examples; fine-tuning needs at least "

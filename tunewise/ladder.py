@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from tunewise.backends import make_backend
 from tunewise.backends.base import Backend, CachedBackend
+from tunewise.comparisons import paired_bootstrap
 from tunewise.dataset import (
     DataReport,
     check_data,
@@ -28,8 +30,10 @@ from tunewise.dataset import (
     task_labels,
 )
 from tunewise.errors import BudgetExceeded, TunewiseError, redact
-from tunewise.evaluate import compare, evaluate, expected_calibration_error
+from tunewise.evaluate import evaluate, expected_calibration_error
 from tunewise.files import write_text_atomic
+from tunewise.latency import single_request_latency, throughput
+from tunewise.results import SCHEMA_VERSION, check_result
 from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable, get_rung
 from tunewise.store import Store
 from tunewise.task import RUNG_ORDER, TaskSpec
@@ -91,21 +95,67 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
     return Plan(task, ctx, report, chosen, skipped)
 
 
-def estimate_calls(plan: Plan) -> int:
-    """Model calls: test items per rung, plus every dev pass few_shot_best makes to choose."""
-    n_test, n_dev = len(plan.ctx.split.test), len(plan.ctx.split.dev)
-    total = 0
-    copies = len(plan.task.backends or [None])  # prompting rungs run on every backend
+def estimate_breakdown(plan: Plan) -> dict[str, int]:
+    """Model calls the run will ask for (made or cached), per rung and per check.
+
+    Per rung: its test items, the single requests timed for latency (``decision.
+    latency_sample`` plus one warm-up), and few_shot_best's dev passes (one per
+    candidate); prompting rungs again on every further backend. Then the checks after
+    the ladder: the learning curve (test items per subset size), forgetting (base and tuned
+    model on the general set) and the freshness test (the questions whose answer can be
+    edited, asked before and after the edit).
+    """
+    task, split = plan.task, plan.ctx.split
+    n_test, n_dev = len(split.test), len(split.dev)
+    sample = min(task.decision.latency_sample, n_test)
+    timing = sample + 1 if sample else 0
+    copies = len(task.backends or [None])  # prompting rungs run on every backend
+    out: dict[str, int] = {}
     for name in plan.rungs:
-        per = n_test + (n_dev * plan.task.few_shot.best_candidates
-                        if name == "few_shot_best" else 0)
-        total += per * (copies if FAMILY[name] == "prompting" else 1)
-    return total
+        per = n_test + timing + (n_dev * task.few_shot.best_candidates
+                                 if name == "few_shot_best" else 0)
+        out[name] = per * (copies if FAMILY[name] == "prompting" else 1)
+    tuned = [n for n in plan.rungs if FAMILY[n] == "fine_tuning"]
+    if "lora" in plan.rungs and task.lora.curve:
+        from tunewise.training.curve import curve_sizes
+
+        out["learning_curve"] = len(curve_sizes(task.lora.curve, len(split.train))) * n_test
+    if tuned:
+        from tunewise.errors import TunewiseError
+        from tunewise.training.forgetting import load_general
+
+        try:
+            out["forgetting"] = 2 * len(load_general(task.lora.general))
+        except TunewiseError:
+            out["forgetting"] = 0  # the check reports its own error and makes no call
+    if task.freshness.run and task.freshness.rung in plan.rungs and plan.ctx.corpus:
+        out["freshness"] = _freshness_calls(plan)
+    return out
 
 
-def check_budget(plan: Plan, log: Callable[[str], None] | None = None) -> None:
+def _freshness_calls(plan: Plan) -> int:
+    """Questions the freshness test asks before the edit, plus at most
+    ``freshness.max_questions`` asked again after it (found without any model call)."""
+    from tunewise.freshness import automatic_edits, rule_questions
+
+    ctx, spec = plan.ctx, plan.task.freshness
+    if spec.edits:
+        candidates = rule_questions(list(spec.edits), ctx.examples, ctx.corpus, 10**9)
+    else:
+        _, candidates = automatic_edits(ctx.split.test, ctx.corpus, len(ctx.split.test),
+                                        spec.seed, answers=ctx.examples)
+    return len(candidates) + min(spec.max_questions, len(candidates))
+
+
+def estimate_calls(plan: Plan) -> int:
+    """Every model call the run will ask for (see :func:`estimate_breakdown`)."""
+    return sum(estimate_breakdown(plan).values())
+
+
+def check_budget(plan: Plan, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Stop before any model call when the run would exceed ``budget.max_calls`` or
-    ``budget.max_usd`` (the dollar estimate is shown through ``log`` first)."""
+    ``budget.max_usd`` (the dollar estimate is shown through ``log`` first); returns the
+    estimate (``cost.estimate_run``), which the result keeps beside the calls made."""
     limit = plan.task.budget.max_calls
     estimate = estimate_calls(plan)
     if limit is not None and estimate > limit:
@@ -117,7 +167,7 @@ def check_budget(plan: Plan, log: Callable[[str], None] | None = None) -> None:
         )
     from tunewise.cost import check_usd_budget
 
-    check_usd_budget(plan, log)
+    return check_usd_budget(plan, log)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -160,6 +210,10 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
         preds: list[Prediction] = rung.predict(prepared, test, ctx)
         prompts = [prepared.prompt_for(e) for e in test[:50]]
         shared = _shared_prefix_tokens(ctx, prompts)
+        sample = min(task.decision.latency_sample, len(test))
+        single = single_request_latency(
+            ctx, prepared.backend or ctx.backend, test[:sample + 1],
+            [prepared.prompt_for(e) for e in test[:sample + 1]], sample)
     finally:
         ctx.backend = base
     gold = [e.output for e in test]
@@ -172,12 +226,17 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
             "completion_mean": float(np.mean([p.completion_tokens for p in preds])),
             "shared_prefix": shared,
         },
+        # single requests at batch 1 when timed (tunewise.latency), else per-item batch time
         "latency_ms": {
-            "p50": _percentile([p.latency_s * 1000 for p in preds], 50),
-            "p95": _percentile([p.latency_s * 1000 for p in preds], 95),
+            "p50": single["single_p50_ms"] if single else
+            _percentile([p.latency_s * 1000 for p in preds], 50),
+            "p95": single["single_p95_ms"] if single else
+            _percentile([p.latency_s * 1000 for p in preds], 95),
         },
+        "throughput_items_s": throughput([p.latency_s for p in preds]),
         "upfront_s": prepared.upfront_s or prep_s,
         "info": prepared.info,
+        **({"latency": single} if single else {}),
         "calls_made": sum(not p.cached for p in preds),
         "cache_hits": sum(p.cached for p in preds),
     }
@@ -188,13 +247,18 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
     if ctx.labels:
         conf = [max(p.probs.values()) for p in preds if p.probs]
         result["ece"] = expected_calibration_error(conf, score.per_example)
-    if baseline is not None and name != "zero_shot":
-        result["vs_zero_shot"] = compare(baseline, score.per_example)
     rows = [
         {"example_id": e.id, "input": e.input, "gold": e.output, "prediction": p.text,
          "score": s, "details": {"probs": p.probs, **p.details} if p.probs else p.details}
         for e, p, s in zip(test, preds, score.per_example, strict=True)
     ]
+    if baseline is not None and name != "zero_shot":
+        # paired bootstrap of the task's own metric (macro-F1 recomputed per resample)
+        zero = {str(r["example_id"]): dict(r)
+                for r in ctx.store.predictions(ctx.run_id, "zero_shot" + tag)}
+        vs = paired_bootstrap(zero, {str(r["example_id"]): r for r in rows}, task.metric)
+        result["vs_zero_shot"] = {"diff": vs["diff"], "ci_low": vs["ci_low"],
+                                  "ci_high": vs["ci_high"], "p_value": vs["p"]}
     ctx.store.save_rung(ctx.run_id, name + tag, "done", result, result, rows)
     return result, score.per_example
 
@@ -289,7 +353,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         require_seen_labels(plan.report, task)
     for note in plan.report.notes:
         hooks.log(f"data check: {note}")
-    check_budget(plan, hooks.log)
+    estimate = check_budget(plan, hooks.log)
     run_id = store.create_run(task.name, str(task.source) if task.source else None,
                               task.fingerprint(), task.model_dump(mode="json"),
                               plan.ctx.split.ids())
@@ -320,6 +384,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     from tunewise.verdict import decide
 
     result = {
+        "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "task": {"name": task.name, "kind": task.kind, "metric": task.metric,
                  "target": task.target, "source": str(task.source or ""),
@@ -330,6 +395,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         "data": plan.report.to_dict(),
         "split": {"seed": task.split.seed, **plan.report.sizes},
         "labels": plan.ctx.labels,
+        "decision": task.decision.model_dump(mode="json"),
         "rungs": results,
     }
     models = run_other_backends(plan, results, hooks)
@@ -344,10 +410,17 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         result["freshness"] = ladder_freshness(plan, results)
     from tunewise.cost import summarize
 
-    result["usage"] = store.usage(run_id)
+    result["usage"] = {**store.run_usage(run_id), "estimated_calls": estimate["calls"],
+                       "estimated_tokens": estimate["tokens"]}
     result["cost"] = summarize(result, task)
     result["verdict"] = decide(result, task, store)
     result["verdict"].setdefault("reasons", []).extend(verdict_notes(result))
+    try:
+        result = check_result(result)  # typed and versioned (tunewise.results) before it is kept
+    except ValidationError as exc:  # a bug: say so, but never lose a finished run
+        err = exc.errors()[0]
+        hooks.log(f"result.json does not fit its schema ({'.'.join(map(str, err['loc']))}: "
+                  f"{err['msg']}); kept as measured, please report this")
     store.finish_run(run_id, result)
     try:
         write_text_atomic(out_dir / "result.json", json.dumps(result, indent=2, allow_nan=False))

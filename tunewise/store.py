@@ -296,6 +296,17 @@ class Store:
             out[row["rung"]] = {"cache_hits": row["hits"], "calls_made": row["made"]}
         return out
 
+    def run_usage(self, run_id: str) -> dict[str, Any]:
+        """A run's calls and tokens in total and per rung (``usage`` of result.json)."""
+        rungs = self.usage(run_id)
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(c.prompt_tokens + c.completion_tokens), 0) t FROM call_uses u "
+            "JOIN calls c ON c.key = u.key WHERE u.run_id = ?", (run_id,)).fetchone()
+        made = sum(int(u["calls_made"] or 0) for u in rungs.values())
+        hits = sum(int(u["cache_hits"] or 0) for u in rungs.values())
+        return {"calls": made + hits, "calls_made": made, "cache_hits": hits,
+                "tokens": int(row["t"]), "rungs": rungs}
+
     def cache_stats(self) -> dict[str, Any]:
         """Number of cached calls and their tokens, for `tunewise cache`."""
         row = self.db.execute(

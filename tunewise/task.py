@@ -26,6 +26,7 @@ from pydantic import (
 
 from tunewise.errors import TunewiseError
 from tunewise.files import read_utf8
+from tunewise.policy import DecisionSpec
 from tunewise.text import MAX_DEPTH, is_blank, label_text, surrogate_in
 
 Kind = Literal["classification", "extraction", "generation", "qa"]
@@ -393,11 +394,11 @@ class LoraSpec(Strict):
     qlora: bool = Field(
         False, description="CUDA only: load the base model in 4 bits (bitsandbytes, QLoRA)."
     )
-    min_examples: int = Field(
-        100, ge=1, description="Below this many training examples the lora rungs refuse to run."
+    min_examples: int | None = Field(
+        None, ge=1, description="Alias of decision.min_examples (resolved to its value)."
     )
-    warn_examples: int = Field(
-        200, ge=1, description="Below this many training examples a run warns it is fragile."
+    warn_examples: int | None = Field(
+        None, ge=1, description="Alias of decision.warn_examples (resolved to its value)."
     )
     curve: list[int] = Field(
         [50, 100, 200, 400],
@@ -406,8 +407,9 @@ class LoraSpec(Strict):
     general: Path | None = Field(
         None, description="Forgetting check set (JSONL input/output[/choices]); default: bundled."
     )
-    forgetting_threshold: float = Field(
-        0.05, ge=0, le=1, description="A drop on the general set beyond this is flagged."
+    forgetting_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="Alias of decision.forgetting_threshold (resolved to its value).",
     )
 
 
@@ -480,6 +482,11 @@ class TaskSpec(Strict):
     few_shot: FewShotSpec = Field(default_factory=FewShotSpec, description="Few-shot settings.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="Fine-tuning settings.")
     cost: CostSpec = Field(default_factory=CostSpec, description="Prices and cost assumptions.")
+    decision: DecisionSpec = Field(
+        default_factory=DecisionSpec,
+        description="Thresholds of the verdict and the advisor (90% rule, minimum gain, "
+                    "example counts, forgetting, cost horizon); echoed in result.json.",
+    )
     prompts: PromptsSpec = Field(
         default_factory=PromptsSpec,
         description="Message templates replacing the built-ins (Jinja2, same variables).")
@@ -519,6 +526,12 @@ class TaskSpec(Strict):
     def _defaults(self) -> TaskSpec:
         if self.metric is None:
             object.__setattr__(self, "metric", DEFAULT_METRIC[self.kind])
+        for key in ("min_examples", "warn_examples", "forgetting_threshold"):
+            legacy = getattr(self.lora, key)  # the old home of these thresholds
+            if legacy is not None and key not in self.decision.model_fields_set:
+                setattr(self.decision, key, legacy)
+            # one value, readable from both places (decision: is where it is documented)
+            object.__setattr__(self.lora, key, getattr(self.decision, key))
         if self.backends:
             if "backend" in self.model_fields_set:
                 raise ValueError("give either backend or backends, not both")

@@ -1,21 +1,24 @@
 """Stop rule, diagnosis and verdict: which rung to use, and why, in numbers from the run.
 
-The stop rule, in order:
+The choice, in order (thresholds from ``task.decision``, see ``tunewise.policy``):
 
-1. the cheapest rung (ladder order) that meets the target wins, unless it is a
-   fine-tuning rung;
-2. otherwise, if the best prompting rung reaches 90% of the target, prompting is enough:
-   improve the prompt before paying for training (the "20 best shots vs held-out" check
-   practitioners use before fine-tuning);
-3. otherwise the cheapest fine-tuning rung that meets the target wins;
-4. otherwise nothing meets the target, and the verdict names the closest rung and what
-   the diagnosis says to try next.
+1. among the rungs that meet the target, the cheapest by total cost over
+   ``decision.horizon_days`` (upfront + daily cost x days) wins; on a cost tie, the one
+   without forgetting or freshness risk, then the one lower on the ladder;
+2. but when that rung is a fine-tuning rung and the best prompting rung reaches
+   ``decision.prompting_enough`` (90%) of the target, prompting is enough: improve the
+   prompt before paying for training (the lesson's "best shots vs held-out" check);
+3. when nothing meets the target: the same 90% rule for prompting; otherwise every rung
+   whose paired difference from the best rung has a 95% CI including 0 is *tied* with it,
+   and the cheapest tied rung wins (cost ties again go to the safer rung).
 
-The diagnosis separates a *knowledge* gap (retrieval gains over few-shot, answers follow
-a corpus edit) from a *behaviour* gap (fine-tuning gains over few-shot, answers outside the
-expected format). Every reason quotes a number measured in the run. The fine-tuning checks
-(learning curve, forgetting) word their own reasons (``training.checks.verdict_notes``);
-here forgetting only marks a rejected fine-tuned rung.
+Every comparison the verdict states is a paired bootstrap of the task's own metric
+(``tunewise.comparisons``), listed in ``verdict.comparisons`` and cited by id ("#2") in
+the sentences that rest on it; the family is Holm-adjusted.
+
+The diagnosis (``tunewise.diagnosis``) has three outcomes besides "none": a *knowledge*
+gap, a *behaviour* (format) gap and *reader capacity*. Next steps follow only from this
+run's numbers, refusals and thresholds.
 """
 
 from __future__ import annotations
@@ -23,266 +26,162 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from tunewise.advisor import FEW_EXAMPLES, MIN_EXAMPLES
+from tunewise.comparisons import describe, finish, tied
 from tunewise.cost import format_days, format_usd
-from tunewise.evaluate import normalize_answer, parse_record
+from tunewise.diagnosis import (
+    Evidence,
+    best_of,
+    curve_slope,
+    diagnose,
+    error_types,
+    flipped,
+    format_problem,
+    training_state,
+)
+from tunewise.results import RungResult, RunResult, load_result
 from tunewise.task import TaskSpec
 
 if TYPE_CHECKING:
     from tunewise.store import Store
 
-PROMPTING_ENOUGH = 0.9  # best prompting rung >= 90% of target: improve prompts, don't tune
-CLEAR_GAIN = 0.05  # a gain in metric points below this is not evidence of a gap
-FORMAT_SHARE = 0.2  # this share of wrong answers off-format points to a behaviour gap
-FOLLOWS_EDIT = 0.5  # share of answers following a corpus edit that shows retrieval works
-FORGETTING_DROP = 0.05  # general-set drop that flags a fine-tuned rung
+__all__ = ["GAP_TEXT", "decide", "diagnose", "error_types", "format_problem"]
+
+COST_TIE = 0.01  # totals within 1% of each other are a cost tie
 GAP_TEXT = {
     "knowledge": "Diagnosis: a knowledge gap (retrieval helps).",
-    "behaviour": "Diagnosis: a behaviour gap (training or format helps).",
+    "behaviour": "Diagnosis: a behaviour (format) gap (tuning or format work helps).",
     "both": "Diagnosis: both knowledge and behaviour are missing.",
-    "unclear": "Diagnosis unclear: neither retrieval nor fine-tuning helped clearly.",
+    "reader": "Diagnosis: reader capacity: retrieval finds the answers but the model does "
+              "not use them well; a larger model is the lever.",
+    "unclear": "Diagnosis unclear: neither retrieval nor fine-tuning helped significantly.",
     "unmeasured": "The gap is not measured yet: only prompting rungs ran.",
     "none": "",
 }
 
 
-# ---- error types ---------------------------------------------------------------------------
+# ---- the choice ----------------------------------------------------------------------------
 
 
-def format_problem(prediction: str, gold: str, kind: str, text: str = "",
-                   known_fields: set[str] | None = None) -> str | None:
-    """Why an answer is outside the expected format, or None when its form is fine.
-
-    Classification never needs this: label scoring can only answer with a label.
-    """
-    pred = prediction.strip()
-    if not pred:
-        return "empty"
-    if kind == "extraction":
-        fields = parse_record(pred)
-        if parse_record(gold) and not fields:
-            return "unparseable record"
-        if known_fields and set(fields) - known_fields:
-            return "unknown fields"
-        return None
-    if kind == "qa":
-        words, gold_words = len(pred.split()), len(gold.split())
-        return "too long for a short answer" if words > max(12, 3 * gold_words) else None
-    if text and normalize_answer(pred) == normalize_answer(text):
-        return "echoes the input"
-    return None
+def _cheapest(ev: Evidence, names: list[str]) -> tuple[str, str]:
+    """The cheapest of ``names`` by total cost over the horizon; cost ties go to the rung
+    without risk, then to the lower rung. Returns (name, how it was chosen)."""
+    order = [r.name for r in ev.done]
+    known = [n for n in names if ev.cost_of(n) is not None]
+    if not known:
+        return min(names, key=order.index), "ladder order (no cost figures)"
+    low = min(ev.cost_of(n) for n in known)
+    close = [n for n in known if ev.cost_of(n) <= low * (1 + COST_TIE) + 1e-12]
+    pick = min(close, key=lambda n: (ev.risk(n) is not None, order.index(n)))
+    how = "cheapest"
+    if len(close) > 1:
+        others = [n for n in close if n != pick]
+        how = (f"costs tie with {', '.join(others)}; "
+               + ("it carries no forgetting or freshness risk" if any(ev.risk(n) for n in others)
+                  else "it is lower on the ladder"))
+    return pick, how
 
 
-def error_types(result: dict[str, Any], task: TaskSpec, store: Store | None
-                ) -> dict[str, dict[str, Any]]:
-    """Per rung: wrong answers, and how many of them are format errors rather than content.
+def _too_slow(r: RungResult, task: TaskSpec) -> bool:
+    """Single-request p95 measured above the task's ``latency_ms`` target."""
+    single = r.latency
+    return bool(task.latency_ms and single and single.single_p95_ms is not None
+                and single.single_p95_ms > task.latency_ms)
 
-    Classification counts come from the score alone (every answer is a label); other kinds
-    read the per-example rows from the store, when it is given.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for r in _done(result):
-        if task.kind == "classification":
-            wrong = round((1 - r["value"]) * r["n"]) if task.metric == "accuracy" else None
-            out[r["name"]] = {"wrong": wrong, "format_errors": 0, "share_of_wrong": 0.0,
-                              "kinds": {}}
+
+def _choose(ev: Evidence) -> tuple[str, RungResult | None, list[str], list[str]]:
+    """(rule, chosen rung, tied rung names, sentences about the choice)."""
+    task, pol = ev.task, ev.policy
+    done = ev.done
+    if not done:
+        return "nothing_ran", None, [], []
+    notes: list[str] = []
+    meeting = [r.name for r in done if r.value >= task.target]
+    best_prompt = best_of([r for r in done if r.family == "prompting"])
+    prompting_ok = best_prompt is not None and \
+        best_prompt.value >= pol.prompting_enough * task.target
+    if meeting:
+        slow = [n for n in meeting if _too_slow(ev.by_name[n], task)]
+        if slow and len(slow) < len(meeting):  # meeting the latency target too comes first
+            meeting = [n for n in meeting if n not in slow]
+            notes.append(f"{', '.join(slow)} also meet the quality target but their "
+                         f"single-request p95 is above the {task.latency_ms:g} ms target")
+        name, how = _cheapest(ev, meeting)
+        chosen = ev.by_name[name]
+        others_meet = any(ev.by_name[n].family != "fine_tuning" for n in meeting)
+        if chosen.family == "fine_tuning" and prompting_ok and not others_meet:
+            return "prompting_enough", best_prompt, [], notes
+        if len(meeting) > 1 and ev.cost_of(name) is not None:
+            notes.append(f"of the {len(meeting)} rungs that meet the target, {name} costs the "
+                         f"least over {ev.horizon:g} days ({format_usd(ev.cost_of(name))} "
+                         f"upfront + daily); {how}")
+        return "target_met", chosen, [], notes
+    top = best_of(done)
+    if prompting_ok:
+        pool = [r for r in done if r.family == "prompting"]
+        top_p = best_prompt
+        tied_p = [top_p.name] + [r.name for r in pool if r.name != top_p.name and
+                                 (c := ev.compare(r.name, top_p.name, "vs the best "
+                                                  "prompting rung (tie test)")) and tied(c)]
+        name, _ = _cheapest(ev, tied_p)
+        return "prompting_enough", ev.by_name[name], tied_p if len(tied_p) > 1 else [], notes
+    tied_names = [top.name]
+    for r in done:
+        if r.name == top.name:
             continue
-        if store is None or not result.get("run_id"):
-            continue
-        rows = store.predictions(result["run_id"], r["name"])
-        if not rows:
-            continue
-        known = set().union(*(parse_record(row["gold"]) for row in rows)) \
-            if task.kind == "extraction" else None
-        kinds: dict[str, int] = {}
-        wrong = 0
-        for row in rows:
-            if row["score"] >= 1.0:
-                continue
-            wrong += 1
-            why = format_problem(row["prediction"], row["gold"], task.kind, row["input"], known)
-            if why:
-                kinds[why] = kinds.get(why, 0) + 1
-        bad = sum(kinds.values())
-        out[r["name"]] = {"wrong": wrong, "format_errors": bad,
-                          "share_of_wrong": bad / wrong if wrong else 0.0, "kinds": kinds}
-    return out
-
-
-# ---- optional checks run by other parts of the ladder -------------------------------------
-
-_SHARE_KEYS = ("followed_share", "follow_rate", "share_followed", "share", "value")
-_DIFF_KEYS = ("diff", "delta", "change")
-
-
-def _number(block: dict[str, Any], keys: tuple[str, ...]) -> float | None:
-    for key in keys:
-        if isinstance(block.get(key), int | float) and not isinstance(block[key], bool):
-            return float(block[key])
-    return None
-
-
-def _per_rung(block: Any, keys: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Normalise ``{rung: number | {..}}``, ``{"rungs": {...}}`` or one flat block."""
-    if not isinstance(block, dict):
-        return {}
-    if isinstance(block.get("rungs"), dict):
-        return _per_rung(block["rungs"], keys)
-    if _number(block, keys) is not None:
-        return {str(block.get("rung", "")): {**block, "_value": _number(block, keys)}}
-    out = {}
-    for name, item in block.items():
-        if isinstance(item, int | float) and not isinstance(item, bool):
-            out[name] = {"_value": float(item)}
-        elif isinstance(item, dict) and _number(item, keys) is not None:
-            out[name] = {**item, "_value": _number(item, keys)}
-    return out
-
-
-def freshness(result: dict[str, Any]) -> dict[str, float]:
-    """Share of answers that follow an edited corpus fact, per rung (if the test ran)."""
-    return {k or "rag": v["_value"] for k, v in
-            _per_rung(result.get("freshness"), _SHARE_KEYS).items()}
-
-
-def forgetting(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """General-set change of each fine-tuned rung against the base model (if checked)."""
-    out = {}
-    for name, item in _per_rung(result.get("forgetting"), _DIFF_KEYS).items():
-        diff = item["_value"]
-        flagged = item.get("flagged")
-        if not isinstance(flagged, bool):
-            high = item.get("ci_high")
-            flagged = diff <= -FORGETTING_DROP and (high is None or high < 0)
-        out[name or "lora"] = {"diff": diff, "ci_low": item.get("ci_low"),
-                               "ci_high": item.get("ci_high"), "flagged": flagged}
-    return out
-
-
-# ---- diagnosis -----------------------------------------------------------------------------
-
-
-def _done(result: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in result.get("rungs", []) if r.get("status") == "done"]
-
-
-def _best(rungs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return max(rungs, key=lambda r: r["value"]) if rungs else None
-
-
-def diagnose(result: dict[str, Any], task: TaskSpec,
-             errors: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Knowledge gap, behaviour gap, both, none, unclear or unmeasured, with the evidence."""
-    done = _done(result)
-    by_name = {r["name"]: r for r in done}
-    metric = task.metric
-    prompting = [r for r in done if r["family"] == "prompting"]
-    few = _best([r for r in prompting if r["name"].startswith("few_shot")]) or _best(prompting)
-    knowledge: list[str] = []
-    behaviour: list[str] = []
-    evidence: list[str] = []
-    out: dict[str, Any] = {"baseline": few["name"] if few else None}
-    rag = by_name.get("rag")
-    tuned = by_name.get("lora") or by_name.get("lora_system_prompt")
-    if few and rag:
-        gain = rag["value"] - few["value"]
-        out["rag_gain"] = gain
-        line = f"retrieval (rag) changes {metric} by {gain:+.3f} over {few['name']}"
-        (knowledge if gain >= CLEAR_GAIN else evidence).append(
-            line + (": missing knowledge" if gain >= CLEAR_GAIN else ": no sign of a "
-                    "knowledge gap"))
-    if few and tuned:
-        gain = tuned["value"] - few["value"]
-        out["lora_gain"] = gain
-        line = f"fine-tuning ({tuned['name']}) changes {metric} by {gain:+.3f} over {few['name']}"
-        (behaviour if gain >= CLEAR_GAIN else evidence).append(
-            line + (": a behaviour the prompt could not teach" if gain >= CLEAR_GAIN
-                    else ": training adds little"))
-    if few and few["name"] in errors:
-        e = errors[few["name"]]
-        if task.kind == "classification":
-            if e["wrong"] is not None:
-                evidence.append(f"label scoring keeps every answer in the label set, so all "
-                                f"{e['wrong']} wrong answers of {few['name']} are wrong "
-                                "content, not format")
-        elif e["wrong"]:
-            line = (f"{e['share_of_wrong']:.0%} of {few['name']}'s wrong answers "
-                    f"({e['format_errors']} of {e['wrong']}) are outside the expected format")
-            if e["share_of_wrong"] >= FORMAT_SHARE:
-                tuned_e = errors.get(tuned["name"]) if tuned else None
-                if tuned_e and tuned_e["wrong"] is not None:
-                    line += (f"; {tuned['name']} has {tuned_e['format_errors']} "
-                             "format errors")
-                behaviour.append(line)
-            else:
-                knowledge_or_content = line + ": mostly wrong content"
-                evidence.append(knowledge_or_content)
-        out["format_errors"] = {k: v for k, v in errors.items()}
-    fresh = freshness(result)
-    if fresh:
-        out["freshness"] = fresh
-        parts = ", ".join(f"{k} {v:.0%}" for k, v in fresh.items())
-        line = f"after a corpus edit, answers that follow the edit: {parts}"
-        if any(v >= FOLLOWS_EDIT for k, v in fresh.items() if "rag" in k):
-            knowledge.append(line + " (retrieval keeps facts current; weights do not)")
-        else:
-            evidence.append(line)
-    if few and few["value"] >= task.target:
-        gap = "none"
-    elif knowledge and behaviour:
-        gap = "both"
-    elif knowledge:
-        gap = "knowledge"
-    elif behaviour:
-        gap = "behaviour"
-    elif rag is None and tuned is None:
-        gap = "unmeasured"  # only prompting ran: nothing yet tells knowledge from behaviour
-    else:
-        gap = "unclear"
-    out.update(gap=gap, knowledge=knowledge, behaviour=behaviour,
-               evidence=knowledge + behaviour + evidence)
-    return out
+        c = ev.compare(r.name, top.name, "vs the best rung (tie test)")
+        if c is not None and tied(c):
+            tied_names.append(r.name)
+    name, how = _cheapest(ev, tied_names)
+    if name != top.name:
+        c = ev.compare(name, top.name, "vs the best rung (tie test)")
+        saving = (ev.cost_of(top.name) or 0) - (ev.cost_of(name) or 0)
+        risk = ev.risk(top.name)
+        notes.append(
+            f"{top.name} scores {top.value - ev.by_name[name].value:+.3f} over {name}, but the "
+            f"difference is not significant {describe(c)}: they are tied, and {name} is "
+            + (f"{format_usd(saving)} cheaper over {ev.horizon:g} days" if saving > 0
+               else how)
+            + (f"; {top.name} also carries a risk: {risk}" if risk else "")
+            + f", so {name} is the choice")
+    return "none_meets", ev.by_name[name], tied_names if len(tied_names) > 1 else [], notes
 
 
 # ---- verdict -------------------------------------------------------------------------------
 
 
-def _ci(r: dict[str, Any]) -> str:
-    return f"95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}"
+def _ci(r: RungResult) -> str:
+    return f"95% CI {r.ci_low:.3f}-{r.ci_high:.3f}"
 
 
-def _cost_line(name: str, cost: dict[str, Any]) -> str | None:
-    c = (cost.get("rungs") or {}).get(name)
+def _cost_line(name: str, res: RunResult, horizon: float) -> str | None:
+    cost = res.cost
+    c = cost.rungs.get(name) if cost else None
     if not c:
         return None
-    price = cost["price"]
+    price = cost.price
     tag = ", example prices" if price.get("example") else ""
-    return (f"{name} costs {format_usd(c['per_1k'])} per 1,000 requests, "
-            f"{format_usd(c['daily'])}/day at {cost['requests_per_day']:,} requests/day, "
-            f"{format_usd(c['upfront'])} upfront (price '{price['name']}', "
-            f"{price['as_of']}{tag})")
+    return (f"{name} costs {format_usd(c.per_1k)} per 1,000 requests, "
+            f"{format_usd(c.daily)}/day at {cost.requests_per_day:,} requests/day, "
+            f"{format_usd(c.upfront)} upfront, {format_usd(c.total(horizon))} over "
+            f"{horizon:g} days (price '{price.get('name')}', {price.get('as_of')}{tag})")
 
 
-def _pairs_with(name: str, cost: dict[str, Any]) -> list[dict[str, Any]]:
-    pairs = (cost.get("break_even") or {}).get("pairs", [])
-    return [p for p in pairs if name in (p["a"], p["b"])]
-
-
-def _rule(done: list[dict[str, Any]], target: float) -> tuple[str, dict[str, Any] | None]:
-    """The stop rule (see the module docstring): (rule name, chosen rung)."""
-    meeting = [r for r in done if r["value"] >= target]
-    first = meeting[0] if meeting else None
-    best_prompt = _best([r for r in done if r["family"] == "prompting"])
-    if first and first["family"] != "fine_tuning":
-        return "target_met", first
-    if best_prompt and best_prompt["value"] >= PROMPTING_ENOUGH * target:
-        return "prompting_enough", best_prompt
-    if first:
-        return "target_met", first
-    if not done:
-        return "nothing_ran", None
-    top = max(r["value"] for r in done)
-    return "none_meets", next(r for r in done if r["value"] == top)  # cheapest of the best
+def _latency_line(r: RungResult, task: TaskSpec) -> str | None:
+    single = r.latency
+    if single is not None and single.single_p95_ms is not None:
+        text = (f"single-request latency p50 {single.single_p50_ms:.0f} ms, p95 "
+                f"{single.single_p95_ms:.0f} ms ({single.n} requests at batch 1"
+                + (", replayed from the cache, not timed again" if single.replayed else "")
+                + ")")
+        if task.latency_ms:
+            ok = single.single_p95_ms <= task.latency_ms
+            text += f", {'within' if ok else 'above'} the {task.latency_ms:g} ms p95 target"
+        return text + " on this run's hardware"
+    lat = r.latency_ms
+    if lat is None:
+        return None
+    return (f"per-item time p50 {lat.p50:.0f} ms, p95 {lat.p95:.0f} ms (batched: a throughput "
+            "figure, not single-request latency)")
 
 
 def _combination(name: str) -> list[str]:
@@ -290,178 +189,288 @@ def _combination(name: str) -> list[str]:
             }.get(name, [name])
 
 
-def decide(result: dict[str, Any], task: TaskSpec, store: Store | None = None
+def decide(result: dict[str, Any] | RunResult, task: TaskSpec, store: Store | None = None
            ) -> dict[str, Any]:
     """The verdict of a run: rung, reasons with numbers, rejected options, what next.
 
     Args:
-        result: the run's result dict (``rungs`` and, if computed, ``cost``).
-        task: the task (target, metric, kind).
-        store: gives per-example rows for error types of generation tasks (optional).
+        result: the run's result (``rungs`` and, if computed, ``cost``).
+        task: the task (target, metric, kind, ``decision`` thresholds).
+        store: per-example rows, for the paired comparisons and the format check. Without
+            it no comparison can be tested, and the verdict says so.
     """
-    done = _done(result)
-    target, metric = task.target, task.metric
-    cost = result.get("cost")
-    if cost is None and done and all("tokens" in r for r in done):
+    res = load_result(result)
+    if res.cost is None and res.done() and all(r.tokens for r in res.done()):
         from tunewise.cost import summarize
 
-        cost = summarize(result, task)
-    cost = cost or {}
-    rule, chosen = _rule(done, target)
-    n_train = int((result.get("split") or {}).get("train", 0) or 0)
-    meeting = [r["name"] for r in done if r["value"] >= target]
-    skipped = [r for r in result.get("rungs", []) if r.get("status") != "done"]
+        res.cost = load_result({**res.to_json(), "cost": summarize(res.to_json(), task)}).cost
+    ev = Evidence(res, task, store)
+    pol = ev.policy
+    target, metric = task.target, task.metric
+    errors = error_types(res, task, store)
+    # Two passes: the first states every comparison the verdict will cite, so the family
+    # can be Holm-adjusted as a whole; the second words the sentences with the results.
+    for final in (False, True):
+        if final:
+            finish(ev.comparisons, pol.alpha)
+        rule, chosen, tied_names, choice_notes = _choose(ev)
+        if chosen is None:
+            break
+        others = [r for r in ev.done if r.name != chosen.name]
+        runner = best_of(others)
+        c_runner = ev.compare(runner.name, chosen.name, "chosen vs runner-up") \
+            if runner else None
+        base = ev.add_baseline()
+        ref = base["name"] if base else ("zero_shot" if "zero_shot" in ev.by_name and
+                                         chosen.name != "zero_shot" else None)
+        c_ref = ev.compare(ref, chosen.name, "chosen vs the better of baseline and "
+                           "zero-shot") if ref else None
+        for combo in ("lora_rag", "lora_system_prompt"):
+            if combo in ev.by_name:
+                for part in _combination(combo):
+                    if part in ev.by_name:
+                        ev.compare(part, combo, "combination vs its part")
+        diag = diagnose(ev, errors)
+        if not final:
+            _forgetting_comparison(ev)
+    if any("id" not in c for c in ev.comparisons):  # defensive: both passes state the same
+        finish(ev.comparisons, pol.alpha)
+    comparisons = ev.comparisons
+    n_train = int(res.split.get("train", 0) or 0)
+    meeting = [r.name for r in ev.done if r.value >= target]
+    skipped = [r for r in res.rungs if not r.done]
     if chosen is None:
         return {"rung": None, "meets_target": False, "rule": rule, "met_target": [],
                 "summary": "No rung ran, so there is nothing to recommend yet.",
-                "reasons": [f"{r['name']}: {r.get('reason', r.get('status'))}"
-                            for r in skipped] or ["no rung ran"],
-                "rejected": [], "next": ["fix the reasons above and run again"]}
-    errors = error_types(result, task, store)
-    diag = diagnose(result, task, errors)
-    name, value = chosen["name"], chosen["value"]
+                "reasons": [f"{r.name}: {r.reason or r.status}" for r in skipped]
+                or ["no rung ran"], "rejected": [], "comparisons": [],
+                "next": ["fix the reasons above and run again"]}
+    name, value = chosen.name, chosen.value
     share = value / target if target else 1.0
-    by_name = {r["name"]: r for r in done}
 
     reasons = [f"{name} scores {metric} {value:.3f} ({_ci(chosen)}), "
                + ("meeting the target " if value >= target else f"{share:.0%} of the target ")
                + f"{target:g}"]
-    vs = chosen.get("vs_zero_shot")
-    if vs:
-        reasons.append(f"that is {vs['diff']:+.3f} over zero_shot on the same "
-                       f"{chosen['n']} test items (paired bootstrap p = {vs['p_value']:.3g})")
-    else:
-        others = [r for r in done if r["name"] != name]
-        if others:
-            alt = _best(others)
-            reasons.append(f"the best other rung, {alt['name']}, scores {alt['value']:.3f} "
-                           f"({alt['value'] - value:+.3f})")
-    line = _cost_line(name, cost)
+    if c_ref is not None:
+        what = (f"always answering '{base['label']}' ({base['name']}, {base['value']:.3f})"
+                if base else "zero_shot")
+        if c_ref["significant"] and c_ref["diff"] > 0:
+            reasons.append(f"that is {c_ref['diff']:+.3f} over {what} on the same "
+                           f"{c_ref['n']} test items {describe(c_ref)}")
+        else:
+            reasons.append(f"it is not significantly better than {what} "
+                           f"{describe(c_ref)}: no rung here is shown to be useful yet")
+    if c_runner is not None:
+        if c_runner["diff"] >= 0:
+            reasons.append(f"against the runner-up {runner.name} ({runner.value:.3f}) it is "
+                           f"{c_runner['diff']:+.3f} {describe(c_runner)}")
+        elif runner.name not in tied_names:  # a tie is worded by the choice rule below
+            reasons.append(f"{runner.name} scores {-c_runner['diff']:+.3f} more "
+                           f"({runner.value:.3f}) {describe(flipped(c_runner))}")
+    elif runner is not None:
+        reasons.append(f"the best other rung, {runner.name}, scores {runner.value:.3f} "
+                       f"({runner.value - value:+.3f}; no per-item rows, so not tested)")
+    if chosen.degenerate:
+        reasons.append(f"{name} gives the same answer for over 90% of the items (flagged "
+                       "degenerate): its score says little about the task")
+    reasons.extend(choice_notes)
+    line = _cost_line(name, res, ev.horizon)
     if line:
         reasons.append(line)
-    lat = chosen.get("latency_ms") or {}
-    if lat:
-        text = f"latency p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms"
-        if task.latency_ms:
-            ok = lat["p95"] <= task.latency_ms
-            text += f" ({'within' if ok else 'above'} the {task.latency_ms:g} ms target)"
-        reasons.append(text + " on this run's hardware")
+    line = _latency_line(chosen, task)
+    if line:
+        reasons.append(line)
     if rule == "prompting_enough":
         reasons.append(f"{name} reaches {share:.0%} of the target, at or above the "
-                       f"{PROMPTING_ENOUGH:.0%} line where better prompting usually closes "
-                       "the rest more cheaply than training")
+                       f"{pol.prompting_enough:.0%} line (decision.prompting_enough) where "
+                       "better prompting usually closes the rest more cheaply than training")
     reasons.extend(diag["evidence"])
-    for pair in _pairs_with(name, cost):
-        other = pair["b"] if pair["a"] == name else pair["a"]
-        if other not in meeting:  # only alternatives that also reach the target matter
-            continue
-        reasons.append(f"break-even at {cost['requests_per_day']:,}/day: {pair['text']}")
+    cost = res.cost
+    for pair in (cost.break_even.pairs if cost else []):
+        if name in (pair.a, pair.b) and ({pair.a, pair.b} - {name}) <= set(meeting):
+            reasons.append(f"break-even at {cost.requests_per_day:,}/day: {pair.text}")
 
-    forgot = forgetting(result)
-    rejected: list[str] = []
-    for r in result.get("rungs", []):
-        other = r["name"]
-        if other == name:
-            continue
-        if r.get("status") != "done":
-            rejected.append(f"{other}: {r.get('status')} ({r.get('reason', '')})")
-            continue
-        c = (cost.get("rungs") or {}).get(other, {})
-        mine = (cost.get("rungs") or {}).get(name, {})
-        if r["value"] < target:
-            why = f"{other}: {r['value']:.3f}, below the target {target:g}"
-            if r["value"] > value:
-                why += f" (though {r['value'] - value:+.3f} over {name})"
-            if c and mine and c["daily"] > mine["daily"]:
-                why += f", and {format_usd(c['daily'] - mine['daily'])}/day more"
-        elif rule == "prompting_enough" and r["family"] == "fine_tuning":
-            why = (f"{other}: meets the target ({r['value']:.3f}) but prompting already "
-                   f"reaches {share:.0%} of it; training adds "
-                   f"{format_usd(c.get('upfront', 0.0))} upfront and retraining")
-        else:
-            why = f"{other}: also meets the target ({r['value']:.3f})"
-            pair = next((p for p in _pairs_with(name, cost) if other in (p["a"], p["b"])),
-                        None)
-            why += f"; {pair['text']}" if pair else " but sits higher on the ladder"
-        if other in forgot and forgot[other]["flagged"]:
-            why += f"; general ability changes by {forgot[other]['diff']:+.3f} (forgetting)"
-        rejected.append(why)
-
-    nxt = _next_steps(rule, chosen, diag, task, n_train, by_name, cost)
+    rejected = _rejected(ev, res, name, rule, share, tied_names)
+    nxt = _next_steps(ev, rule, chosen, diag, n_train)
     summary = {
         "target_met": f"Use {name}: the cheapest rung that meets the target "
-                      f"({metric} {value:.3f} >= {target:g}).",
+                      f"({metric} {value:.3f} >= {target:g}) over {ev.horizon:g} days.",
         "prompting_enough": f"Prompting is enough: {name} reaches {share:.0%} of the target; "
                             "improve the prompt before paying for fine-tuning.",
-        "none_meets": f"No rung meets the target {target:g}; {name} comes closest "
-                      f"({value:.3f}, {share:.0%} of it). " + GAP_TEXT[diag["gap"]],
+        "none_meets": f"No rung meets the target {target:g}; "
+                      + (f"{name} is the cheapest of the rungs tied for best "
+                         f"({', '.join(tied_names)}) " if len(tied_names) > 1 else
+                         f"{name} comes closest ")
+                      + f"({value:.3f}, {share:.0%} of it). " + GAP_TEXT[diag["gap"]],
     }[rule]
+    if c_ref is not None and not (c_ref["significant"] and c_ref["diff"] > 0) and base:
+        summary += (f" Caution: {name} is not significantly better than always answering "
+                    f"'{base['label']}'.")
     return {
         "rung": name, "combination": _combination(name), "meets_target": value >= target,
-        "rule": rule, "met_target": meeting, "summary": summary, "reasons": reasons,
-        "rejected": rejected, "next": nxt, "diagnosis": diag,
-        "break_even": [p["text"] for p in (cost.get("break_even") or {}).get("pairs", [])],
+        "rule": rule, "met_target": meeting, "summary": summary.strip(), "reasons": reasons,
+        "rejected": rejected, "next": nxt, "diagnosis": diag, "tied": tied_names,
+        "choice": {"rung": name, "model": chosen.model},
+        "comparisons": comparisons,
+        "multiple_comparisons": f"Holm over the {len(comparisons)} comparisons stated, "
+                                f"family-wise alpha {pol.alpha:g}; ties use the unadjusted "
+                                "95% CI",
+        "break_even": [p.text for p in (cost.break_even.pairs if cost else [])],
     }
 
 
-def _next_steps(rule: str, chosen: dict[str, Any], diag: dict[str, Any], task: TaskSpec,
-                n_train: int, by_name: dict[str, dict[str, Any]], cost: dict[str, Any]
-                ) -> list[str]:
-    """What to try next, following from the rule and the diagnosis."""
-    name = chosen["name"]
-    gap_points = task.target - chosen["value"]
+def _forgetting_comparison(ev: Evidence) -> None:
+    """The forgetting check's own paired test (base vs tuned), stated with the family."""
+    f = ev.res.forgetting
+    if f is None or f.diff is None or f.diff_ci_low is None or f.diff_ci_high is None:
+        return
+    ev.comparisons.append({
+        "a": "base model", "b": f"{f.rung} (tuned)", "metric": f.metric or "general set",
+        "diff": f.diff, "ci_low": f.diff_ci_low, "ci_high": f.diff_ci_high,
+        "p": f.p_value if f.p_value is not None else 1.0, "n": f.n,
+        "purpose": "forgetting: base vs tuned on the general set"})
+
+
+def _rejected(ev: Evidence, res: RunResult, name: str, rule: str, share: float,
+              tied_names: list[str]) -> list[str]:
+    target = ev.task.target
+    chosen = ev.by_name[name]
+    out: list[str] = []
+    for r in res.rungs:
+        other = r.name
+        if other == name:
+            continue
+        if not r.done:
+            out.append(f"{other}: {r.status} ({r.reason})")
+            continue
+        c = next((x for x in ev.comparisons if (x["a"], x["b"]) == (name, other)), None)
+        extra = ev.cost_of(other)
+        mine = ev.cost_of(name)
+        if r.value < target:
+            why = f"{other}: {r.value:.3f}, below the target {target:g}"
+            if r.value > chosen.value:
+                why += f" (though {r.value - chosen.value:+.3f} over {name}"
+                why += f" {describe(c)})" if c else ")"
+            if other in tied_names:
+                why += "; tied with the best but costlier"
+        elif rule == "prompting_enough" and r.family == "fine_tuning":
+            c_cost = res.cost.rungs.get(other) if res.cost else None
+            why = (f"{other}: meets the target ({r.value:.3f}) but prompting already "
+                   f"reaches {share:.0%} of it; training adds "
+                   f"{format_usd(c_cost.upfront if c_cost else 0.0)} upfront and retraining")
+        else:
+            why = f"{other}: also meets the target ({r.value:.3f})"
+        if extra is not None and mine is not None and extra > mine:
+            why += f", and {format_usd(extra - mine)} more over {ev.horizon:g} days"
+        risk = ev.risk(other)
+        if risk:
+            why += f"; {risk}"
+        if _too_slow(r, ev.task):
+            why += (f"; single-request p95 {r.latency.single_p95_ms:.0f} ms is above the "
+                    f"{ev.task.latency_ms:g} ms target")
+        out.append(why)
+    return out
+
+
+def _next_steps(ev: Evidence, rule: str, chosen: RungResult, diag: dict[str, Any],
+                n_train: int) -> list[str]:
+    """What to try next, only from this run's numbers, refusals and thresholds."""
+    task, pol, res = ev.task, ev.policy, ev.res
+    name = chosen.name
+    gap_points = task.target - chosen.value
     steps: list[str] = []
+    refused = {r.name: r.reason for r in res.rungs
+               if r.family == "fine_tuning" and r.status == "skipped"}
+    ran_tuned = [r for r in ev.done if r.family == "fine_tuning"]
+    # fine-tuning needs the weights (the local backend) and enough examples
+    can_tune = n_train >= pol.min_examples and not refused and task.backend.kind == "local"
     if rule == "target_met":
         steps.append(f"ship {name}; re-run tunewise when the data or the model changes")
-        if chosen["family"] == "retrieval" and task.cost.reindex_every_days:
+        if chosen.family == "retrieval" and task.cost.reindex_every_days:
             steps.append(f"keep the index current (re-index every "
                          f"{task.cost.reindex_every_days:g} days as priced)")
-        if chosen["family"] == "fine_tuning" and task.cost.retrain_every_days:
+        if chosen.family == "fine_tuning" and task.cost.retrain_every_days:
             steps.append(f"plan retraining every {task.cost.retrain_every_days:g} days and "
                          "re-check forgetting each time")
     elif rule == "prompting_enough":
         steps.append(f"close the last {gap_points:.3f} {task.metric} with the prompt: "
                      "sharper instructions in task.yaml, more or better-chosen shots "
                      "(few_shot_best), then re-run")
-        tuned = [r for r in by_name.values() if r["family"] == "fine_tuning"
-                 and r["value"] >= task.target]
+        tuned = [r for r in ran_tuned if r.value >= task.target]
         if tuned:
-            steps.append(f"if prompting stalls, {tuned[0]['name']} meets the target "
-                         f"({tuned[0]['value']:.3f}): see its break-even above")
+            steps.append(f"if prompting stalls, {tuned[0].name} meets the target "
+                         f"({tuned[0].value:.3f}): see its break-even above")
     else:
         gap = diag["gap"]
+        if gap == "reader":
+            steps.append(f"try a larger model (backend.model): retrieval already finds the "
+                         f"answer-bearing passages (recall@{diag.get('recall_k')} "
+                         f"{diag.get('recall', 0):.2f}) but the model does not use them")
         if gap in ("knowledge", "both"):
-            steps.append("improve retrieval: corpus coverage, chunking and top-k "
-                         "(check recall@k against the documents that hold the answers)")
-        if gap in ("behaviour", "both"):
-            if n_train < MIN_EXAMPLES:
-                steps.append(f"fine-tuning needs more data: {n_train} training examples "
-                             f"here, collect at least {MIN_EXAMPLES}")
+            rec = diag.get("recall")
+            if rec is not None and rec < pol.high_recall:
+                steps.append(f"improve retrieval: recall@{diag.get('recall_k')} is {rec:.2f} "
+                             "(corpus coverage, chunking, top-k, retrieval.method)")
             else:
-                steps.append("fine-tune with more epochs or a larger adapter, or combine "
-                             "it with retrieval (lora_rag) if facts are also missing")
+                steps.append("keep retrieval and work on what the model does with the "
+                             "passages (prompt, more passages, or a larger model)")
+        if gap in ("behaviour", "both"):
+            if refused or n_train < pol.min_examples:
+                steps.append(f"fine-tuning would teach the format but needs at least "
+                             f"{pol.min_examples} training examples (decision.min_examples); "
+                             f"this run has {n_train}: collect more, or state the format in "
+                             "instructions and shots")
+            else:
+                steps.append("fine-tune (lora), or combine it with retrieval (lora_rag) "
+                             "if facts are also missing")
+        if diag.get("under_trained"):
+            tuned = ev.by_name.get("lora") or ev.by_name.get("lora_system_prompt")
+            state = training_state(tuned) if tuned else {}
+            what = ("raise lora.max_steps (it stopped at "
+                    f"{state.get('steps')} steps)" if state.get("stopped_by") == "max_steps"
+                    else f"raise lora.epochs (it ran {state.get('epochs')})")
+            steps.append(f"the adapter is under-trained: {what} so training runs until the "
+                         "dev loss stops falling, then re-run")
+        for r in ran_tuned:
+            slope = curve_slope(r)
+            if slope is not None:
+                per100, n = slope
+                steps.append(f"{r.name}'s learning curve gains {per100:+.3f} {task.metric} per "
+                             f"100 examples at {n} examples: "
+                             + ("more labelled data should help" if per100 > pol.min_gain / 2
+                                else "more of the same data is unlikely to close the gap"))
         if gap == "unclear":
-            steps.append("neither retrieval nor fine-tuning moved the score clearly: check "
-                         "label quality and the target, then try a larger model "
+            steps.append("neither retrieval nor fine-tuning moved the score significantly: "
+                         "check label quality and the target, then try a larger model "
                          "(backend.model)")
         if gap == "unmeasured":
-            steps.append("only prompting rungs ran: run rag and lora to tell a knowledge gap "
-                         "(retrieval helps) from a behaviour gap (training helps)")
-        if "rag" not in by_name and task.corpus is None and gap != "behaviour":
-            steps.append("add a corpus (task.yaml corpus:) to measure retrieval")
-        if not any(r["family"] == "fine_tuning" for r in by_name.values()):
-            if n_train < FEW_EXAMPLES:
-                steps.append(f"with {n_train} training examples fine-tuning is not advised "
-                             f"(fewer than {FEW_EXAMPLES})")
-            elif gap in ("behaviour", "unclear", "unmeasured"):
-                steps.append("run the lora rung to measure what fine-tuning adds")
-    pairs = (cost.get("break_even") or {}).get("pairs", [])
-    met = set(cost.get("met_target") or [])
-    paying = [p for p in pairs if p["days"] is not None and p["days"] > 0
-              and {p["a"], p["b"]} <= met]  # a cheaper rung that misses the target is no option
-    if paying:
-        soonest = min(paying, key=lambda p: p["days"])
-        steps.append(f"at {cost['requests_per_day']:,} requests/day {soonest['b']} repays "
-                     f"its extra upfront over {soonest['a']} in {format_days(soonest['days'])}"
-                     "; check this with your real prices (tunewise cost --price)")
-    return [re.sub(r"\s+", " ", s) for s in steps]
+            can = []
+            if task.corpus is not None:
+                can.append("rag (knowledge gap: retrieval helps)")
+            if can_tune:
+                can.append("lora (behaviour gap: training helps)")
+            if can:
+                steps.append("only prompting rungs ran: run " + " and ".join(can))
+            else:
+                steps.append("only prompting rungs could run here: improve instructions and "
+                             "shots, or try a larger model (backend.model)")
+        if task.corpus is None and task.kind == "qa" and gap in ("unclear", "unmeasured"):
+            steps.append("answers need facts the model may not have: add a corpus "
+                         "(task.yaml corpus:) to measure retrieval")
+        for rung, why in refused.items():
+            steps.append(f"{rung} was not run: {why}")
+            break
+        if not ran_tuned and not refused and n_train < pol.min_examples:
+            steps.append(f"with {n_train} training examples fine-tuning is not advised "
+                         f"(fewer than {pol.min_examples}, decision.min_examples)")
+    cost = res.cost
+    if cost is not None:
+        met = set(cost.met_target)
+        paying = [p for p in cost.break_even.pairs if p.days is not None and p.days > 0
+                  and {p.a, p.b} <= met]
+        if paying:
+            soonest = min(paying, key=lambda p: p.days)
+            steps.append(f"at {cost.requests_per_day:,} requests/day {soonest.b} repays "
+                         f"its extra upfront over {soonest.a} in {format_days(soonest.days)}"
+                         "; check this with your real prices (tunewise cost --price)")
+    return [re.sub(r"\s+", " ", s) for s in dict.fromkeys(steps)]

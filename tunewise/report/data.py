@@ -1,8 +1,9 @@
 """The report's data: a run's result plus its per-example rows, shaped for HTML and JSON.
 
-Nothing here computes a metric: scores, CIs, verdicts and costs are read from the result the
-ladder stored. The one derived view is the calibration plot's bins, which come from
-``evaluate.reliability`` over the stored per-example label probabilities.
+Nothing here computes a metric: scores, CIs, verdicts and costs are read from the typed
+result (``tunewise.results``) the ladder stored. The one derived view is the calibration
+plot's bins, which come from ``evaluate.reliability`` over the stored per-example label
+probabilities.
 """
 
 from __future__ import annotations
@@ -13,75 +14,61 @@ from typing import Any
 
 from tunewise.errors import TunewiseError
 from tunewise.evaluate import reliability
+from tunewise.results import (
+    Forgetting,
+    Freshness,
+    Latency,
+    RungResult,
+    RunResult,
+    Tokens,
+    load_result,
+)
 
 MAX_ERROR_ROWS = 300
 
 
-def load_run(store: Any, run_id: str) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:
-    """A finished run's result dict and its per-example rows from the store."""
+def load_run(store: Any, run_id: str) -> tuple[RunResult, list[Mapping[str, Any]]]:
+    """A finished run's typed result and its per-example rows from the store."""
     row = store.run(run_id)
     if not row["result_json"]:
         raise TunewiseError(f"run {row['id']} has not finished; there is nothing to report yet")
-    result = json.loads(row["result_json"])
+    result = load_result(json.loads(row["result_json"]), where=f"run {row['id']}")
     return result, store.predictions(row["id"])
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+def cost_by_rung(result: RunResult) -> dict[str, dict[str, float | None]]:
+    """Per-rung cost figures from the result's cost section."""
+    rungs = result.cost.rungs if result.cost else {}
+    return {name: {"per_request": c.per_request, "daily": c.daily, "upfront": c.upfront,
+                   "total": c.total_over_horizon}
+            for name, c in rungs.items()}
 
 
-def _first(d: Mapping[str, Any] | None, *keys: str) -> Any:
-    """The first of ``keys`` present in ``d`` (cost keys differ between versions)."""
-    for k in keys:
-        if d and d.get(k) is not None:
-            return d[k]
-    return None
-
-
-def cost_by_rung(result: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
-    """Per-rung cost figures from ``result["cost"]`` (or from each rung's own ``cost``)."""
-    cost = result.get("cost") or {}
-    per: dict[str, Any] = {}
-    table = cost.get("rungs") if isinstance(cost, Mapping) else None
-    if isinstance(table, list):
-        per = {r.get("name") or r.get("rung"): r for r in table if isinstance(r, Mapping)}
-    elif isinstance(table, Mapping):
-        per = dict(table)
-    for r in result.get("rungs", []):
-        if isinstance(r.get("cost"), Mapping) and r["name"] not in per:
-            per[r["name"]] = r["cost"]
-    out: dict[str, dict[str, float | None]] = {}
-    for name, c in per.items():
-        if not isinstance(c, Mapping):
-            continue
-        out[name] = {
-            "per_request": _num(_first(c, "per_request_usd", "usd_per_request", "per_request",
-                                       "cost_per_request")),
-            "daily": _num(_first(c, "daily_usd", "usd_per_day", "daily", "daily_cost")),
-            "upfront": _num(_first(c, "upfront_usd", "upfront", "upfront_cost")),
-        }
-    return out
-
-
-def _rung_row(r: Mapping[str, Any], target: float, cost: Mapping[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = {"name": r["name"], "family": r.get("family", ""),
-                           "status": r.get("status", ""), "reason": r.get("reason", "")}
-    if r.get("status") != "done":
+def _rung_row(r: RungResult, target: float, cost: Mapping[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": r.name, "family": r.family, "status": r.status,
+                           "reason": r.reason}
+    if not r.done:
         return row
-    c = cost.get(r["name"], {})
-    tokens = r.get("tokens") or {}
-    latency = r.get("latency_ms") or {}
+    c = cost.get(r.name, {})
+    tokens = r.tokens or Tokens()
+    single = r.latency or Latency()
     row.update({
-        "metric": r.get("metric"), "value": r["value"], "ci_low": r["ci_low"],
-        "ci_high": r["ci_high"], "n": r.get("n"), "meets_target": r["value"] >= target,
-        "vs_zero_shot": r.get("vs_zero_shot"),
-        "tokens_in": tokens.get("prompt_mean"), "tokens_out": tokens.get("completion_mean"),
-        "shared_prefix": tokens.get("shared_prefix"),
-        "latency_p50": latency.get("p50"), "latency_p95": latency.get("p95"),
+        "metric": r.metric, "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high,
+        "n": r.n, "meets_target": (r.value or 0.0) >= target,
+        "vs_zero_shot": r.vs_zero_shot.model_dump() if r.vs_zero_shot else None,
+        "tokens_in": tokens.prompt_mean, "tokens_out": tokens.completion_mean,
+        "shared_prefix": tokens.shared_prefix,
+        "latency_p50": single.single_p50_ms if single.single_p50_ms is not None
+        else (r.latency_ms.p50 if r.latency_ms else None),
+        "latency_p95": single.single_p95_ms if single.single_p95_ms is not None
+        else (r.latency_ms.p95 if r.latency_ms else None),
+        "latency_single": single.single_p95_ms is not None,
+        "latency_replayed": single.replayed,
+        "throughput_items_s": r.throughput_items_s,
         "cost_per_request": c.get("per_request"), "daily_cost": c.get("daily"),
-        "upfront_usd": c.get("upfront"), "upfront_s": r.get("upfront_s"),
-        "ece": r.get("ece"), "calls_made": r.get("calls_made"),
-        "cache_hits": r.get("cache_hits"),
+        "upfront_usd": c.get("upfront"), "total_cost": c.get("total"),
+        "upfront_s": r.upfront_s, "ece": r.ece, "calls_made": r.calls_made,
+        "cache_hits": r.cache_hits, "degenerate": r.degenerate, "truncated": r.truncated,
     })
     return row
 
@@ -93,31 +80,33 @@ def label_only(models: list[Mapping[str, Any]]) -> bool:
                for m in models)
 
 
-def models_side_by_side(result: Mapping[str, Any], target: float) -> dict[str, Any] | None:
+def models_side_by_side(result: RunResult, target: float) -> dict[str, Any] | None:
     """Prompt portability: each prompting rung that ran on several models, one column per
-    model (``result["models"]``: the first model's rungs are the run's own). None with one
+    model (``result.models``: the first model's rungs are the run's own). None with one
     model."""
-    models = [m for m in result.get("models") or [] if isinstance(m, Mapping)]
+    models = result.models or []
     if len(models) < 2:
         return None
-    per = [{r["name"]: r for r in result.get("rungs", [])}]
-    per += [{r["name"]: r for r in m.get("rungs") or []} for m in models[1:]]
+    per = [{r.name: r for r in result.rungs}]
+    per += [{r.name: r for r in m.rungs} for m in models[1:]]
     names = [n for n in per[0] if any(n in p for p in per[1:])]
     rows = []
     for name in names:
         cells = []
         for p in per:
             r = p.get(name)
-            if r is None or r.get("status", "done") != "done":
+            if r is None or not r.done:
                 cells.append(None)
                 continue
-            vs = r.get("vs_zero_shot") or {}
-            cells.append({"value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
-                          "n": r.get("n"), "meets_target": r["value"] >= target,
-                          "diff": vs.get("diff"), "p_value": vs.get("p_value")})
+            vs = r.vs_zero_shot
+            cells.append({"value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                          "n": r.n, "meets_target": (r.value or 0.0) >= target,
+                          "diff": vs.diff if vs else None,
+                          "p_value": vs.p_value if vs else None})
         rows.append({"rung": name, "cells": cells})
-    return {"models": [{"model": m.get("model"), "backend": m.get("backend")} for m in models],
-            "rows": rows, "label_only": label_only(models)}
+    dumped = [m.model_dump() for m in models]
+    return {"models": [{"model": m.model, "backend": m.backend} for m in models],
+            "rows": rows, "label_only": label_only(dumped)}
 
 
 def calibration(rows: Iterable[Mapping[str, Any]], rungs: list[str]) -> dict[str, Any]:
@@ -154,49 +143,46 @@ def error_rows(rows: Iterable[Mapping[str, Any]], rungs: list[str],
             "rows": wrong[:limit]}
 
 
-def rung_blocks(block: Any) -> list[tuple[str, dict[str, Any]]]:
-    """A freshness/forgetting section as (rung, fields) pairs, whichever shape it came in.
-
-    Accepts one flat block (``{rung: "lora", diff: ...}``), ``{"rungs": {name: block}}``, or
-    ``{name: block}``.
-    """
-    if not isinstance(block, Mapping) or not block:
+def _section(block: Forgetting | Freshness | None) -> list[tuple[str, dict[str, Any]]]:
+    """A forgetting/freshness section as (rung, fields) pairs for the report's tables."""
+    if block is None:
         return []
-    if isinstance(block.get("rungs"), Mapping):
-        extra = {k: v for k, v in block.items() if k != "rungs"}
-        return [(str(k), {**extra, **v}) for k, v in block["rungs"].items()
-                if isinstance(v, Mapping)]
-    if all(isinstance(v, Mapping) for v in block.values()) and not {"base", "tuned"} & set(block):
-        return [(str(k), dict(v)) for k, v in block.items()]
-    return [(str(block.get("rung", "")), dict(block))]
+    fields = block.model_dump(exclude_none=True, exclude={"examples"})
+    return [(block.rung, {k: v for k, v in fields.items() if k != "rung"})]
 
 
-def report_data(result: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+def report_data(result: RunResult | Mapping[str, Any],
+                rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     """Everything the report shows, as plain JSON-able data (also what ``--json`` prints)."""
-    task = result.get("task", {})
-    target = float(task.get("target", 0.0))
-    cost = cost_by_rung(result)
-    table = [_rung_row(r, target, cost) for r in result.get("rungs", [])]
+    res = load_result(dict(result)) if isinstance(result, Mapping) else result
+    task = res.task
+    target = task.target
+    cost = cost_by_rung(res)
+    table = [_rung_row(r, target, cost) for r in res.rungs]
     done = [r["name"] for r in table if r["status"] == "done"]
-    curves = {r["name"]: (r.get("info") or {}).get("learning_curve")
-              for r in result.get("rungs", [])
-              if r.get("status") == "done" and (r.get("info") or {}).get("learning_curve")}
+    curves = {r.name: [p.model_dump() for p in r.info.learning_curve.points]
+              for r in res.done() if r.info.learning_curve and r.info.learning_curve.points}
+    verdict = res.verdict.model_dump(mode="json", exclude_unset=True) if res.verdict else {}
     return {
-        "run_id": result.get("run_id"),
-        "task": dict(task),
-        "backend": result.get("backend"),
-        "split": result.get("split", {}),
-        "labels": result.get("labels"),
-        "verdict": result.get("verdict") or {},
+        "schema_version": res.schema_version,
+        "run_id": res.run_id,
+        "task": task.model_dump(mode="json"),
+        "backend": res.backend,
+        "split": res.split,
+        "labels": res.labels,
+        "decision": res.decision,
+        "verdict": verdict,
         "rungs": table,
-        "models": models_side_by_side(result, target),
-        "cost": result.get("cost"),
+        "models": models_side_by_side(res, target),
+        "cost": res.cost.model_dump(mode="json") if res.cost else None,
         "cost_by_rung": cost,
         "learning_curves": curves,
-        "calibration": calibration(rows, done) if task.get("kind") == "classification" else {},
-        "data": result.get("data", {}),
-        "freshness": rung_blocks(result.get("freshness")),
-        "forgetting": rung_blocks(result.get("forgetting")),
-        "usage": result.get("usage", {}),
+        "calibration": calibration(rows, done) if task.kind == "classification" else {},
+        "data": res.data,
+        "baselines": {k: b.model_dump(exclude={"per_item"}, exclude_none=True)
+                      for k, b in (res.baselines or {}).items()},
+        "freshness": _section(res.freshness),
+        "forgetting": _section(res.forgetting),
+        "usage": res.usage.model_dump(mode="json"),
         "errors": error_rows(rows, done),
     }

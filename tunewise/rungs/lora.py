@@ -63,6 +63,7 @@ class Tuned:
             "final_loss": log.get("final_loss"),
             "dev_loss": log.get("dev_loss"),
             "stopped_early": log.get("stopped_early"),
+            **training_stop(log, max_steps_of(log)),
             "resumed_from_step": log.get("resumed_from_step", []),
             "precision": log.get("precision"),
             "device": log.get("device"),
@@ -71,6 +72,40 @@ class Tuned:
             "trained_now": self.adapter.trained_now,
             "prompt": "bare input (no system prompt), as trained",
         }
+
+
+def max_steps_of(log: dict[str, Any]) -> int | None:
+    """The ``lora.max_steps`` the adapter was trained with (from its saved config)."""
+    return (log.get("config") or {}).get("max_steps")
+
+
+def training_stop(log: dict[str, Any], max_steps: int | None) -> dict[str, Any]:
+    """Why training stopped, and whether its loss was still falling then.
+
+    ``stopped_by`` is ``early_stopping`` (dev loss stopped improving), ``max_steps`` (the
+    step cap cut it) or ``epochs`` (all epochs ran). ``loss_falling`` compares the last two
+    dev losses when there are two, else the mean training loss of the last quarter of the
+    steps with the quarter before (a fall of over 5% counts): an adapter stopped by a cap
+    while still falling is under-trained, which the verdict says instead of "adds little".
+    """
+    epochs = [e.get("dev_loss") for e in log.get("epochs") or []]
+    steps = [s.get("loss") for s in log.get("steps") or [] if s.get("loss") is not None]
+    if log.get("stopped_early"):
+        stopped = "early_stopping"
+    elif max_steps is not None and log.get("steps_done") == max_steps:
+        stopped = "max_steps"
+    else:
+        stopped = "epochs"
+    dev = [x for x in epochs if x is not None]
+    falling: bool | None = None
+    if len(dev) >= 2:
+        falling = dev[-1] < dev[-2] * 0.99
+    elif len(steps) >= 8:
+        q = len(steps) // 4
+        last, before = sum(steps[-q:]) / q, sum(steps[-2 * q:-q]) / q
+        falling = last < before * 0.95
+    return {"stopped_by": stopped, "loss_falling": falling, "dev_losses": epochs,
+            "max_steps": max_steps}
 
 
 def train_adapter(ctx: RunContext, train: list[Example], label: str = "lora",
@@ -119,13 +154,13 @@ def main_adapter(ctx: RunContext, on_step: Any = None) -> tuple[Any, int]:
     """The task's adapter on all training examples, with the guard rails on data size.
 
     Raises:
-        TunewiseError: fewer training examples than ``lora.min_examples``.
+        TunewiseError: fewer training examples than ``decision.min_examples``.
     """
-    n, spec = len(ctx.split.train), ctx.task.lora
+    n, spec = len(ctx.split.train), ctx.task.decision
     if n < spec.min_examples:
         raise TunewiseError(f"only {n} training examples; fine-tuning needs at least "
                             f"{spec.min_examples} (collect more, or keep prompting)",
-                            field="lora.min_examples")
+                            field="decision.min_examples")
     if n < spec.warn_examples:
         ctx.log(f"lora: {n} training examples; under {spec.warn_examples} results are fragile")
     return train_adapter(ctx, ctx.split.train, on_step=on_step)

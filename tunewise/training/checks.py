@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunewise.comparisons import p_text
 from tunewise.errors import TunewiseError
 from tunewise.rungs.base import RunContext
 
@@ -51,6 +52,8 @@ def verdict_notes(result: dict[str, Any]) -> list[str]:
     if curve:
         pts = curve["points"]
         shape = ", ".join(f"{p['n']}: {_pct(p['value'])}" for p in pts)
+        if curve.get("slope_per_100") is not None:  # how fast it still climbs at the end
+            shape += f"; {curve['slope_per_100']:+.3f} per 100 examples at {pts[-1]['n']}"
         needed = curve["examples_to_target"]
         if needed is not None:
             notes.append(f"lora reached the target {target} with {needed} training examples "
@@ -62,15 +65,18 @@ def verdict_notes(result: dict[str, Any]) -> list[str]:
             notes.append(f"lora stays below the target {target} and has levelled off; more of "
                          f"the same examples is unlikely to close the gap (curve {shape})")
     forgetting = result.get("forgetting") or {}
+    cited = next((c for c in (result.get("verdict") or {}).get("comparisons", [])
+                  if c.get("purpose", "").startswith("forgetting")), None)
     if "base" in forgetting:
         b, t = forgetting["base"], forgetting["tuned"]
         change = (f"general set: base {_pct(b['value'])} [{_pct(b['ci_low'])}, "
                   f"{_pct(b['ci_high'])}] vs tuned {_pct(t['value'])} [{_pct(t['ci_low'])}, "
-                  f"{_pct(t['ci_high'])}], change {forgetting['diff']:+.3f}")
+                  f"{_pct(t['ci_high'])}], change {forgetting['diff']:+.3f}"
+                  + (f", comparison {cited['id']}" if cited else ""))
         if forgetting["flagged"]:
             notes.append(f"forgetting flagged: tuning cost general ability beyond the "
-                         f"{forgetting['threshold']} threshold ({change}, p="
-                         f"{forgetting['p_value']:.3f})")
+                         f"{forgetting['threshold']} threshold ({change}, "
+                         f"{p_text(forgetting['p_value'])})")
         else:
             notes.append(f"no forgetting beyond the {forgetting['threshold']} threshold "
                          f"({change})")

@@ -33,6 +33,17 @@ def examples_to_target(points: list[dict[str, Any]], target: float) -> int | Non
     return next((p["n"] for p in points if p["value"] >= target), None)
 
 
+def slope_per_100(points: list[dict[str, Any]]) -> float | None:
+    """Score gained per 100 more examples between the two largest points (None: one point).
+
+    The verdict names it: a curve still climbing at its largest size says more data helps.
+    """
+    if len(points) < 2 or points[-1]["n"] == points[-2]["n"]:
+        return None
+    p, q = points[-2], points[-1]
+    return (q["value"] - p["value"]) / (q["n"] - p["n"]) * 100
+
+
 def learning_curve(ctx: RunContext, main: dict[str, Any]) -> dict[str, Any]:
     """Score adapters trained on growing subsets; ``main`` is the finished ``lora`` result.
 
@@ -62,4 +73,4 @@ def learning_curve(ctx: RunContext, main: dict[str, Any]) -> dict[str, Any]:
                    "steps": info.get("steps"), "trained_now": info.get("trained_now")})
     return {"metric": task.metric, "points": points,
             "examples_to_target": examples_to_target(points, task.target),
-            "monotone": monotone_within_ci(points)}
+            "monotone": monotone_within_ci(points), "slope_per_100": slope_per_100(points)}

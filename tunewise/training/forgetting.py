@@ -5,7 +5,7 @@ Base and tuned model answer the same general set, a mix of tasks the adapter nev
 ``lora`` rung is: the bare question. Items with ``choices`` are answered by log-prob over
 the choices (cheap and robust for a small model); items without are generated and
 compared by exact match. The drop is reported with CIs and a paired test, and flagged
-when it exceeds ``lora.forgetting_threshold``.
+when it exceeds ``decision.forgetting_threshold``.
 """
 
 from __future__ import annotations
@@ -110,6 +110,6 @@ def forgetting_check(ctx: RunContext, tuned: Any) -> dict[str, Any]:
         "diff_ci_low": 0.0 - drop["ci_high"],
         "diff_ci_high": 0.0 - drop["ci_low"],
         "p_value": drop["p_value"],  # one-sided: that the base model scores higher
-        "threshold": spec.forgetting_threshold,
-        "flagged": -diff > spec.forgetting_threshold,
+        "threshold": ctx.task.decision.forgetting_threshold,
+        "flagged": -diff > ctx.task.decision.forgetting_threshold,
     }

@@ -25,6 +25,7 @@ from tunewise.errors import TunewiseError
 from tunewise.report.charts import all_charts
 from tunewise.report.data import load_run, report_data
 from tunewise.report.render import environment, render_html
+from tunewise.results import Verdict, load_result
 from tunewise.web.jobs import Jobs
 from tunewise.web.wizard import step
 
@@ -77,11 +78,17 @@ def create_app(store_path: str | Path | None = None,
         for row in store.runs(RUN_LIST_LIMIT):
             item = dict(row)
             full = store.run(row["id"])
-            result = json.loads(full["result_json"]) if full["result_json"] else {}
-            verdict = result.get("verdict") or {}
-            item.update(summary=verdict.get("summary", ""), rung=verdict.get("rung"),
-                        meets_target=verdict.get("meets_target"),
-                        metric=(result.get("task") or {}).get("metric"))
+            try:
+                result = load_result(json.loads(full["result_json"]), f"run {row['id']}") \
+                    if full["result_json"] else None
+            except TunewiseError as exc:  # an unreadable old run is listed, not fatal
+                item.update(summary=str(exc), rung=None, meets_target=None, metric=None)
+                out.append(item)
+                continue
+            verdict = (result.verdict if result else None) or Verdict()
+            item.update(summary=verdict.summary, rung=verdict.rung,
+                        meets_target=verdict.meets_target if verdict.rung else None,
+                        metric=result.task.metric if result else None)
             out.append(item)
         return out
 
@@ -104,7 +111,8 @@ def create_app(store_path: str | Path | None = None,
             result = None
             if run_id:
                 full = store.run(run_id)
-                result = json.loads(full["result_json"]) if full["result_json"] else None
+                result = load_result(json.loads(full["result_json"]), f"run {run_id}"
+                                     ).to_json() if full["result_json"] else None
         if s.question is not None:
             keep = {**s.given, **({"run": run_id} if run_id else {})}
             skip_url = "/advisor?" + urlencode({**keep, s.question.key: ""})
