@@ -167,29 +167,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.model)
 
 
-@pytest.fixture(autouse=True)
-def _model_free_unless_marked(request: pytest.FixtureRequest,
-                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """An unmarked test that reaches for a bundled model fails, saying to mark it."""
-    if request.node.get_closest_marker("model"):
-        return
+_RUNNING: dict[str, pytest.Item | None] = {"item": None}
 
-    def refuse(*_args, **_kwargs):
-        raise AssertionError(f"{request.node.nodeid} loads a bundled model: mark it "
-                             "@pytest.mark.model (or use the dummy backend / a fake embedder)")
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Remember the test being set up, before any of its fixtures (module-scoped ones too)."""
+    _RUNNING["item"] = item
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """For the whole session, loading a bundled model needs a test marked ``model``: an
+    unmarked test that reaches for one (in a fixture of any scope) fails and says so."""
     import tunewise.backends.local as local
     import tunewise.retrieval.embeddings as embeddings
 
-    resolve = local.resolve_model
+    def allowed(what: str) -> None:
+        item = _RUNNING["item"]
+        if item is not None and not item.get_closest_marker("model"):
+            raise AssertionError(f"{item.nodeid} loads {what}: mark it @pytest.mark.model "
+                                 "(or use the dummy backend / a fake embedder)")
 
-    def resolve_unbundled(name: str) -> str:
+    resolve, model_path = local.resolve_model, embeddings.model_path
+
+    def resolve_guarded(name: str) -> str:
         if name in local.BUNDLED:
-            refuse()
+            allowed(f"the bundled model {name}")
         return resolve(name)  # a model folder the test made itself is fine
 
-    monkeypatch.setattr(local, "resolve_model", resolve_unbundled)
-    monkeypatch.setattr(embeddings, "model_path", refuse)
+    def model_path_guarded():
+        allowed("the bundled embedding model")
+        return model_path()
+
+    local.resolve_model = resolve_guarded
+    embeddings.model_path = model_path_guarded
 
 
 _SKIPPED: list[tuple[str, str]] = []

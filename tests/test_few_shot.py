@@ -65,6 +65,7 @@ def test_few_shot_best_never_reads_test(make_task):
     assert not dev_ids & set(prepared.info["shots"])  # shots come from train only
 
 
+@pytest.mark.model  # few_shot_knn embeds with the bundled MiniLM
 def test_few_shot_beats_zero_shot_on_dummy(runner, make_task, tmp_path):
     import json
 

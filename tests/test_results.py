@@ -13,6 +13,7 @@ from tunewise.errors import TunewiseError
 from tunewise.results import SCHEMA_VERSION, RunResult, load_result
 
 REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data" / "slices"  # examples/ read ../shared/data; tests these
 TASKS = {
     "demo-symptoms": REPO / "tunewise/demo/symptoms/task.yaml",
     "demo-clinic": REPO / "tunewise/demo/clinic/task.yaml",
@@ -21,13 +22,19 @@ TASKS = {
 
 
 def dummy_run(path: Path, tmp_path: Path) -> dict:
-    """Run a shipped task on the dummy backend (bm25 retrieval: no embedding weights)."""
+    """Run a shipped task on the dummy backend (bm25 retrieval, no few_shot_knn: no
+    embedding weights), on the vendored slice when the example reads the public data."""
     from tunewise.ladder import run_ladder
+    from tunewise.rungs.base import REGISTRY
     from tunewise.store import Store
     from tunewise.task import BackendSpec, load_task
 
     task = load_task(path)
-    update = {"backend": BackendSpec(kind="dummy"), "backends": None}
+    if not task.data.path.is_relative_to(REPO):  # an example over the public data sets
+        task.data.path = DATA / task.data.path.name
+    update = {"backend": BackendSpec(kind="dummy"), "backends": None,
+              # few_shot_knn embeds with the bundled MiniLM: this module stays model-free
+              "rungs": [r for r in task.rungs or REGISTRY if r != "few_shot_knn"]}
     if task.corpus is not None:
         update["retrieval"] = task.retrieval.model_copy(update={"method": "bm25"})
     task = task.model_copy(update=update)
