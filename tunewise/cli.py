@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from tunewise.errors import TunewiseError, redact
@@ -210,6 +211,18 @@ def _fmt_score(r: Any) -> str:
     return f"{r.value:.3f} ({r.ci_low:.2f}-{r.ci_high:.2f})"
 
 
+def _flags(r: Any) -> list[str]:
+    """Warnings about a rung's numbers: a collapsed answer, a dev tie, cut answers."""
+    flags = []
+    if r.degenerate:
+        flags.append(f"degenerate ({getattr(r, 'top_share', 1.0):.0%} one answer)")
+    if r.dev_tie or (r.info.model_extra or {}).get("dev_tie"):
+        flags.append("dev tie")
+    if r.truncated:
+        flags.append(f"{r.truncated} truncated")
+    return flags
+
+
 def _latency_cell(r: Any) -> str:
     """Single-request p50/p95 (batch 1) when timed, else the per-item batch figures."""
     single = r.latency
@@ -240,18 +253,31 @@ def results_table(result: Any) -> Table:
             others.setdefault(r.name, []).append((m.model, r))
     rows = [(models[0].model if models else "", r) for r in res.rungs]
     rows = [row for main in rows for row in [main, *others.get(main[1].name, [])]]
-    for col in ("score (95% CI)", "vs zero-shot", "ECE", "tokens in/out", "ms p50/p95",
+    for col in ("score (95% CI)", "vs baseline", "ECE", "tokens in/out", "ms p50/p95",
                 "calls/cached"):
         table.add_column(col, justify="right")
+    table.add_column("flags")
+    for name, b in (res.baselines or {}).items():  # model-free: no cost, no calls
+        what = "majority class" if name == "majority" else "most common answer"
+        label = " ".join(str(b.label or "").split())
+        label = label if len(label) <= 24 else label[:23] + "…"
+        lead = [Text(printable(f"{what}: {label}"), style="dim")] + ([""] if models else [])
+        table.add_row(*lead, _fmt_score(b), "", "", "", "", "", "baseline")
+    against = [(getattr(r, "vs_baseline", None) or {}).get("against") for _, r in rows]
+    usual = max(set(against) - {None}, key=against.count, default="zero_shot")
     for model, r in rows:
         lead = [safe(r.name), safe(model)] if models else [safe(r.name)]
         if not r.done:
             table.add_row(*lead, f"[dim]{safe(r.status)}: {safe(r.reason)}[/dim]")
             continue
-        vs = r.vs_zero_shot
+        vs = getattr(r, "vs_baseline", None) or (r.vs_zero_shot.model_dump()
+                                                 if r.vs_zero_shot else None)
         mark = ""
         if vs:
-            mark = f"{vs.diff:+.3f}" + (" *" if vs.p_value < 0.05 and vs.diff > 0 else "")
+            ref = vs.get("against", "zero_shot")
+            mark = (f"{vs['diff']:+.3f}" + (" *" if vs["p_value"] < 0.05 and vs["diff"] > 0
+                                            else "")
+                    + (f" (vs {ref})" if ref != usual else ""))
         met = " ✓" if r.value >= task.target else ""
         tokens = r.tokens
         table.add_row(
@@ -261,9 +287,13 @@ def results_table(result: Any) -> Table:
             f"{tokens.prompt_mean:.0f}/{tokens.completion_mean:.0f}" if tokens else "",
             _latency_cell(r),
             f"{r.calls_made}/{r.cache_hits}",
+            ", ".join(_flags(r)),
         )
-    table.caption = ("* better than zero_shot (paired bootstrap p < 0.05)   ✓ meets the target"
-                     "\nms: single requests at batch 1 (replayed: timings read from the cache)")
+    table.caption = (f"vs baseline: against {usual}, the better of the model-free baseline and "
+                     "zero_shot   * better, p < 0.05 (paired bootstrap)   ✓ meets the target\n"
+                     "ms: single requests at batch 1 (replayed: timings read from the cache)\n"
+                     "degenerate: one answer for over 90% of items   dev tie: few_shot_best's "
+                     "candidates tied on dev   truncated: answers cut at max_new_tokens")
     from tunewise.report.data import label_only
 
     if label_only([m.model_dump() for m in models]):
@@ -443,6 +473,12 @@ def show_prompt(
         sys.stdout.write("\n")
     if plan.ctx.labels:
         err_console.print(f"[dim]scored answers: {safe(', '.join(plan.ctx.labels))}[/dim]")
+    if plan.task.data.system:
+        column = printable(plan.task.data.system)
+        err_console.print(Text(
+            f"system prompt: column '{column}' of the row, sent as written"
+            if text is None else f"--input has no row, so no '{column}' system prompt; use "
+            "--example N to see a row's", style="dim"))
 
 
 @app.command()

@@ -201,6 +201,9 @@ def load_examples(task: TaskSpec) -> list[Example]:
     for line, row in rows:
         inp = _text_field(row, spec.input, spec.path, line)
         out = label_text(_text_field(row, spec.output, spec.path, line))
+        if spec.system and spec.system not in row:
+            raise TunewiseError(f"field '{spec.system}' (data.system) is missing", path=spec.path,
+                                line=line, field=spec.system)
         ex_id = (_text_field(row, spec.id, spec.path, line)
                  if spec.id and row.get(spec.id) is not None else f"L{line}")
         _claim_id(seen_ids, ex_id, "id", spec.path, line, spec.id)
@@ -335,6 +338,9 @@ class DataReport:
     unseen_test_labels: list[str]
     notes: list[str]
     rung_blocks: dict[str, str]
+    # Gold answer lengths in tokens of the run's model (training split; generated kinds):
+    # set by the ladder, which has the tokenizer (see ``ladder.resolve_max_tokens``).
+    answer_tokens: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for result.json."""
@@ -368,13 +374,9 @@ def check_data(examples: list[Example], split: Split, task: TaskSpec) -> DataRep
     if dupes:
         notes.append(f"{dupes} examples repeat another example's input (after normalising)")
     if task.kind != "classification" and not task.split.group_by:
-        seen = {e.output.strip() for e in split.train}
-        copied = sum(e.output.strip() in seen for e in split.test)
-        if copied * 5 >= len(split.test):  # a fifth or more: worth knowing
-            notes.append(
-                f"{copied} of {len(split.test)} test answers also occur as training answers: "
-                "nearest-neighbour shots can copy them; set split.group_by: output to "
-                "score only new answers")
+        note = repeated_answers_note(examples, split, task)
+        if note:
+            notes.append(note)
     if leak_norm:
         notes.append(
             f"leakage: {leak_norm} of {len(split.test)} test inputs also occur in train/dev "
@@ -407,6 +409,50 @@ def check_data(examples: list[Example], split: Split, task: TaskSpec) -> DataRep
         notes=notes,
         rung_blocks=blocks,
     )
+
+
+CLOSED_SET = 2.0  # examples per distinct answer at which short answers form a closed set
+LABEL_WORDS = 8  # answers this short (median, in words) and unstructured read as labels
+COPY_SHARE = 0.2  # share of test answers seen in train that is worth a note
+
+
+def repeated_answers_note(examples: list[Example], split: Split, task: TaskSpec) -> str | None:
+    """Advice about test answers that also occur as training answers, fitted to the task.
+
+    - A closed answer set (short, unstructured answers, each given by ``CLOSED_SET`` or
+      more examples on average: occupation titles, yes/no) is a label set: repeated answers
+      are the point, so ``split.group_by`` is never advised; the note says the task
+      behaves like classification.
+    - Otherwise (records, sentences), when many *distinct* test answers also occur in
+      train, nearest-neighbour shots can copy them: ``split.group_by: output`` scores only
+      new ones. It is advised only when the task runs few_shot_knn.
+    """
+    from tunewise.answers import structure_of
+
+    outputs = Counter(e.output.strip() for e in examples)
+    if not outputs or not split.test:
+        return None
+    seen = {e.output.strip() for e in split.train}
+    copied = [e.output.strip() for e in split.test if e.output.strip() in seen]
+    if len(copied) < COPY_SHARE * len(split.test):
+        return None
+    per_answer = len(examples) / len(outputs)
+    words = sorted(len(o.split()) for o in outputs)
+    labels_like = (words[len(words) // 2] <= LABEL_WORDS
+                   and not any(structure_of(o) for o in list(outputs)[:50]))
+    if per_answer >= CLOSED_SET and labels_like:
+        return (f"answers form a closed set ({len(outputs)} distinct answers for "
+                f"{len(examples)} examples, {per_answer:.1f} each): {len(copied)} of "
+                f"{len(split.test)} test answers also occur in train, as they should; if every "
+                "answer is one of a fixed list, kind: classification with labels scores it by "
+                "label")
+    distinct = len(set(copied))
+    knn = task.rungs is None or "few_shot_knn" in task.rungs
+    if distinct * 2 < len(copied) or not knn:  # a few frequent answers, or no copying rung
+        return None
+    return (f"{len(copied)} of {len(split.test)} test answers also occur as training answers "
+            f"({distinct} distinct): few_shot_knn's nearest-neighbour shots can copy them; set "
+            "split.group_by: output to score only answers the model has not been shown")
 
 
 def require_seen_labels(report: DataReport, task: TaskSpec) -> None:

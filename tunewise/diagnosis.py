@@ -21,8 +21,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tunewise.answers import format_problem as answer_format_problem
+from tunewise.answers import gold_keys
 from tunewise.comparisons import describe, paired_bootstrap
-from tunewise.evaluate import normalize_answer, parse_record
+from tunewise.evaluate import normalize_answer
 from tunewise.policy import DecisionSpec
 from tunewise.results import RungResult, RunResult, load_result
 from tunewise.task import TaskSpec
@@ -38,26 +40,9 @@ FOLLOWS_EDIT = 0.5  # share of answers following a corpus edit that shows retrie
 
 def format_problem(prediction: str, gold: str, kind: str, text: str = "",
                    known_fields: set[str] | None = None) -> str | None:
-    """Why an answer is outside the expected format, or None when its form is fine.
-
-    Classification never needs this: label scoring can only answer with a label.
-    """
-    pred = prediction.strip()
-    if not pred:
-        return "empty"
-    if kind == "extraction":
-        fields = parse_record(pred)
-        if parse_record(gold) and not fields:
-            return "unparseable record"
-        if known_fields and set(fields) - known_fields:
-            return "unknown fields"
-        return None
-    if kind == "qa":
-        words, gold_words = len(pred.split()), len(gold.split())
-        return "too long for a short answer" if words > max(12, 3 * gold_words) else None
-    if text and normalize_answer(pred) == normalize_answer(text):
-        return "echoes the input"
-    return None
+    """Why an answer is outside the expected format (see :func:`answers.format_problem`:
+    invalid JSON, missing or unknown keys, unparseable records, over-long short answers)."""
+    return answer_format_problem(prediction, gold, kind, text, known_fields)
 
 
 def error_types(result: RunResult | dict[str, Any], task: TaskSpec, store: Store | None
@@ -80,8 +65,7 @@ def error_types(result: RunResult | dict[str, Any], task: TaskSpec, store: Store
         rows = store.predictions(res.run_id, r.name)
         if not rows:
             continue
-        known = set().union(*(parse_record(row["gold"]) for row in rows)) \
-            if task.kind == "extraction" else None
+        known = gold_keys(row["gold"] for row in rows)
         kinds: dict[str, int] = {}
         wrong = 0
         for row in rows:

@@ -11,8 +11,18 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
+
+from tunewise.answers import (
+    answer_text,
+    canonical,
+    pair_f1,
+    parse_record,  # noqa: F401  (re-exported: the verdict and tests import it from here)
+    parse_structured,
+    structure_of,
+)
 
 N_BOOTSTRAP = 2000
 CONFIDENCE = 0.95
@@ -27,13 +37,29 @@ def normalize_answer(text: str) -> str:
 
 
 def exact_match(pred: str, gold: str) -> float:
-    """1.0 when the normalised answers are identical."""
-    return float(normalize_answer(pred) == normalize_answer(gold))
+    """1.0 when the answers are identical: structured answers (JSON objects or ``key: value``
+    records) on their canonical form (key order, spacing and fences do not matter), text
+    after SQuAD normalisation of the answering part (see :func:`answers.answer_text`)."""
+    shape = structure_of(gold)
+    if shape is not None:
+        g, p = parse_structured(gold, shape), parse_structured(pred, shape)
+        if g:
+            return float(p is not None and canonical(p) == canonical(g))
+    return float(normalize_answer(answer_text(pred, gold)) == normalize_answer(gold))
 
 
 def token_f1(pred: str, gold: str) -> float:
-    """Harmonic mean of token precision and recall after normalisation."""
-    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
+    """Harmonic mean of token precision and recall after normalisation (SQuAD v1.1).
+
+    Structured answers are compared on their canonical key/value text, so key order and
+    fences do not cost tokens.
+    """
+    shape = structure_of(gold)
+    g_fields = parse_structured(gold, shape)
+    p_fields = parse_structured(pred, shape) if g_fields else None
+    if g_fields and p_fields:
+        pred, gold = _as_text(p_fields), _as_text(g_fields)
+    p, g = normalize_answer(answer_text(pred, gold)).split(), normalize_answer(gold).split()
     if not p or not g:
         return float(p == g)
     common = sum((Counter(p) & Counter(g)).values())
@@ -43,26 +69,20 @@ def token_f1(pred: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def parse_record(text: str) -> dict[str, str]:
-    """``key: value, key: value`` (or one per line) into a dict with normalised keys."""
-    fields: dict[str, str] = {}
-    for part in re.split(r",\s*(?=[\w ]+:)|\n", text):
-        if ":" in part:
-            key, _, value = part.partition(":")
-            fields[key.strip().lower()] = value.strip().lower()
-    return fields
+def _as_text(fields: dict[str, str]) -> str:
+    return " ".join(f"{k} {v}" for k, v in sorted(fields.items()))
 
 
 def field_f1(pred: str, gold: str) -> float:
-    """F1 over (key, value) pairs of a record: partial credit for partly right records."""
-    p, g = set(parse_record(pred).items()), set(parse_record(gold).items())
-    if not p or not g:
-        return float(p == g)
-    common = len(p & g)
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(p), common / len(g)
-    return 2 * precision * recall / (precision + recall)
+    """F1 over the (key, value) pairs of a record or JSON object: partial credit per key.
+
+    A gold answer that is not structured has no fields; it is scored by exact match.
+    """
+    shape = structure_of(gold)
+    g = parse_structured(gold, shape)
+    if not g:
+        return exact_match(pred, gold)
+    return pair_f1(parse_structured(pred, shape) or {}, g)
 
 
 def label_match(pred: str, gold: str) -> float:
@@ -93,7 +113,10 @@ def macro_f1(preds: Sequence[str], golds: Sequence[str]) -> float:
 
 @dataclass
 class Score:
-    """A metric's value on a test set with its bootstrap confidence interval."""
+    """A metric's value on a test set with its 95% confidence interval.
+
+    ``ci_method`` says how the interval was made (see :func:`interval`).
+    """
 
     metric: str
     value: float
@@ -101,6 +124,7 @@ class Score:
     ci_high: float
     n: int
     per_example: list[float]
+    ci_method: str = "bootstrap"
 
     def to_dict(self, with_rows: bool = False) -> dict:
         """Plain data; per-example values only when asked (they live in the store)."""
@@ -114,8 +138,33 @@ def _rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def wilson(successes: int, n: int) -> tuple[float, float]:
+    """Wilson score interval of a proportion (scipy): honest at 0/n and n/n, where a
+    bootstrap or normal interval collapses to a point (0/100 gives 0.000-0.037)."""
+    if n <= 0:
+        return 0.0, 1.0
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(successes), int(n)).proportion_ci(CONFIDENCE, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _floored(value: float, n: int, low: float, high: float) -> tuple[float, float]:
+    """The bootstrap floor: a bootstrap cannot show variation the sample lacks, so when the
+    items' total credit is less than one item from 0 (or from n), the interval reaches at
+    least the Wilson bound for 0 of n (n of n) items; when every item scored the same, it is
+    the Wilson interval at that value."""
+    if n and high - low <= 0:
+        return wilson(round(value * n), n)
+    if n and value * n < 1:
+        high = max(high, wilson(0, n)[1])
+    if n and (1 - value) * n < 1:
+        low = min(low, wilson(n, n)[0])
+    return low, high
+
+
 def bootstrap_ci(values: Sequence[float], seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean."""
+    """Percentile bootstrap CI of the mean (no floor; see :func:`interval`)."""
     x = np.asarray(values, dtype=float)
     if len(x) == 0:
         return 0.0, 0.0
@@ -125,8 +174,24 @@ def bootstrap_ci(values: Sequence[float], seed: int = 0) -> tuple[float, float]:
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+def interval(values: Sequence[float], seed: int = 0) -> tuple[float, float, str]:
+    """95% CI of a mean of per-item scores in [0, 1], and the method used.
+
+    0/1 scores (accuracy, exact match, any hit/miss) get the Wilson interval; other scores
+    (token F1, field F1, MRR) a percentile bootstrap with the floor of :func:`_floored`.
+    """
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    if n == 0:
+        return 0.0, 1.0, "none"
+    if np.isin(x, (0.0, 1.0)).all():
+        return (*wilson(int(x.sum()), n), "wilson")
+    low, high = _floored(float(x.mean()), n, *bootstrap_ci(x, seed))
+    return low, high, "bootstrap+floor"
+
+
 def evaluate(predictions: Sequence[str], gold: Sequence[str], metric: str) -> Score:
-    """Score predictions against gold answers, with a 95% bootstrap CI.
+    """Score predictions against gold answers, with a 95% CI (see :func:`interval`).
 
     Args:
         predictions: model answers, aligned with ``gold``.
@@ -138,15 +203,18 @@ def evaluate(predictions: Sequence[str], gold: Sequence[str], metric: str) -> Sc
     if metric == "macro_f1":
         per = [label_match(p, g) for p, g in zip(predictions, gold, strict=True)]
         value = macro_f1(predictions, gold)
+        if not gold:
+            return Score(metric, 0.0, 0.0, 1.0, 0, per, "none")
         idx = _rng().integers(0, len(gold), size=(N_BOOTSTRAP, len(gold)))
         stats = [macro_f1([predictions[i] for i in row], [gold[i] for i in row]) for row in idx]
         alpha = (1 - CONFIDENCE) / 2
-        low, high = float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
-        return Score(metric, value, low, high, len(gold), per)
+        low, high = _floored(value, len(gold), float(np.quantile(stats, alpha)),
+                             float(np.quantile(stats, 1 - alpha)))
+        return Score(metric, value, low, high, len(gold), per, "bootstrap+floor")
     fn = PER_EXAMPLE[metric]
     per = [fn(p, g) for p, g in zip(predictions, gold, strict=True)]
-    low, high = bootstrap_ci(per)
-    return Score(metric, float(np.mean(per)) if per else 0.0, low, high, len(per), per)
+    low, high, method = interval(per)
+    return Score(metric, float(np.mean(per)) if per else 0.0, low, high, len(per), per, method)
 
 
 def compare(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict[str, float]:
@@ -212,8 +280,8 @@ def contains_answer(pred: str, value: str) -> bool:
 
 
 def proportion(flags: Sequence[float]) -> dict[str, float]:
-    """Mean of 0/1 outcomes (e.g. correct citations) with its bootstrap CI."""
-    low, high = bootstrap_ci(flags)
+    """Mean of per-item outcomes (e.g. correct citations) with its CI (:func:`interval`)."""
+    low, high, _ = interval(flags)
     return {"value": float(np.mean(flags)) if len(flags) else 0.0, "ci_low": low,
             "ci_high": high, "n": len(flags)}
 
@@ -234,3 +302,41 @@ def retrieval_scores(ranked: Sequence[Sequence[str]], gold: Sequence[str], k: in
         hits.append(float(target in top))
         rr.append(1.0 / (top.index(target) + 1) if target in top else 0.0)
     return {f"recall@{k}": proportion(hits), f"mrr@{k}": proportion(rr)}
+
+
+DEGENERATE_SHARE = 0.9  # one answer for more than this share of items: a collapsed rung
+DEGENERATE_MIN_ITEMS = 10  # below this a share says nothing
+
+
+def answer_spread(predictions: Sequence[str]) -> dict[str, Any]:
+    """How concentrated a rung's answers are: its commonest answer and that answer's share.
+
+    A rung that gives one answer to more than :data:`DEGENERATE_SHARE` of the items is
+    ``degenerate``: its score measures how often that answer is right, not the rung.
+    """
+    counts = Counter(" ".join(p.split()).casefold() for p in predictions)
+    if not counts:
+        return {"top_answer": "", "top_share": 0.0, "degenerate": False}
+    top, count = counts.most_common(1)[0]
+    share = count / len(predictions)
+    return {"top_answer": top, "top_share": share,
+            "degenerate": len(predictions) >= DEGENERATE_MIN_ITEMS and share > DEGENERATE_SHARE}
+
+
+def baseline(train_answers: Sequence[str], gold: Sequence[str], metric: str,
+             classification: bool) -> dict[str, dict[str, Any]]:
+    """The answer a model-free guesser would give, scored like a rung.
+
+    Classification: the majority class of the training split (key ``majority``); other
+    kinds: the most common training answer (key ``most_common``). Ties go to the
+    alphabetically first answer, so the baseline does not depend on data order.
+    """
+    counts = Counter(a.strip() for a in train_answers if a.strip())
+    if not counts or not gold:
+        return {}
+    answer, count = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    score = evaluate([answer] * len(gold), gold, metric)
+    key = "majority" if classification else "most_common"
+    return {key: {"label": answer, "train_count": count,
+                  "train_share": count / sum(counts.values()),
+                  **score.to_dict(), "per_item": score.per_example}}

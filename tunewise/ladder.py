@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from tunewise.answers import default_max_tokens, length_stats, per_field_accuracy
 from tunewise.backends import make_backend
 from tunewise.backends.base import Backend, CachedBackend
 from tunewise.comparisons import paired_bootstrap
 from tunewise.dataset import (
     DataReport,
+    Example,
     check_data,
     load_corpus,
     load_examples,
@@ -30,7 +32,8 @@ from tunewise.dataset import (
     task_labels,
 )
 from tunewise.errors import BudgetExceeded, TunewiseError, redact
-from tunewise.evaluate import evaluate, expected_calibration_error
+from tunewise.evaluate import answer_spread, evaluate, expected_calibration_error
+from tunewise.evaluate import baseline as model_free_baseline
 from tunewise.files import write_text_atomic
 from tunewise.latency import single_request_latency, throughput
 from tunewise.results import SCHEMA_VERSION, check_result
@@ -58,6 +61,7 @@ class Plan:
     report: DataReport
     rungs: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def default_rungs(task: TaskSpec) -> list[str]:
@@ -75,6 +79,8 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
     corpus = load_corpus(task)
     labels = task_labels(task, examples) if task.kind == "classification" else None
     inner = backend or make_backend(task.backend)
+    if task.kind != "classification":
+        resolve_max_tokens(task, report, split.train, inner.count_tokens)
     ctx = RunContext(
         task=task, examples=examples, split=split, labels=labels,
         backend=CachedBackend(inner, store, run_id or None), store=store,
@@ -92,7 +98,64 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
             skipped[name] = reason
         else:
             chosen.append(name)
-    return Plan(task, ctx, report, chosen, skipped)
+    found = model_free_baseline([e.output for e in split.train], [e.output for e in split.test],
+                                task.metric or "", task.kind == "classification")
+    return Plan(task, ctx, report, chosen, skipped, found)
+
+
+Rows = dict[str, dict[str, Any]]  # example id -> {"prediction", "gold", "score"}
+# (name, per-item rows, value) of what a rung's significance is tested against
+Reference = tuple[str, Rows, float]
+
+
+def first_reference(plan: Plan) -> Reference | None:
+    """The model-free baseline as a reference, before zero_shot runs."""
+    for name, b in plan.baselines.items():
+        rows = {str(e.id): {"prediction": b["label"], "gold": e.output, "score": s}
+                for e, s in zip(plan.ctx.split.test, b["per_item"], strict=True)}
+        return name, rows, b["value"]
+    return None
+
+
+def better_reference(plan: Plan, current: Reference | None, zero_shot: dict[str, Any],
+                     tag: str = "") -> Reference | None:
+    """zero_shot replaces the model-free baseline as the reference when it scores higher."""
+    if current is not None and zero_shot["value"] <= current[2]:
+        return current
+    rows = {str(r["example_id"]): dict(r)
+            for r in plan.ctx.store.predictions(plan.ctx.run_id, "zero_shot" + tag)}
+    return "zero_shot", rows, zero_shot["value"]
+
+
+def resolve_max_tokens(task: TaskSpec, report: DataReport, train: list[Example],
+                       count_tokens: Callable[[str], int]) -> None:
+    """Measure the training answers in tokens; size ``max_new_tokens`` from them.
+
+    A task that does not set ``backend.max_new_tokens`` gets p99 of the training answers
+    plus a margin, so long answers (records, JSON) are not cut; one that sets it below the
+    p95 gets a data-check note, since most answers that long would be cut and scored wrong.
+    """
+    stats = length_stats(count_tokens(e.output) for e in train)
+    if not stats:
+        return
+    report.answer_tokens = stats
+    derived = default_max_tokens(stats)
+    for i, spec in enumerate(task.backends or [task.backend]):
+        if "max_new_tokens" not in spec.model_fields_set:
+            # Not an assignment: the value is derived, and stays derived on a re-plan.
+            object.__setattr__(spec, "max_new_tokens", derived)
+            if i == 0:
+                report.notes.append(
+                    f"max_new_tokens {derived}, from the answers in train (p50 "
+                    f"{stats['p50']:.0f}, p95 {stats['p95']:.0f}, p99 {stats['p99']:.0f} "
+                    "tokens); set backend.max_new_tokens to change it")
+        elif spec.max_new_tokens < stats["p95"]:
+            where = "backend" if not task.backends else f"backends[{i}]"
+            report.notes.append(
+                f"{where}.max_new_tokens is {spec.max_new_tokens} but 5% of the training "
+                f"answers are longer than {stats['p95']:.0f} tokens (p50 {stats['p50']:.0f}, "
+                f"max {stats['max']:.0f}); long answers will be cut and scored wrong; raise "
+                f"it or remove it to use {default_max_tokens(stats)}")
 
 
 def estimate_breakdown(plan: Plan) -> dict[str, int]:
@@ -188,11 +251,14 @@ def _shared_prefix_tokens(ctx: RunContext, prompts: list[Any]) -> int:
 
 
 def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
-             tag: str = "") -> tuple[dict[str, Any], list[float]]:
+             tag: str = "", reference: Reference | None = None
+             ) -> tuple[dict[str, Any], list[float]]:
     """Prepare, predict and score one rung; store it; return its summary and per-item scores.
 
-    ``tag`` (e.g. ``@openai:model``) names the rung in the store when it runs on a further
-    backend of ``task.backends``.
+    ``baseline`` is zero_shot's per-item scores (``vs_zero_shot``); ``reference`` the better
+    of zero_shot and the model-free baseline (``vs_baseline``, same paired bootstrap: a
+    rung must beat both to count). ``tag`` (e.g. ``@openai:model``) names the rung in the
+    store when it runs on a further backend of ``task.backends``.
     """
     ctx, task = plan.ctx, plan.task
     rung = get_rung(name)
@@ -240,10 +306,19 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
         "calls_made": sum(not p.cached for p in preds),
         "cache_hits": sum(p.cached for p in preds),
     }
-    if task.kind == "extraction":  # records: field-level F1 beside exact match
-        texts = [p.text for p in preds]
+    texts = [p.text for p in preds]
+    per_field = per_field_accuracy(texts, gold) if not ctx.labels else {}
+    if task.kind == "extraction" or per_field:  # records: field-level F1 beside exact match
         result["secondary"] = {m: evaluate(texts, gold, m).to_dict()
                                for m in ("exact_match", "field_f1") if m != task.metric}
+    if per_field:
+        result["per_field"] = per_field
+    if prepared.info.get("dev_tie"):  # few_shot_best could not choose on dev
+        result["dev_tie"] = True
+    if not ctx.labels:
+        result["truncated"] = sum(bool(p.details.get("truncated")) for p in preds)
+        result["max_new_tokens"] = task.backend.max_new_tokens
+    result.update(answer_spread(texts))
     if ctx.labels:
         conf = [max(p.probs.values()) for p in preds if p.probs]
         result["ece"] = expected_calibration_error(conf, score.per_example)
@@ -259,6 +334,12 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
         vs = paired_bootstrap(zero, {str(r["example_id"]): r for r in rows}, task.metric)
         result["vs_zero_shot"] = {"diff": vs["diff"], "ci_low": vs["ci_low"],
                                   "ci_high": vs["ci_high"], "p_value": vs["p"]}
+    if reference is not None and reference[0] != name:
+        vs = paired_bootstrap(reference[1], {str(r["example_id"]): r for r in rows},
+                              task.metric)
+        result["vs_baseline"] = {"against": reference[0], "diff": vs["diff"],
+                                 "ci_low": vs["ci_low"], "ci_high": vs["ci_high"],
+                                 "p_value": vs["p"]}
     ctx.store.save_rung(ctx.run_id, name + tag, "done", result, result, rows)
     return result, score.per_example
 
@@ -296,13 +377,16 @@ def run_other_backends(plan: Plan, results: list[dict[str, Any]], hooks: Hooks
         sub = replace(plan, task=sub_task, ctx=ctx)
         rungs: list[dict[str, Any]] = []
         baseline: list[float] | None = None
+        reference = first_reference(plan)
         for name in names:
-            result, per = run_rung(sub, name, hooks, baseline, tag=f"@{label}")
+            result, per = run_rung(sub, name, hooks, baseline, tag=f"@{label}",
+                                   reference=reference)
             result["model"] = label
             rungs.append(result)
             hooks.end_rung(result)
             if name == "zero_shot":
                 baseline = per
+                reference = better_reference(sub, reference, result, f"@{label}")
         out.append({"model": label, "backend": backend.id, "rungs": rungs})
     return out
 
@@ -364,6 +448,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     plan.ctx.log = hooks.log
     results: list[dict[str, Any]] = []
     baseline: list[float] | None = None
+    reference = first_reference(plan)
     stopped_at: str | None = None
     for name in default_rungs(task) if rungs is None else rungs:
         if name in plan.skipped:
@@ -374,11 +459,12 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
             results.append({"name": name, "family": FAMILY[name], "status": "not_needed",
                             "reason": f"{stopped_at} already meets the target"})
             continue
-        result, per = run_rung(plan, name, hooks, baseline)
+        result, per = run_rung(plan, name, hooks, baseline, reference=reference)
         results.append(result)
         hooks.end_rung(result)
         if name == "zero_shot" and per is not None:
             baseline = per
+            reference = better_reference(plan, reference, result)
         if per is not None and meets_target(result, task.target) and not stopped_at:
             stopped_at = name
     from tunewise.verdict import decide
@@ -395,6 +481,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
         "data": plan.report.to_dict(),
         "split": {"seed": task.split.seed, **plan.report.sizes},
         "labels": plan.ctx.labels,
+        "baselines": plan.baselines,
         "decision": task.decision.model_dump(mode="json"),
         "rungs": results,
     }

@@ -23,7 +23,7 @@ from tunewise.errors import TunewiseError
 from tunewise.task import TaskSpec
 
 Shot = dict[str, str]
-VARIABLES = ("task", "labels", "input", "shots", "passages")
+VARIABLES = ("task", "labels", "input", "shots", "passages", "row_system")
 """What every template sees (the built-ins and a task's own ``prompts:``)."""
 _ENV = Environment(undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False)
 
@@ -79,7 +79,7 @@ def check_task_templates(task: TaskSpec, path: Path | str) -> None:
         return
     sample = {"labels": list(task.labels or ["label_a", "label_b"]), "input": "example input",
               "shots": [{"input": "shot input", "output": "shot output"}],
-              "passages": [{"id": "1", "text": "passage text"}]}
+              "passages": [{"id": "1", "text": "passage text"}], "row_system": False}
     for name, source in overrides.items():
         try:
             _compile(source).render(task=task, **sample)
@@ -109,12 +109,24 @@ def _first_line(task: TaskSpec, name: str) -> int | None:
     return node.start_mark.line + 1
 
 
-def system_message(task: TaskSpec, labels: Sequence[str] | None, text: str = "",
-                   shots: Sequence[Shot] = (),
+def system_message(task: TaskSpec, labels: Sequence[str] | None, row_system: str | None = None,
+                   *, text: str = "", shots: Sequence[Shot] = (),
                    passages: Sequence[dict[str, str]] | None = None) -> str:
-    """The system message stating the task, the label set or format, and instructions."""
-    return _render("system", task, input=text, labels=list(labels or []), shots=list(shots),
-                   passages=list(passages or []))
+    """The system message stating the task, the label set or format, and instructions;
+    after the row's own system prompt when the task has ``data.system``."""
+    rest = _render("system", task, input=text, labels=list(labels or []), shots=list(shots),
+                   passages=list(passages or []), row_system=bool(row_system))
+    if not row_system:
+        return rest
+    return f"{row_system}\n\n{rest}" if rest else row_system
+
+
+def row_system(task: TaskSpec, example: Any) -> str | None:
+    """The example's own system prompt (``data.system`` column), exactly as written."""
+    if not task.data.system:
+        return None
+    value = getattr(example, "extra", {}).get(task.data.system)
+    return None if value is None or not str(value).strip() else str(value)
 
 
 def build_messages(
@@ -125,11 +137,12 @@ def build_messages(
     system: bool = True,
     shots: Sequence[Shot] = (),
     passages: Sequence[dict[str, str]] | None = None,
+    row_system: str | None = None,
 ) -> Messages:
     """Chat messages for one input.
 
     Every template sees the same variables (:data:`VARIABLES`), whichever it is, so a
-    task's own templates may use any of them.
+    task's own templates (``prompts:``) may use any of them.
 
     Args:
         task: the task (its description and instructions feed the system message).
@@ -138,13 +151,16 @@ def build_messages(
         system: include the system message (False only for zero_shot).
         shots: worked examples, each shown as a user turn and an assistant turn.
         passages: retrieved passages for RAG, shown with their ids.
+        row_system: the example's own system prompt (see :func:`row_system`): sent as
+            written, alone when ``system`` is False, else followed by the rung's text.
     """
     seen = {"labels": list(labels or []), "shots": list(shots),
-            "passages": list(passages or [])}
+            "passages": list(passages or []), "row_system": bool(row_system)}
     if not system:
-        return [{"role": "user", "content": _render("zero_shot_user", task, input=text, **seen)}]
-    messages: Messages = [{"role": "system", "content": _render("system", task, input=text,
-                                                                **seen)}]
+        user = {"role": "user", "content": _render("zero_shot_user", task, input=text, **seen)}
+        return [{"role": "system", "content": row_system}, user] if row_system else [user]
+    messages: Messages = [{"role": "system", "content": system_message(
+        task, labels, row_system, text=text, shots=shots, passages=passages)}]
     for shot in shots:
         messages.append({"role": "user", "content": _render("user", task, input=shot["input"],
                                                             **seen)})

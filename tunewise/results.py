@@ -175,7 +175,7 @@ class RungResult(Model):
     # added by the metrics work (issue 14): degenerate answers, truncation, per-field scores
     degenerate: bool | None = None
     truncated: int | None = None
-    per_field: dict[str, float] | None = None
+    per_field: dict[str, dict[str, float]] | None = None  # key -> {value, n}
     dev_tie: bool | None = None
 
     @property

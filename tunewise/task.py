@@ -88,6 +88,13 @@ class DataSpec(Strict):
     input: str = Field("input", description="Field (column) holding the model input.")
     output: str = Field("output", description="Field (column) holding the expected output.")
     id: str | None = Field(None, description="Optional field with a stable example id.")
+    system: str | None = Field(
+        None,
+        description="Optional field holding each row's own system prompt (e.g. your production "
+        "prompt). It is sent exactly as written on every rung, zero_shot included; rungs "
+        "with a system message add their text (description, label set or format, "
+        "instructions) after it, separated by a blank line.",
+    )
 
 
 class CorpusSpec(Strict):
@@ -725,12 +732,29 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+# Keys people write for a concept the schema names differently, where spelling alone
+# cannot find it (difflib does not know that a system prompt is description + instructions).
+KEY_HINTS: dict[str, str] = {
+    "system_prompt": "'description' and 'instructions' (the task's system prompt), or "
+                     "'data.system' (a column holding each row's own system prompt)",
+    "system": "'description' and 'instructions' (the task's system prompt), or "
+              "'data.system' (a column holding each row's own system prompt)",
+    "prompt": "'description' and 'instructions' (the system prompt); see `tunewise "
+              "show-prompt` for what the model receives",
+    "instruction": "'instructions'",
+    "max_tokens": "'backend.max_new_tokens'",
+    "max_new_tokens": "'backend.max_new_tokens'",
+}
+
+
 def _explain(err: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     if err["type"] == "extra_forbidden":
         owner = _model_at(loc[:-1]) or TaskSpec
         close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
+        if str(loc[-1]).lower() in KEY_HINTS and owner is TaskSpec:
+            hint = f" (did you mean {KEY_HINTS[str(loc[-1]).lower()]}?)"
         return f"unknown key '{loc[-1]}'{hint}"
     return err["msg"].replace("Value error, ", "")
 

@@ -139,10 +139,14 @@ def answer(ctx: RunContext, backend: CachedBackend, examples: list[Example],
             out.append(Prediction(ex.id, best, s.prompt_tokens, 1, s.latency_s, s.cached,
                                   probs, {"method": s.method}))
         return out
-    stop = None if ctx.task.kind == "generation" else ["\n"]
-    done = backend.generate(prompts, ctx.task.backend.max_new_tokens, stop)
+    # An answer ends at the end of the model's turn, never at a newline: records, JSON and
+    # multi-line answers must arrive whole (evaluate reads the answering part out of them).
+    cap = ctx.task.backend.max_new_tokens
+    done = backend.generate(prompts, cap, None)
     return [Prediction(ex.id, c.text, c.prompt_tokens, c.completion_tokens, c.latency_s,
-                       c.cached) for ex, c in zip(examples, done, strict=True)]
+                       c.cached, details={"truncated": True} if c.completion_tokens >= cap
+                       else {})
+            for ex, c in zip(examples, done, strict=True)]
 
 
 class PromptRung:

@@ -22,7 +22,7 @@ from tunewise.backends.base import Messages
 from tunewise.dataset import Example
 from tunewise.evaluate import evaluate
 from tunewise.extras import missing
-from tunewise.prompts import build_messages
+from tunewise.prompts import build_messages, row_system
 from tunewise.retrieval.embeddings import shared_embedder
 from tunewise.rungs.base import Prepared, PromptRung, RunContext, answer
 
@@ -55,18 +55,22 @@ def prompt_budget(ctx: RunContext) -> int:
     return min(ctx.task.few_shot.max_prompt_tokens, room)
 
 
-def fit_shots(ctx: RunContext, text: str, shots: list[Example], warn: bool = True
+def fit_shots(ctx: RunContext, ex: Example | str, shots: list[Example], warn: bool = True
               ) -> tuple[Messages, int]:
-    """Messages with as many shots as fit; drops shots from the front (least relevant first).
+    """Messages for ``ex`` (an example, or a bare input) with as many shots as fit; drops
+    shots from the front (least relevant first).
 
     Returns the messages and the number of shots dropped.
     """
+    if isinstance(ex, str):
+        ex = Example("input", ex, "")
     budget = prompt_budget(ctx)
     dropped = 0
     while True:
-        messages = build_messages(ctx.task, ctx.labels, text,
+        messages = build_messages(ctx.task, ctx.labels, ex.input,
                                   shots=[{"input": s.input, "output": s.output}
-                                         for s in shots[dropped:]])
+                                         for s in shots[dropped:]],
+                                  row_system=row_system(ctx.task, ex))
         if dropped >= len(shots):
             break
         if ctx.backend.count_tokens(ctx.backend.render(messages)) <= budget:
@@ -79,12 +83,13 @@ def fit_shots(ctx: RunContext, text: str, shots: list[Example], warn: bool = Tru
 
 def fixed_prompt(ctx: RunContext, shots: list[Example]):
     """A prompt builder that uses the same shots for every input (fitted once)."""
-    probe = max(ctx.split.dev or ctx.split.train, key=lambda e: len(e.input))
-    _, dropped = fit_shots(ctx, probe.input, shots)
+    probe = max(ctx.split.dev or ctx.split.train,
+                key=lambda e: len(e.input) + len(row_system(ctx.task, e) or ""))
+    _, dropped = fit_shots(ctx, probe, shots)
     kept = shots[dropped:]
 
     def prompt_for(ex: Example) -> Messages:
-        return fit_shots(ctx, ex.input, kept, warn=False)[0]
+        return fit_shots(ctx, ex, kept, warn=False)[0]
 
     return prompt_for, kept
 
@@ -122,7 +127,7 @@ class FewShotKNN(PromptRung):
             nearest = np.argsort(-sims, kind="stable")[:k]
             # Most similar last, next to the question; fitting drops from the front.
             shots = [train[i] for i in reversed(nearest)]
-            return fit_shots(ctx, ex.input, shots, warn=False)[0]
+            return fit_shots(ctx, ex, shots, warn=False)[0]
 
         return Prepared(self.name, prompt_for, {"k": k, "pool": len(train)},
                         upfront_s=time.perf_counter() - started)
@@ -161,4 +166,12 @@ class FewShotBest(PromptRung):
         prompt_for, kept = fixed_prompt(ctx, [by_id[i] for i in best["shots"]])
         info = {"shots": [s.id for s in kept], "k": len(kept), "dev_score": best["dev_score"],
                 "candidates": trials, "dev_size": len(dev)}
+        tied = [t["candidate"] for t in trials if t["dev_score"] == best["dev_score"]]
+        if len(tied) > 1:  # the first was kept, but the dev split could not tell them apart
+            info["dev_tie"] = True
+            info["note"] = (f"{len(tied)} of {len(trials)} candidate shot sets tie at dev "
+                            f"{ctx.task.metric} {best['dev_score']:.3f}: the {len(dev)}-item "
+                            "dev split is too small to choose between them (the first was "
+                            "kept; raise split.dev)")
+            ctx.log(f"few_shot_best: {info['note']}")
         return Prepared(self.name, prompt_for, info, upfront_s=time.perf_counter() - started)

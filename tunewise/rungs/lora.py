@@ -21,7 +21,7 @@ from tunewise.backends.base import CachedBackend, Messages
 from tunewise.dataset import Example
 from tunewise.errors import TunewiseError
 from tunewise.extras import missing
-from tunewise.prompts import build_messages
+from tunewise.prompts import build_messages, row_system
 from tunewise.rungs.base import Prepared, PromptRung, RunContext, RungUnavailable, get_rung
 
 FINE_TUNING_RUNGS = ("lora", "lora_rag", "lora_system_prompt")
@@ -37,7 +37,8 @@ def local_backend(ctx: RunContext) -> Any | None:
 
 def train_prompt(ctx: RunContext, ex: Example) -> Messages:
     """The prompt the adapter is trained on and the ``lora`` rung predicts with."""
-    return build_messages(ctx.task, ctx.labels, ex.input, system=False)
+    return build_messages(ctx.task, ctx.labels, ex.input, system=False,
+                          row_system=row_system(ctx.task, ex))
 
 
 @dataclass
@@ -213,7 +214,8 @@ class LoraSystemPrompt(Lora):
     name = "lora_system_prompt"
 
     def prompt(self, ctx: RunContext, ex: Example) -> Messages:
-        return build_messages(ctx.task, ctx.labels, ex.input)
+        return build_messages(ctx.task, ctx.labels, ex.input,
+                              row_system=row_system(ctx.task, ex))
 
 
 class LoraRag(Lora):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tunewise.dataset import Example
-from tunewise.prompts import build_messages
+from tunewise.prompts import build_messages, row_system
 from tunewise.rungs.base import Prepared, PromptRung, RunContext
 
 
@@ -14,7 +14,8 @@ class ZeroShot(PromptRung):
 
     def prepare(self, ctx: RunContext) -> Prepared:
         def prompt_for(ex: Example):
-            return build_messages(ctx.task, ctx.labels, ex.input, system=False)
+            return build_messages(ctx.task, ctx.labels, ex.input, system=False,
+                                  row_system=row_system(ctx.task, ex))
 
         return Prepared(self.name, prompt_for)
 
@@ -26,6 +27,7 @@ class SystemPrompt(PromptRung):
 
     def prepare(self, ctx: RunContext) -> Prepared:
         def prompt_for(ex: Example):
-            return build_messages(ctx.task, ctx.labels, ex.input)
+            return build_messages(ctx.task, ctx.labels, ex.input,
+                                  row_system=row_system(ctx.task, ex))
 
         return Prepared(self.name, prompt_for)

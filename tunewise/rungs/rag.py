@@ -18,7 +18,7 @@ from tunewise.backends.base import Messages
 from tunewise.dataset import Document, Example
 from tunewise.evaluate import proportion, retrieval_scores
 from tunewise.extras import missing
-from tunewise.prompts import build_messages
+from tunewise.prompts import build_messages, row_system
 from tunewise.retrieval.embeddings import shared_embedder
 from tunewise.retrieval.index import Hit, RetrievalIndex
 from tunewise.rungs.base import Prediction, Prepared, RunContext, answer
@@ -143,7 +143,7 @@ class Rag:
         def prompt_for(ex: Example) -> Messages:
             hits = retriever.retrieve([ex.input])[0]
             return build_messages(ctx.task, ctx.labels, ex.input, shots=shots,
-                                  passages=passages(hits))
+                                  passages=passages(hits), row_system=row_system(ctx.task, ex))
 
         info: dict[str, Any] = {"method": spec.method, "k": spec.k,
                                 "chunk_tokens": spec.chunk_tokens, "overlap": spec.overlap,

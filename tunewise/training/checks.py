@@ -80,4 +80,12 @@ def verdict_notes(result: dict[str, Any]) -> list[str]:
         else:
             notes.append(f"no forgetting beyond the {forgetting['threshold']} threshold "
                          f"({change})")
+        length = forgetting.get("length") or {}
+        if length.get("shifted"):
+            way = "shorter" if length["tuned_mean_tokens"] < length["base_mean_tokens"] else \
+                "longer"
+            notes.append(f"behaviour change: after tuning, general-set answers are {way} "
+                         f"(mean {length['base_mean_tokens']:.1f} -> "
+                         f"{length['tuned_mean_tokens']:.1f} tokens over {length['n']} "
+                         "questions); ability above is scored independently of length")
     return notes

@@ -2,10 +2,20 @@
 
 Base and tuned model answer the same general set, a mix of tasks the adapter never saw
 (arithmetic, facts, word tasks, sentiment, everyday questions), prompted the way the
-``lora`` rung is: the bare question. Items with ``choices`` are answered by log-prob over
-the choices (cheap and robust for a small model); items without are generated and
-compared by exact match. The drop is reported with CIs and a paired test, and flagged
-when it exceeds ``decision.forgetting_threshold``.
+``lora`` rung is: the bare question.
+
+Ability is measured independently of answer length (issue 14: a tuned model "gained" 0.25
+because its answers got shorter and the set was scored by exact match):
+
+- items with ``choices`` are scored as lm-eval scores multiple choice (``acc``): the choice
+  with the highest log-probability is the answer; nothing is generated;
+- items without are generated and count as right when the answer *states* the gold answer
+  (whole words, after normalisation), however short or long the answer is.
+
+The ability change is reported with Wilson CIs and a paired test, and flagged when the drop
+exceeds ``decision.forgetting_threshold``. How long the answers are is reported apart, as a
+behaviour change (``length``): measured on the free-answer items, or on a sample of the
+multiple-choice questions asked openly when the set has none.
 """
 
 from __future__ import annotations
@@ -18,12 +28,16 @@ from typing import Any
 from tunewise.backends.base import CachedBackend
 from tunewise.dataset import read_rows
 from tunewise.errors import TunewiseError
-from tunewise.evaluate import Score, compare, evaluate
+from tunewise.evaluate import Score, compare, contains_answer, interval
 from tunewise.prompts import build_messages
 from tunewise.rungs.base import RunContext
 
 BUNDLED = "demo/general/general.jsonl"
-FREE_ANSWER_TOKENS = 16
+FREE_ANSWER_TOKENS = 32
+LENGTH_PROBE = 20  # questions asked openly to measure answer length when none are free
+LENGTH_SHIFT = 1.5  # tuned/base mean answer length beyond this factor (either way) is flagged
+METHOD = ("multiple-choice items: the choice with the highest log-probability (lm-eval acc); "
+          "free-answer items: the answer states the gold answer")
 
 
 @dataclass(frozen=True)
@@ -64,26 +78,52 @@ def load_general(path: Path | None = None) -> list[GeneralItem]:
     return items
 
 
-def score_general(ctx: RunContext, backend: CachedBackend, items: list[GeneralItem]) -> Score:
-    """One model's score on the general set (exact match of the chosen or generated answer)."""
+@dataclass
+class GeneralScore:
+    """One model on the general set: ability (length-independent) and answer lengths."""
+
+    score: Score
+    lengths: list[int]
+
+
+def score_general(ctx: RunContext, backend: CachedBackend, items: list[GeneralItem]
+                  ) -> GeneralScore:
+    """One model's ability on the general set, and how long its free answers are."""
     prompts = [build_messages(ctx.task, None, it.input, system=False) for it in items]
-    answers: dict[int, str] = {}
+    right: dict[int, float] = {}
     mc = [i for i, it in enumerate(items) if it.choices]
     if mc:
         scored = backend.score([prompts[i] for i in mc], [list(items[i].choices) for i in mc])
         for i, s in zip(mc, scored, strict=True):
             best = max(range(len(s.logprobs)), key=s.logprobs.__getitem__)
-            answers[i] = items[i].choices[best]
+            right[i] = float(items[i].choices[best] == items[i].output)
     free = [i for i, it in enumerate(items) if not it.choices]
-    if free:
-        done = backend.generate([prompts[i] for i in free], FREE_ANSWER_TOKENS, ["\n"])
-        answers.update({i: c.text for i, c in zip(free, done, strict=True)})
-    return evaluate([answers[i] for i in range(len(items))], [it.output for it in items],
-                    "exact_match")
+    # Length is measured on free answers; a set without any asks a few questions openly.
+    asked = free or mc[:LENGTH_PROBE]
+    done = backend.generate([prompts[i] for i in asked], FREE_ANSWER_TOKENS, None)
+    for i, c in zip(asked, done, strict=True):
+        if not items[i].choices:
+            right[i] = float(contains_answer(c.text, items[i].output))
+    per = [right[i] for i in range(len(items))]
+    low, high, method = interval(per)
+    value = sum(per) / len(per) if per else 0.0
+    score = Score("accuracy", value, low, high, len(per), per, method)
+    return GeneralScore(score, [c.completion_tokens for c in done])
 
 
 def _summary(score: Score) -> dict[str, Any]:
     return {"value": score.value, "ci_low": score.ci_low, "ci_high": score.ci_high}
+
+
+def length_shift(base: list[int], tuned: list[int]) -> dict[str, Any]:
+    """Mean answer length before and after tuning; ``shifted`` when it changes by more than
+    :data:`LENGTH_SHIFT` times (a behaviour change, not a change in ability)."""
+    b = sum(base) / len(base) if base else 0.0
+    t = sum(tuned) / len(tuned) if tuned else 0.0
+    ratio = t / b if b else (1.0 if not t else float("inf"))
+    shifted = bool(base) and abs(t - b) >= 2 and not (1 / LENGTH_SHIFT <= ratio <= LENGTH_SHIFT)
+    return {"n": len(base), "base_mean_tokens": b, "tuned_mean_tokens": t,
+            "ratio": ratio if ratio != float("inf") else None, "shifted": shifted}
 
 
 def forgetting_check(ctx: RunContext, tuned: Any) -> dict[str, Any]:
@@ -96,14 +136,20 @@ def forgetting_check(ctx: RunContext, tuned: Any) -> dict[str, Any]:
     spec = ctx.task.lora
     items = load_general(spec.general)
     rung = "forgetting_check"
-    base = score_general(ctx, ctx.backend.for_rung(rung), items)
-    after = score_general(ctx, CachedBackend(tuned, ctx.store, ctx.run_id or None, rung), items)
+    base_run = score_general(ctx, ctx.backend.for_rung(rung), items)
+    after_run = score_general(ctx, CachedBackend(tuned, ctx.store, ctx.run_id or None, rung),
+                              items)
+    base, after = base_run.score, after_run.score
     drop = compare(after.per_example, base.per_example)  # does base beat tuned?
     diff = after.value - base.value
+    length = length_shift(base_run.lengths, after_run.lengths)
     return {
         "set": str(spec.general) if spec.general else "bundled general set",
         "n": len(items),
-        "metric": "exact_match",
+        "metric": "accuracy",
+        "method": METHOD,
+        "length": length,
+        "behaviour_change": length["shifted"],
         "base": _summary(base),
         "tuned": _summary(after),
         "diff": diff,
