@@ -104,7 +104,7 @@ prompts:
     ("  user: 'Ticket: {{ input }'\n", 7, "template syntax error"),
     ("  user: |\n    Ticket: {{ input }}\n    From: {{ customer }}\n", 9,
      "template error: 'customer' is undefined (templates see task, labels, input, shots, "
-     "passages)"),
+     "passages, row_system)"),
     ("  system: \"{{ task.nmae }}\"\n", 7, "has no attribute 'nmae'"),
 ])
 def test_a_template_mistake_is_one_line_naming_the_task_file_line(tmp_path, body, line,
