@@ -69,15 +69,14 @@ def test_every_import_is_declared_in_the_core_or_its_extra() -> None:
 
 
 def test_every_declared_dependency_is_imported() -> None:
-    """Nothing declared goes unused (scipy was, until the Wilson intervals)."""
+    """Nothing declared goes unused (scipy was, until the Wilson intervals of evaluate.py)."""
     project = _project()
     imported = {DIST.get(m, m).replace("_", "-") for m in _third_party_imports()}
     declared = _names(project["dependencies"])
     for extra in ("local", "train", "retrieval", "web"):
         declared |= _names(project["optional-dependencies"][extra])
-    # gguf is read by transformers (the bundled GGUF), never imported by name. scipy: the
-    # Wilson intervals of the metrics branch (issue 19); tighten to {"gguf"} once it is merged.
-    assert declared - imported - {"scipy"} == {"gguf"}
+    # gguf is read by transformers (the bundled GGUF), never imported by name.
+    assert declared - imported == {"gguf"}
 
 
 def test_dev_and_all_pull_every_feature_extra() -> None:
