@@ -252,6 +252,12 @@ def advise(answers: Answers, result: dict[str, Any] | None = None) -> Advice:
         steps += ["start with a LoRA pilot on your examples; hold some out to measure",
                   "compare it with the best few-shot prompt: tunewise run task.yaml --all",
                   "check break-even at your volume: tunewise cost task.yaml"]
+        from tunewise.planner import cpu_training_line, has_gpu
+
+        line = None if has_gpu() else cpu_training_line(examples=n or 500)
+        if line:  # the planner's numbers: what this machine can train, and how long
+            reasons.append(line)
+        steps.append("size the hardware before renting it: tunewise plan --model NAME_OR_SIZE")
     elif knowledge:
         rec, approach = "rag", ["retrieval (RAG)", "system prompt"]
         headline = "Use retrieval (RAG); do not fine-tune for facts."

@@ -850,6 +850,35 @@ def train(
                   f"{summary['final_loss']:.3f}, dev loss {summary['dev_loss']}")
 
 
+# ---- plan (issue 19) -----------------------------------------------------------------------
+@app.command("plan")
+def plan_cmd(
+    model: Annotated[str | None, typer.Option(
+        help="Model: bundled name, model folder, cached hub id, Llama-3-8B, or a size (7b); "
+             "default: the task's model, else smollm2-135m.")] = None,
+    task: Annotated[Path | None, typer.Option(
+        help="task.yaml: sequence length, batch size and epoch size from its data.")] = None,
+    params: Annotated[float | None, typer.Option(help="Parameter count, e.g. 7e9.")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="Tokens per sequence at peak.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences per micro-batch.")] = None,
+    checkpointing: Annotated[bool | None, typer.Option(
+        "--checkpointing/--no-checkpointing", help="Assume gradient checkpointing.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Memory and time to fine-tune (full, LoRA, QLoRA) or serve a model, and which GPU
+    sizes fit, from the model's config alone (no weights are loaded)."""
+    from tunewise.planner import plan_report, render
+
+    spec = _load(task) if task is not None else None
+    model = model or (spec.backend.model if spec is not None else "smollm2-135m")
+    report = plan_report(model, spec, params, {"seq_len": seq_len, "batch_size": batch_size,
+                                               "checkpointing": checkpointing})
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        render(report, console)
+
+
 # ---- freshness test (issue 5) --------------------------------------------------------------
 @app.command()
 def freshness(

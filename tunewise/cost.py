@@ -259,6 +259,12 @@ def rung_cost(rung: dict[str, Any], task: TaskSpec, price: Price, volume: int,
         parts["evaluation"] = eval_calls * req["usd"]
         basis.append(f"evaluation: {eval_calls} calls")
     maintenance = 0.0
+    hosting = 0.0
+    if tuned and (rung.get("info") or {}).get("separate_model") and hourly is not None:
+        # an adapter is served on the base model's deployment; a fully tuned model is a
+        # model of its own: one more replica, around the clock
+        hosting = 24 * hourly
+        basis.append(f"hosting: a separate model, one more replica at ${hourly}/h x 24 h")
     if tuned and spec.retrain_every_days:
         maintenance = (parts["training"] + parts["compute"]) / spec.retrain_every_days
         basis.append(f"retraining every {spec.retrain_every_days:g} days")
@@ -269,8 +275,8 @@ def rung_cost(rung: dict[str, Any], task: TaskSpec, price: Price, volume: int,
         "name": rung["name"], "family": family, "value": rung["value"],
         "per_request": req["usd"], "per_1k": req["usd"] * 1000, "request": req,
         "upfront": sum(parts.values()), "upfront_parts": parts,
-        "maintenance_per_day": maintenance,
-        "daily": volume * req["usd"] + maintenance,
+        "maintenance_per_day": maintenance, "hosting_per_day": hosting,
+        "daily": volume * req["usd"] + maintenance + hosting,
         "latency_ms": rung.get("latency_ms", {}), "basis": basis,
     }
 
@@ -375,6 +381,7 @@ def estimate_run(plan: Plan) -> dict[str, Any]:
     """
     from tunewise.ladder import estimate_breakdown
     from tunewise.prompts import system_message
+    from tunewise.rungs.base import FAMILY
 
     task, ctx = plan.task, plan.ctx
     backend = ctx.backend
@@ -402,6 +409,7 @@ def estimate_run(plan: Plan) -> dict[str, Any]:
         "few_shot_knn": query + system + task.few_shot.k * shot,
         "few_shot_best": query + system + task.few_shot.best_max * shot,
         "rag": rag, "lora": query, "lora_system_prompt": query + system, "lora_rag": rag,
+        "full_ft": query, "dpo": query,
     }
     answer = _mean_tokens(backend, [e.output for e in train])
     if ctx.labels:
@@ -414,7 +422,7 @@ def estimate_run(plan: Plan) -> dict[str, Any]:
     rungs: dict[str, dict[str, float]] = {}
     for name in plan.rungs:
         tokens = {"prompt_mean": prompt.get(name, query + system), "completion_mean": completion}
-        tuned = name.startswith("lora")
+        tuned = FAMILY.get(name) == "fine_tuning"
         usd = calls[name] * request_cost(tokens, price, tuned)["usd"]
         if tuned:
             train_tokens = n_train * task.lora.epochs * (query + answer)

@@ -201,6 +201,11 @@ def load_examples(task: TaskSpec) -> list[Example]:
     for line, row in rows:
         inp = _text_field(row, spec.input, spec.path, line)
         out = label_text(_text_field(row, spec.output, spec.path, line))
+        if spec.rejected and (row.get(spec.rejected) is None
+                              or is_blank(str(row[spec.rejected]))):
+            raise TunewiseError(f"field '{spec.rejected}' is missing or empty: every row needs "
+                                "a rejected answer for the dpo rung (data.rejected)",
+                                path=spec.path, line=line, field=spec.rejected)
         if spec.system and spec.system not in row:
             raise TunewiseError(f"field '{spec.system}' (data.system) is missing", path=spec.path,
                                 line=line, field=spec.system)
@@ -390,7 +395,8 @@ def check_data(examples: list[Example], split: Split, task: TaskSpec) -> DataRep
             f"only {n_train} training examples; fine-tuning needs at least "
             f"{min_ft} and is not offered (collect more, keep prompting)"
         )
-        blocks.update(dict.fromkeys(("lora", "lora_rag", "lora_system_prompt"), reason))
+        blocks.update(dict.fromkeys(("lora", "lora_rag", "lora_system_prompt", "full_ft", "dpo"),
+                                    reason))
     elif n_train < warn_ft:
         notes.append(
             f"{n_train} training examples: enough to try fine-tuning, but results under "

@@ -39,7 +39,7 @@ from tunewise.latency import single_request_latency, throughput
 from tunewise.results import SCHEMA_VERSION, check_result
 from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable, get_rung
 from tunewise.store import Store
-from tunewise.task import RUNG_ORDER, TaskSpec
+from tunewise.task import OPT_IN_RUNGS, RUNG_ORDER, TaskSpec
 
 
 @dataclass
@@ -65,8 +65,10 @@ class Plan:
 
 
 def default_rungs(task: TaskSpec) -> list[str]:
-    """Every rung in ladder order (requirements are checked per rung later)."""
-    return [r for r in RUNG_ORDER if r in (task.rungs or RUNG_ORDER)]
+    """Every rung in ladder order (requirements are checked per rung later); the opt-in
+    rungs (full_ft, dpo) only when the task names them."""
+    default = [r for r in RUNG_ORDER if r not in OPT_IN_RUNGS]
+    return [r for r in RUNG_ORDER if r in (task.rungs or default)]
 
 
 def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
@@ -188,9 +190,16 @@ def estimate_breakdown(plan: Plan) -> dict[str, int]:
         from tunewise.training.forgetting import load_general
 
         try:
-            out["forgetting"] = 2 * len(load_general(task.lora.general))
+            general = len(load_general(task.lora.general))
         except TunewiseError:
-            out["forgetting"] = 0  # the check reports its own error and makes no call
+            general = 0  # the check reports its own error and makes no call
+        # the base model, the lora adapter (also dpo's start), each model of its own
+        sft = any(n.startswith("lora") for n in tuned) or (
+            "dpo" in tuned and task.dpo.start_from == "sft")
+        models = sft + sum(n in tuned for n in ("full_ft", "dpo"))
+        out["forgetting"] = (1 + models) * general
+    if "dpo" in plan.rungs:  # preference accuracy: base, supervised (if any) and dpo models
+        out["preference_check"] = (2 + sft) * n_test
     if task.freshness.run and task.freshness.rung in plan.rungs and plan.ctx.corpus:
         out["freshness"] = _freshness_calls(plan)
     return out

@@ -41,8 +41,12 @@ RungName = Literal[
     "lora",
     "lora_rag",
     "lora_system_prompt",
+    "full_ft",
+    "dpo",
 ]
 RUNG_ORDER: tuple[str, ...] = RungName.__args__  # type: ignore[attr-defined]
+# Rungs that run only when named (rungs: or --rungs): each trains a model of its own.
+OPT_IN_RUNGS: tuple[str, ...] = ("full_ft", "dpo")
 
 SEED_MAX = 2**32 - 1  # numpy and torch seeds: non-negative, at most 32 bits
 MAX_YAML_VALUES = 100_000
@@ -88,6 +92,9 @@ class DataSpec(Strict):
     input: str = Field("input", description="Field (column) holding the model input.")
     output: str = Field("output", description="Field (column) holding the expected output.")
     id: str | None = Field(None, description="Optional field with a stable example id.")
+    rejected: str | None = Field(
+        None, description="Field holding a rejected (worse) answer beside the output: "
+        "preference pairs for the dpo rung. Every row must have one.")
     system: str | None = Field(
         None,
         description="Optional field holding each row's own system prompt (e.g. your production "
@@ -418,6 +425,22 @@ class LoraSpec(Strict):
         None, ge=0, le=1,
         description="Alias of decision.forgetting_threshold (resolved to its value).",
     )
+    full_lr: float = Field(
+        5e-5, gt=0, description="Peak learning rate of the full_ft rung (every weight trained; "
+        "LoRA's rate would wreck pretrained weights). Epochs, batches, schedule: as above."
+    )
+
+
+class DpoSpec(Strict):
+    """Preference tuning (the dpo rung): DPO (Rafailov et al. 2023) on data.rejected pairs."""
+
+    start_from: Literal["sft", "base"] = Field(
+        "sft", description="sft: on top of the lora rung's adapter (merged); base: the base model."
+    )
+    beta: float = Field(0.1, gt=0, description="DPO temperature: how far from the reference.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate of the DPO adapter.")
+    epochs: int = Field(1, ge=1, le=20, description="Passes over the preference pairs.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
 
 
 def _one_scoring_rule(specs: list[BackendSpec]) -> None:
@@ -488,6 +511,7 @@ class TaskSpec(Strict):
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description="Spend limits.")
     few_shot: FewShotSpec = Field(default_factory=FewShotSpec, description="Few-shot settings.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="Fine-tuning settings.")
+    dpo: DpoSpec = Field(default_factory=DpoSpec, description="Preference tuning settings.")
     cost: CostSpec = Field(default_factory=CostSpec, description="Prices and cost assumptions.")
     decision: DecisionSpec = Field(
         default_factory=DecisionSpec,
@@ -527,6 +551,16 @@ class TaskSpec(Strict):
             seen[label] = i
         if len(value) < 2:
             raise ValueError("needs at least two distinct labels")
+        return value
+
+    @field_validator("rungs")
+    @classmethod
+    def _dpo_needs_pairs(cls, value: list[str] | None, info: ValidationInfo
+                         ) -> list[str] | None:
+        data = info.data.get("data")
+        if value and "dpo" in value and data is not None and data.rejected is None:
+            raise ValueError("the dpo rung needs preference data: set data.rejected to the "
+                             "field holding the rejected answer of each row")
         return value
 
     @model_validator(mode="after")

@@ -32,11 +32,14 @@ REGISTRY: dict[str, str] = {
     "lora": "tunewise.rungs.lora:Lora",
     "lora_rag": "tunewise.rungs.lora:LoraRag",
     "lora_system_prompt": "tunewise.rungs.lora:LoraSystemPrompt",
+    "full_ft": "tunewise.rungs.full_ft:FullFt",
+    "dpo": "tunewise.rungs.dpo:Dpo",
 }
 FAMILY: dict[str, str] = {
     "zero_shot": "prompting", "system_prompt": "prompting", "few_shot_random": "prompting",
     "few_shot_knn": "prompting", "few_shot_best": "prompting", "rag": "retrieval",
     "lora": "fine_tuning", "lora_rag": "fine_tuning", "lora_system_prompt": "fine_tuning",
+    "full_ft": "fine_tuning", "dpo": "fine_tuning",
 }
 
 

@@ -68,6 +68,10 @@ class Tuned:
             "resumed_from_step": log.get("resumed_from_step", []),
             "precision": log.get("precision"),
             "device": log.get("device"),
+            "method": log.get("method", "lora"),
+            "trainable_params": log.get("trainable_params"),
+            "peak_rss_mb": log.get("peak_rss_mb"),
+            "artefact_bytes": log.get("artefact_bytes"),
             "adapter_key": self.adapter.key,
             "adapter_path": str(self.adapter.path),
             "trained_now": self.adapter.trained_now,
@@ -110,10 +114,13 @@ def training_stop(log: dict[str, Any], max_steps: int | None) -> dict[str, Any]:
 
 
 def train_adapter(ctx: RunContext, train: list[Example], label: str = "lora",
-                  on_step: Any = None) -> tuple[Any, int]:
+                  on_step: Any = None, spec: Any = None, full: bool = False
+                  ) -> tuple[Any, int]:
     """The cached adapter for ``train`` (training or resuming when it is not finished).
 
-    Returns the adapter and how many examples were too long to train on.
+    ``spec`` overrides the task's ``lora:`` settings; ``full`` trains every weight instead
+    of an adapter (the ``full_ft`` rung). Returns the adapter and how many examples were
+    too long to train on.
     """
     from tunewise.backends.local import resolve_model
     from tunewise.training.adapters import train_or_load
@@ -123,7 +130,7 @@ def train_adapter(ctx: RunContext, train: list[Example], label: str = "lora",
     if base is None:
         raise TunewiseError("fine-tuning needs the local backend (the model's weights)",
                             field="backend.kind")
-    spec = ctx.task.lora
+    spec = spec or ctx.task.lora
     feats, skipped = encode_all(base, [train_prompt(ctx, e) for e in train],
                                 [e.output for e in train], spec.max_length)
     dev, _ = encode_all(base, [train_prompt(ctx, e) for e in ctx.split.dev],
@@ -132,7 +139,8 @@ def train_adapter(ctx: RunContext, train: list[Example], label: str = "lora",
         ctx.log(f"{label}: {skipped} training examples are longer than lora.max_length="
                 f"{spec.max_length} tokens and were skipped")
     adapter = train_or_load(base.id, resolve_model(base.name), spec, feats, dev,
-                            base.tok.pad_token_id, label=label, log=ctx.log, on_step=on_step)
+                            base.tok.pad_token_id, label=label, log=ctx.log, on_step=on_step,
+                            full=full)
     return adapter, skipped
 
 
@@ -151,8 +159,8 @@ def load_tuned(ctx: RunContext, adapter: Any) -> Any:
     return backend
 
 
-def main_adapter(ctx: RunContext, on_step: Any = None) -> tuple[Any, int]:
-    """The task's adapter on all training examples, with the guard rails on data size.
+def check_examples(ctx: RunContext, label: str = "lora") -> None:
+    """The guard rails on data size every fine-tuning rung shares.
 
     Raises:
         TunewiseError: fewer training examples than ``decision.min_examples``.
@@ -163,7 +171,17 @@ def main_adapter(ctx: RunContext, on_step: Any = None) -> tuple[Any, int]:
                             f"{spec.min_examples} (collect more, or keep prompting)",
                             field="decision.min_examples")
     if n < spec.warn_examples:
-        ctx.log(f"lora: {n} training examples; under {spec.warn_examples} results are fragile")
+        ctx.log(f"{label}: {n} training examples; under {spec.warn_examples} results are "
+                f"fragile")
+
+
+def main_adapter(ctx: RunContext, on_step: Any = None) -> tuple[Any, int]:
+    """The task's adapter on all training examples, with the guard rails on data size.
+
+    Raises:
+        TunewiseError: fewer training examples than ``lora.min_examples``.
+    """
+    check_examples(ctx)
     return train_adapter(ctx, ctx.split.train, on_step=on_step)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,12 +33,15 @@ def adapter_root() -> Path:
 
 
 def adapter_key(base_id: str, spec: LoraSpec, train: Sequence[Feature],
-                dev: Sequence[Feature]) -> str:
-    """Content address of an adapter: model, settings, and the data it learns from."""
+                dev: Sequence[Feature], full: bool = False) -> str:
+    """Content address of an adapter (or fully tuned model, ``full``): model, settings, and
+    the data it learns from."""
     settings = spec.model_dump(mode="json", include=TRAINING_FIELDS)
-    blob = json.dumps([TRAINER_VERSION, base_id, settings, fingerprint(train), fingerprint(dev)],
-                      sort_keys=True)
-    return "lora-" + hashlib.sha256(blob.encode()).hexdigest()[:20]
+    parts: list[Any] = [TRAINER_VERSION, base_id, settings, fingerprint(train), fingerprint(dev)]
+    if full:
+        parts.append("full")
+    blob = json.dumps(parts, sort_keys=True)
+    return ("full-" if full else "lora-") + hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 @dataclass
@@ -70,15 +74,17 @@ def finished(path: Path) -> dict[str, Any] | None:
 def train_or_load(base_id: str, base_path: str, spec: LoraSpec, train: Sequence[Feature],
                   dev: Sequence[Feature], pad_id: int, *, label: str = "lora",
                   progress: bool = True, log: Callable[[str], None] = print,
-                  on_step: Callable[[LoraTrainer], None] | None = None) -> Adapter:
+                  on_step: Callable[[LoraTrainer], None] | None = None,
+                  full: bool = False) -> Adapter:
     """The cached adapter for this data and these settings, training (or resuming) if needed.
 
     A file lock keeps two processes from training the same adapter at once; the second
-    waits and then loads what the first trained.
+    waits and then loads what the first trained. ``full`` trains every weight instead of an
+    adapter (the folder then holds a whole model).
     """
     from filelock import FileLock
 
-    key = adapter_key(base_id, spec, train, dev)
+    key = adapter_key(base_id, spec, train, dev, full)
     path = adapter_root() / key
     done = finished(path)
     if done is not None:
@@ -89,15 +95,24 @@ def train_or_load(base_id: str, base_path: str, spec: LoraSpec, train: Sequence[
         if done is not None:
             return Adapter(path, key, done, False)
         trainer = LoraTrainer(base_path, spec, train, dev, path, pad_id, label=label,
-                              progress=progress, log=log, on_step=on_step)
+                              progress=progress, log=log, on_step=on_step, full=full)
         history = trainer.train()
     return Adapter(path, key, history, True)
 
 
 def copy_adapter(adapter: Adapter, dest: Path) -> Path:
-    """Copy a finished adapter and its log into a run's folder (the per-run record)."""
+    """Copy a finished adapter and its log into a run's folder (the per-run record).
+
+    Files are hard-linked where the file system allows (a fully tuned model is as large as
+    the model, and a finished cache folder is never written again), else copied.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     for item in adapter.path.iterdir():
         if item.is_file() and not item.name.startswith(CHECKPOINT):
-            shutil.copy2(item, dest / item.name)
+            target = dest / item.name
+            target.unlink(missing_ok=True)
+            try:
+                os.link(item, target)
+            except OSError:
+                shutil.copy2(item, target)
     return dest

@@ -24,18 +24,40 @@ def after_ladder(ctx: RunContext, results: list[dict[str, Any]]) -> dict[str, An
     from tunewise.training.curve import learning_curve
     from tunewise.training.forgetting import forgetting_check
 
+    def forgetting(backend: Any) -> dict[str, Any]:
+        try:
+            return forgetting_check(ctx, backend)
+        except TunewiseError as exc:
+            ctx.log(f"forgetting check skipped: {exc}")
+            return {"error": str(exc)}
+
+    done = {r["name"]: r for r in results if r.get("status") == "done"}
+    for name in ("full_ft", "dpo"):  # models of their own: their own forgetting check
+        if name in done and name in ctx.shared:
+            done[name]["info"]["forgetting"] = forgetting(ctx.shared[name].backend)
+    if "dpo" in done and "dpo" in ctx.shared:
+        from tunewise.rungs.dpo import preference_check
+
+        done["dpo"]["info"]["preference"] = preference_check(ctx)
+    if "full_ft" in done and "lora" in done:
+        done["full_ft"]["info"]["vs_lora"] = paired(ctx, "lora", "full_ft")
     tuned = ctx.shared.get("lora")
     if tuned is None:
         return {}
-    lora = next((r for r in results if r["name"] == "lora" and r["status"] == "done"), None)
+    lora = done.get("lora")
     if lora is not None and ctx.task.lora.curve:
         lora["info"]["learning_curve"] = learning_curve(ctx, lora)
-    try:
-        forgetting = forgetting_check(ctx, tuned.backend)
-    except TunewiseError as exc:
-        ctx.log(f"forgetting check skipped: {exc}")
-        forgetting = {"error": str(exc)}
-    return {"forgetting": forgetting}
+    return {"forgetting": forgetting(tuned.backend)}
+
+
+def paired(ctx: RunContext, a: str, b: str) -> dict[str, Any]:
+    """Paired bootstrap of rung ``b`` against rung ``a`` on the test items both answered, in
+    the task's metric (diff = b - a, its 95% CI, two-sided p), from the stored rows."""
+    from tunewise.comparisons import paired_bootstrap
+
+    rows = {name: {str(r["example_id"]): dict(r) for r in ctx.store.predictions(ctx.run_id, name)}
+            for name in (a, b)}
+    return {"a": a, "b": b, **paired_bootstrap(rows[a], rows[b], ctx.task.metric)}
 
 
 def _pct(x: float) -> str:
@@ -64,6 +86,7 @@ def verdict_notes(result: dict[str, Any]) -> list[str]:
         else:
             notes.append(f"lora stays below the target {target} and has levelled off; more of "
                          f"the same examples is unlikely to close the gap (curve {shape})")
+    notes += full_ft_notes(result) + dpo_notes(result)
     forgetting = result.get("forgetting") or {}
     cited = next((c for c in (result.get("verdict") or {}).get("comparisons", [])
                   if c.get("purpose", "").startswith("forgetting")), None)
@@ -89,3 +112,49 @@ def verdict_notes(result: dict[str, Any]) -> list[str]:
                          f"{length['tuned_mean_tokens']:.1f} tokens over {length['n']} "
                          "questions); ability above is scored independently of length")
     return notes
+
+
+def _mb(n: Any) -> str:
+    return f"{n / 2**20:,.1f} MB" if isinstance(n, int | float) else "?"
+
+
+def full_ft_notes(result: dict[str, Any]) -> list[str]:
+    """Is LoRA enough? LoRA against the full fine-tune: quality (CI, paired test), time,
+    memory and what each leaves behind to host."""
+    by = {r["name"]: r for r in result["rungs"] if r.get("status") == "done"}
+    full, lora = by.get("full_ft"), by.get("lora")
+    if full is None or lora is None:
+        return []
+    fi, li = full.get("info", {}), lora.get("info", {})
+    vs = fi.get("vs_lora") or {}
+    costs = (f"artefact {_mb(fi.get('artefact_bytes'))} vs {_mb(li.get('artefact_bytes'))}, "
+             f"training {fi.get('train_seconds') or 0:.0f} s vs {li.get('train_seconds') or 0:.0f}"
+             f" s, peak RSS {fi.get('peak_rss_mb') or 0:,.0f} vs "
+             f"{li.get('peak_rss_mb') or 0:,.0f} MB")
+    scores = (f"lora {_pct(lora['value'])} vs full_ft {_pct(full['value'])} "
+              f"[{_pct(full['ci_low'])}, {_pct(full['ci_high'])}]")
+    test = (f"; paired diff {vs['diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}], "
+            f"{p_text(vs['p'])}" if vs else "")
+    if full["ci_low"] <= lora["value"]:
+        return [f"lora is within the confidence interval of the full fine-tune ({scores}"
+                f"{test}): the full fine-tune is not worth its cost ({costs})"]
+    return [f"the full fine-tune beats lora beyond its confidence interval ({scores}{test}); "
+            f"weigh that against its cost ({costs}) and hosting a model of its own"]
+
+
+def dpo_notes(result: dict[str, Any]) -> list[str]:
+    """What preference tuning bought: test-pair preference accuracy before and after."""
+    dpo = next((r for r in result["rungs"] if r["name"] == "dpo" and r.get("status") == "done"),
+               None)
+    pref = (dpo or {}).get("info", {}).get("preference")
+    if not pref:
+        return []
+    acc = ", ".join(f"{k} {_pct(v['accuracy'])} [{_pct(v['ci_low'])}, {_pct(v['ci_high'])}]"
+                    for k, v in pref.items() if isinstance(v, dict))
+    start = pref.get("sft") or pref["base"]
+    gain = pref["dpo"]["accuracy"] - start["accuracy"]
+    verdict = ("dpo prefers the chosen answers more often than the model it started from"
+               if pref["dpo"]["ci_low"] > start["accuracy"] else
+               "dpo's preference accuracy is within the noise of the model it started from")
+    return [f"{verdict} (preference accuracy on {pref['n']} test pairs: {acc}; change "
+            f"{gain:+.3f}); task metric {_pct(dpo['value'])}"]

@@ -97,6 +97,22 @@ def length_batches(lengths: Sequence[int], batch_size: int, seed: int,
     return [batches[i] for i in perm]
 
 
+def shard_batches(batches: Sequence[list[int]], world: int, rank: int) -> list[list[int]]:
+    """Rank ``rank``'s share of an epoch's micro-batches, for ``world`` processes.
+
+    Every rank gets the same number of batches, and at least one: a rank with none (or one
+    fewer) would skip a collective (gradient all-reduce) the others wait in, and the run
+    would hang. The list is padded by wrapping around to a multiple of ``world`` (as
+    torch's DistributedSampler pads), so every batch is trained on each epoch and at most
+    ``world - 1`` batches twice.
+    """
+    if world <= 1 or not batches:
+        return [list(b) for b in batches]
+    per_rank = -(-len(batches) // world)  # ceil
+    padded = [batches[i % len(batches)] for i in range(per_rank * world)]
+    return [list(b) for b in padded[rank::world]]
+
+
 def collate(features: Sequence[Feature], pad_id: int) -> dict[str, Any]:
     """Right-padded tensors: input_ids, attention_mask, labels (padding masked)."""
     import torch

@@ -28,7 +28,7 @@ from typing import Any
 
 from tunewise.errors import TunewiseError
 from tunewise.task import LoraSpec
-from tunewise.training.features import IGNORE, Feature, collate, length_batches
+from tunewise.training.features import IGNORE, Feature, collate, length_batches, shard_batches
 
 TRAINER_VERSION = "1"  # bump when training semantics change: part of the adapter cache key
 CHECKPOINT = "checkpoint.pt"
@@ -41,7 +41,8 @@ StepHook = Callable[["LoraTrainer"], None]
 
 
 def _loss_module(model: Any) -> Any:
-    """Wrap a peft model so forward returns (sum of answer-token losses, answer tokens)."""
+    """Wrap a model (peft, or plain for a full fine-tune) so forward returns (sum of
+    answer-token losses, answer tokens)."""
     import torch
     import torch.nn.functional as F
 
@@ -51,7 +52,7 @@ def _loss_module(model: Any) -> Any:
         def __init__(self, inner: Any) -> None:
             super().__init__()
             self.inner = inner
-            base = inner.get_base_model()
+            base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
             self.fast = getattr(base.config, "model_type", "") in PLAIN_HEAD
             self.base = base
 
@@ -107,8 +108,20 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
 class LoraTrainer:
     """Trains one LoRA adapter on a base model folder and saves it in ``out_dir``.
+
+    With ``full=True`` the same loop trains every weight of the model instead (no adapter)
+    and saves the whole model, with its tokenizer, as a loadable model folder.
 
     Args:
         base_model: a transformers model folder (or hub id when online).
@@ -120,12 +133,17 @@ class LoraTrainer:
         progress: draw a rich progress bar on stderr.
         log: one-line messages (warnings, resume notices).
         on_step: called after every optimizer step (tests use it to interrupt).
+        full: train all weights (a full fine-tune) rather than a LoRA adapter.
+        check_memory: refuse, before loading, a model the planner says will not fit.
     """
+
+    sequences_per_item = 1  # sequences one training item puts in a batch (a DPO pair: 2)
 
     def __init__(self, base_model: str, spec: LoraSpec, train: Sequence[Feature],
                  dev: Sequence[Feature], out_dir: Path, pad_id: int, *, label: str = "lora",
                  progress: bool = True, log: Callable[[str], None] = print,
-                 on_step: StepHook | None = None) -> None:
+                 on_step: StepHook | None = None, full: bool = False,
+                 check_memory: bool = True) -> None:
         if not train:
             raise TunewiseError("no training examples left to train on", field="lora")
         self.base_model = base_model
@@ -138,6 +156,8 @@ class LoraTrainer:
         self.show_progress = progress
         self.log = log
         self.on_step = on_step
+        self.full = full
+        self.check_memory = check_memory
         self.stop_requested = False
         self.step = 0
         self.last_loss = math.nan
@@ -160,9 +180,11 @@ class LoraTrainer:
         self.accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
         self.precision = "bf16" if bf16 else "fp32"
         kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if bf16 else torch.float32}
-        if self.spec.qlora and not cuda:
+        if self.spec.qlora and not cuda and not self.full:
             self.log("lora.qlora needs CUDA; training the full-precision model on CPU instead")
-        qlora = self.spec.qlora and cuda
+        qlora = self.spec.qlora and cuda and not self.full
+        if self.check_memory:
+            self._check_fits("full" if self.full else "qlora" if qlora else "lora", cuda)
         if qlora:
             try:
                 from transformers import BitsAndBytesConfig
@@ -179,11 +201,18 @@ class LoraTrainer:
         except (OSError, ImportError) as exc:
             raise TunewiseError(f"cannot load model for training ({exc})".splitlines()[0],
                                 field="backend.model") from None
+        model = self._prepare_base(model)
         if qlora:
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model.config.use_cache = False
+        if self.full:  # every weight trainable, no adapter
+            self.peft_model = model
+            self.params = [p for p in model.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.AdamW(self.params, lr=self.spec.lr, weight_decay=0.0)
+            self.module = self.accelerator.prepare(self._make_module(model))
+            return
         torch.manual_seed(self.spec.seed)  # the adapter's initial weights
         config = LoraConfig(r=self.spec.r, lora_alpha=self.spec.alpha,
                             lora_dropout=self.spec.dropout,
@@ -195,7 +224,26 @@ class LoraTrainer:
             raise TunewiseError(f"{exc}".splitlines()[0], field="lora.target_modules") from None
         self.params = [p for p in self.peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.spec.lr, weight_decay=0.0)
-        self.module = self.accelerator.prepare(_loss_module(self.peft_model))
+        self.module = self.accelerator.prepare(self._make_module(self.peft_model))
+
+    def _prepare_base(self, model: Any) -> Any:
+        """The model the adapter is trained on (the DPO trainer merges an SFT adapter in)."""
+        return model
+
+    def _make_module(self, model: Any) -> Any:
+        """The module the loop calls: forward gives (loss sum, count) for the features."""
+        return _loss_module(model)
+
+    def _check_fits(self, method: str, cuda: bool) -> None:
+        """The planner's peak-memory estimate against what is free, before any loading."""
+        from tunewise.planner import Workload, check_fits
+
+        lengths = [len(f.input_ids) for f in self.train_feats]
+        work = Workload(seq_len=max(lengths),
+                        batch_size=self.spec.batch_size * self.sequences_per_item,
+                        examples=len(lengths), mean_len=sum(lengths) / len(lengths),
+                        r=self.spec.r, targets=tuple(self.spec.target_modules))
+        check_fits(self.base_model, method, work, "gpu" if cuda else "cpu")
 
     def _plan(self) -> None:
         """Steps per epoch and in total, from the (deterministic) batch layout."""
@@ -216,20 +264,26 @@ class LoraTrainer:
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         """This process's micro-batches for an epoch (same on every run: seed + epoch)."""
         batches = length_batches(self.lengths, self.spec.batch_size, self.spec.seed + epoch)
-        usable = len(batches) // self.world * self.world or len(batches)
-        return batches[self.rank : usable : self.world]
+        return shard_batches(batches, self.world, self.rank)
 
     # ---- checkpoints --------------------------------------------------------------
     def _adapter_state(self) -> dict[str, Any]:
+        """The trained weights: the adapter's, or all of them for a full fine-tune."""
         from peft import get_peft_model_state_dict
 
         model = self.accelerator.unwrap_model(self.module).inner
+        if self.full:
+            return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
 
     def _set_adapter_state(self, state: dict[str, Any]) -> None:
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(self.accelerator.unwrap_model(self.module).inner, state)
+        model = self.accelerator.unwrap_model(self.module).inner
+        if self.full:
+            model.load_state_dict(state)
+            return
+        set_peft_model_state_dict(model, state)
 
     def _save_checkpoint(self) -> None:
         import torch
@@ -441,12 +495,25 @@ class LoraTrainer:
             "device": str(self.accelerator.device),
             "processes": self.world,
             "precision": self.precision,
+            "method": "full" if self.full else "lora",
+            "trainable_params": sum(p.numel() for p in self.params),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
             "config": self.spec.model_dump(mode="json"),
         })
+        if self.accelerator.device.type == "cuda":
+            import torch
+
+            h["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.module).inner
             model.save_pretrained(self.out_dir)
+            if self.full:  # a full model folder is loadable on its own: add the tokenizer
+                from transformers import AutoTokenizer
+
+                AutoTokenizer.from_pretrained(self.base_model).save_pretrained(self.out_dir)
+            h["artefact_bytes"] = sum(f.stat().st_size for f in self.out_dir.iterdir()
+                                      if f.is_file() and f.suffix in (".safetensors", ".bin"))
             write_json(self.out_dir / LOG_FILE, h)
             (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
         return h
