@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import e2e_rows, write_jsonl
+from training_helpers import features, spec
 
-from tunewise.task import LoraSpec
 from tunewise.training.features import IGNORE, Feature, collate, encode_all, length_batches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,19 +27,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(autouse=True)
 def _adapters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNEWISE_ADAPTERS", str(tmp_path / "adapters"))
-
-
-def features(backend, n: int = 24, seed: int = 0) -> list[Feature]:
-    rows = e2e_rows(n, seed)
-    prompts = [[{"role": "user", "content": r["input"]}] for r in rows]
-    feats, skipped = encode_all(backend, prompts, [r["output"] for r in rows], 512)
-    assert skipped == 0
-    return feats
-
-
-def spec(**kw) -> LoraSpec:
-    base = {"epochs": 2, "batch_size": 4, "lr": 5e-3, "patience": 0, "checkpoint_every": 1000}
-    return LoraSpec(**{**base, **kw})
 
 
 # ---- features ---------------------------------------------------------------------------

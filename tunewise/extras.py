@@ -16,7 +16,7 @@ from tunewise.errors import TunewiseError
 
 EXTRAS: dict[str, tuple[str, ...]] = {
     # extra -> the import names it provides (what require() looks for)
-    "local": ("torch", "transformers", "gguf"),
+    "local": ("torch", "transformers", "gguf", "huggingface_hub"),
     "train": ("peft", "accelerate"),
     "retrieval": ("sentence_transformers", "bm25s"),
     "web": ("fastapi", "uvicorn", "starlette"),
