@@ -1,18 +1,19 @@
-"""tunewise's LoRA trainer vs TRL's SFTTrainer: same model, LoRA config and 30 batches.
+"""tunewise's LoRA trainer vs TRL's SFTTrainer: same model, LoRA config and batches.
 
     pip install -e ".[bench]"          # trl
-    python benchmarks/lora_vs_trl.py   # ~10-20 min on 2 CPU cores
+    python benchmarks/lora_vs_trl.py [--steps 30] [--rounds 3] [--threads 1]
 
 Both train SmolLM2-135M-Instruct with LoRA r=8, alpha=16, dropout 0.05 on q/k/v/o, AdamW
-(lr 1e-3 constant, no weight decay, grad-norm clip 1.0), float32 on CPU, on the same 30
-batches of 8 e2e training examples in the same order (tunewise's length-bucketed batches;
-TRL is given them through a sequential sampler), with loss on the answer tokens only.
+(lr 1e-3 constant, no weight decay, grad-norm clip 1.0), float32 on CPU, on the same
+``--steps`` batches of 8 e2e training examples in the same order (tunewise's length-bucketed
+batches; TRL is given them through a sequential sampler), with loss on the answer tokens only.
 TRL runs with gradient checkpointing off (its default is on, which trades time for memory).
 
-Each trainer runs in its own process so peak RSS is its own. Printed: non-padding train
-tokens per second, seconds per step, peak RSS, final train loss (mean of the last 5 steps),
-side by side with the ratio tunewise / TRL. Absolute numbers depend on the machine and its
-load; the ratios, measured in one run, are the result.
+Each training runs in its own process, so peak RSS is its own; the two trainers alternate in
+rounds (TRL, tunewise, then tunewise, TRL, ...) so load drift on a shared machine lands on
+both. Printed per side: non-padding train tokens per second and peak RSS as median [min, max]
+over the rounds, the final train loss (mean of the last 5 steps), and the ratios tunewise /
+TRL paired round by round. Model loading is outside the timed part.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import read_jsonl  # noqa: E402
+from _common import parser, read_jsonl, session, spread  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 E2E = REPO.parent / "shared" / "data" / "e2e_records.jsonl"
-STEPS, BATCH, LR = 30, 8, 1e-3
+BATCH, LR = 8, 1e-3
+STEPS = 30  # set from --steps in each process
 
 
 def batches() -> tuple[object, list[list[object]]]:
@@ -147,39 +149,53 @@ def run_trl(out: Path) -> dict:
             "rss_mb": peak_rss_mb()}
 
 
-def child(impl: str) -> dict:
+def child(impl: str, args: argparse.Namespace) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, __file__, "--impl", impl], env=env,
-                          capture_output=True, text=True)
+    cmd = [sys.executable, __file__, "--impl", impl, "--steps", str(args.steps)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{impl} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impl", choices=["tunewise", "trl"])
-    args = parser.parse_args()
+    global STEPS
+    ap = parser(__doc__, steps=30)
+    ap.add_argument("--impl", choices=["tunewise", "trl"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    STEPS = args.steps
     if args.impl:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory() as tmp:
             run = run_tunewise if args.impl == "tunewise" else run_trl
             print(json.dumps(run(Path(tmp))))
         return
-    results = {impl: child(impl) for impl in ("trl", "tunewise")}
-    rows = []
-    for impl, r in results.items():
-        tail = r["losses"][-5:]
-        rows.append((impl, r["tokens"] / r["seconds"], r["seconds"] / STEPS, r["rss_mb"],
-                     sum(tail) / len(tail), r["losses"][0]))
-    print(f"{STEPS} steps x {BATCH} e2e examples, SmolLM2-135M, LoRA r=8 q/k/v/o, "
-          f"fp32 CPU, {results['trl']['tokens']} non-padding tokens")
-    print(f"{'':10} {'tokens/s':>10} {'s/step':>8} {'peak RSS MB':>12} "
-          f"{'loss(last5)':>12} {'loss(step1)':>12}")
-    for impl, tps, sps, rss, loss, first in rows:
-        print(f"{impl:10} {tps:10.1f} {sps:8.2f} {rss:12.0f} {loss:12.4f} {first:12.4f}")
-    (_, t_tps, t_sps, t_rss, t_loss, _), (_, w_tps, w_sps, w_rss, w_loss, _) = rows
-    print(f"{'ratio':10} {w_tps / t_tps:9.2f}x {w_sps / t_sps:7.2f}x {w_rss / t_rss:11.2f}x "
-          f"{w_loss / t_loss:11.2f}x   (tunewise / TRL)")
+    with session(args):
+        compare_trainers(args)
+
+
+def compare_trainers(args: argparse.Namespace) -> None:
+    runs: dict[str, list[dict]] = {"trl": [], "tunewise": []}
+    for r in range(args.rounds):
+        for impl in ("trl", "tunewise") if r % 2 == 0 else ("tunewise", "trl"):
+            runs[impl].append(child(impl, args))
+    print(f"{STEPS} steps x {BATCH} e2e examples, SmolLM2-135M, LoRA r=8 q/k/v/o, fp32 CPU, "
+          f"{runs['trl'][0]['tokens']} non-padding tokens, {args.rounds} rounds")
+    rates = {k: [x["tokens"] / x["seconds"] for x in v] for k, v in runs.items()}
+    rss = {k: [x["rss_mb"] for x in v] for k, v in runs.items()}
+    for impl in ("trl", "tunewise"):
+        last = [sum(x["losses"][-5:]) / len(x["losses"][-5:]) for x in runs[impl]]
+        print(f"  {impl:<8} tokens/s {spread(rates[impl])}, peak RSS MiB {spread(rss[impl])}, "
+              f"loss (last 5) {spread(last)}, loss (step 1) {runs[impl][0]['losses'][0]:.4f}")
+    speed = [a / b for a, b in zip(rates["tunewise"], rates["trl"], strict=True)]
+    mem = [a / b for a, b in zip(rss["tunewise"], rss["trl"], strict=True)]
+    print(f"  ratio tunewise / TRL: tokens/s {spread(speed)}x (goal >= 2x), "
+          f"peak RSS {spread(mem)}x (goal <= 0.8x)")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import llama_servers, read_jsonl  # noqa: E402
+from _common import llama_servers, read_jsonl, session  # noqa: E402
 
 from tunewise.backends.base import CachedBackend
 from tunewise.backends.openai_compat import OpenAIBackend
@@ -125,7 +125,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args()
 
-    with llama_servers(logits_all=False) as (urls, pids):
+    with session(), llama_servers(logits_all=False) as (urls, pids):
         run(args, urls, pids)
 
 

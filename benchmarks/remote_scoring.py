@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, llama_servers, peak_rss_mib  # noqa: E402
+from _common import SHARED_DATA, llama_servers, peak_rss_mib, session  # noqa: E402
 
 from tunewise.backends.local import LocalBackend
 from tunewise.backends.openai_compat import OpenAIBackend
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=40)
     parser.add_argument("--echo-items", type=int, default=3)
     args = parser.parse_args()
-    with llama_servers(logits_all=True) as (urls, _):
+    with session(), llama_servers(logits_all=True) as (urls, _):
         local = LocalBackend("smollm2-135m")
         bare = LocalBackend("smollm2-135m", score_end_of_turn=False)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _common import read_jsonl  # noqa: E402
+from _common import read_jsonl, session  # noqa: E402
 
 from tunewise.dataset import Document  # noqa: E402
 from tunewise.evaluate import retrieval_scores  # noqa: E402
@@ -120,14 +119,13 @@ def main() -> None:
                     help="also index whole stories (one chunk per story)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    docs, questions = load()
-    show(bench(docs, questions, args.chunk_tokens, args.overlap, args.k,
-               args.latency_sample), args.k)
-    if args.whole_docs:
-        print()
-        show(bench(docs, questions, 100_000, 0, args.k, args.latency_sample), args.k)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS: {peak:.0f} MB")
+    with session():
+        docs, questions = load()
+        show(bench(docs, questions, args.chunk_tokens, args.overlap, args.k,
+                   args.latency_sample), args.k)
+        if args.whole_docs:
+            print()
+            show(bench(docs, questions, 100_000, 0, args.k, args.latency_sample), args.k)
 
 
 if __name__ == "__main__":

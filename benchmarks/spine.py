@@ -1,60 +1,127 @@
-"""Spine benchmark: label-scoring items/s at batch 1 vs batch 8, the whole demo, peak RSS.
+"""Spine benchmark: label scoring at batch 1 vs batch 8, the whole demo, peak RSS per rung.
 
-    python benchmarks/spine.py
+    python benchmarks/spine.py [--items 96] [--rounds 3] [--threads 1] [--skip-demo]
+
+``--items`` below 96 also shrinks the demo's test and dev splits (a quick check).
 
 Targets (issue 3): the whole demo run under 5 minutes and under 3 GiB RSS on 2 cores.
-Timings swing with machine load; the batch ratio is measured within one run.
+Batch 1 and batch 8 score the demo's test items (system_prompt rung) in interleaved rounds;
+then the demo runs once with a cold cache, printing its time, each rung's time and the peak
+RSS of the process when the rung ended (the peak so far: RSS never goes back down here),
+then once more fully cached, in a new process, which must load no model (its time against
+the cold run is the re-run share, goal < 1% on an idle machine).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_rss_mib, timer  # noqa: E402
+from _common import Side, compare, interleave, parser, peak_rss_mib, session  # noqa: E402,I001
 
 
 def main() -> None:
+    ap = parser(__doc__, items=96)
+    ap.add_argument("--skip-demo", action="store_true", help="only the batch comparison")
+    args = ap.parse_args()
+    with session(args):
+        run(args)
+
+
+def run(args) -> None:
     tmp = Path(tempfile.mkdtemp())
     os.environ["TUNEWISE_DB"] = str(tmp / "bench.db")
     from tunewise.backends.local import LocalBackend
     from tunewise.cli import demo_path
-    from tunewise.ladder import run_ladder
+    from tunewise.dataset import load_examples, make_split, task_labels
+    from tunewise.ladder import Hooks, run_ladder
     from tunewise.prompts import build_messages
     from tunewise.store import Store
     from tunewise.task import load_task
 
-    task = load_task(demo_path("symptoms"))
-    from tunewise.dataset import load_examples, make_split, task_labels
-
+    task = shrink(load_task(demo_path("symptoms")), args.items)
     examples = load_examples(task)
     labels = task_labels(task, examples)
-    test = make_split(examples, task).test
+    test = make_split(examples, task).test[: args.items]
     prompts = [build_messages(task, labels, e.input) for e in test]
-    t: dict[str, float] = {}
-    with timer(t, "load"):
-        backend = LocalBackend(task.backend.model, batch_size=1)
-    backend.score(prompts[:4], [labels] * 4)  # warm-up
-    for bs in (1, 8):
-        backend.batch_size = bs
-        with timer(t, f"batch{bs}"):
+    backend = LocalBackend(task.backend.model, batch_size=1)
+    start = time.perf_counter()
+    backend.model  # noqa: B018 (load it now, to time it)
+    load_s = time.perf_counter() - start
+
+    def at(bs: int):
+        def go() -> int:
+            backend.batch_size = bs
             backend.score(prompts, [labels] * len(prompts))
-    n = len(prompts)
-    print(f"label scoring, {n} demo items x {len(labels)} labels (system_prompt rung)")
-    for bs in (1, 8):
-        print(f"  batch {bs}: {n / t[f'batch{bs}']:.1f} items/s")
-    print(f"  batch 8 / batch 1 speed: {t['batch1'] / t['batch8']:.2f}x")
-    with timer(t, "demo"):
-        result = run_ladder(task, Store(), backend=backend, out_dir=tmp / "out", climb_all=True)
-    print(f"whole demo ({len(result['rungs'])} rungs, cold cache): {t['demo']:.0f} s "
-          f"(target < 300 s); model load {t['load']:.1f} s")
+            return len(prompts)
+        return go
+
+    b8, b1 = interleave([Side("batch 8", at(8)), Side("batch 1", at(1))], args.rounds)
+    compare(f"label scoring, {len(prompts)} demo items x {len(labels)} labels "
+            "(system_prompt rung)", b8, b1)
+    if args.skip_demo:
+        return
+    backend.batch_size = task.backend.batch_size
+    marks: dict[str, tuple[float, float]] = {}
+    began = [0.0]
+
+    def end_rung(result: dict) -> None:
+        now = time.perf_counter()
+        marks[result["name"]] = (now - began[0], peak_rss_mib())
+        began[0] = now
+
+    hooks = Hooks(end_rung=end_rung)
+    start = began[0] = time.perf_counter()
+    result = run_ladder(task, Store(), backend=backend, out_dir=tmp / "out", climb_all=True,
+                        hooks=hooks)
+    cold = time.perf_counter() - start
+    print(f"whole demo ({len(result['rungs'])} rungs, cold cache): {cold:.0f} s "
+          f"(target < 300 s); model load {load_s:.1f} s")
     for r in result["rungs"]:
         if r["status"] == "done":
-            print(f"  {r['name']:<16} {r['metric']} {r['value']:.3f}")
+            secs, rss = marks[r["name"]]
+            print(f"  {r['name']:<16} {r['metric']} {r['value']:.3f}  {secs:6.1f} s  "
+                  f"peak RSS so far {rss:6.0f} MiB")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB (target < 3072 MiB)")
+    start = time.perf_counter()
+    again = subprocess.run([sys.executable, "-c", RERUN, str(args.items), str(tmp / "again")],
+                           capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                               [str(Path(__file__).parents[1]), str(Path(__file__).parent)])})
+    warm = time.perf_counter() - start
+    if again.returncode:
+        sys.exit(f"cached re-run failed:\n{again.stderr[-2000:]}")
+    print(f"cached re-run (new process: imports, data, ladder): {warm:.1f} s = "
+          f"{100 * warm / cold:.1f}% of the cold run (goal < 1% on an idle machine); "
+          f"{again.stdout.strip()}")
+
+
+def shrink(task, items: int):
+    """The demo task with at most ``items`` test (and dev) items: its own split when larger."""
+    if items >= task.split.test:
+        return task
+    split = task.split.model_copy(update={"test": items, "dev": min(task.split.dev, items)})
+    return task.model_copy(update={"split": split})
+
+
+RERUN = """
+import sys
+from pathlib import Path
+from spine import shrink
+from tunewise.cli import demo_path
+from tunewise.ladder import run_ladder
+from tunewise.store import Store
+from tunewise.task import load_task
+task = shrink(load_task(demo_path("symptoms")), int(sys.argv[1]))
+result = run_ladder(task, Store(), out_dir=Path(sys.argv[2]), climb_all=True)
+made = sum(r.get("calls_made", 0) for r in result["rungs"])
+print(f"{made} model calls, torch imported: {'torch' in sys.modules}")
+"""
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ class _Model:
 
 def _embedder(cache_dir: Path | None) -> Embedder:
     embedder = Embedder.__new__(Embedder)  # the real class, without loading MiniLM
-    embedder.model, embedder.batch_size, embedder.id = _Model(), 64, "fake"
+    embedder._model, embedder.batch_size, embedder.id = _Model(), 64, "fake"
     embedder.cache_dir, embedder.encoded, embedder._memo = cache_dir, 0, {}
     return embedder
 

@@ -96,6 +96,18 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE runs ADD COLUMN host TEXT
         """,
     ),
+    (
+        # What a cached re-run needs besides answers (token counts, rendered prompts, a
+        # server's last identity), so it loads no model.
+        "003_memo",
+        """
+        CREATE TABLE memo (
+            key TEXT PRIMARY KEY,
+            value_json TEXT NOT NULL,
+            at REAL NOT NULL
+        );
+        """,
+    ),
 ]
 
 
@@ -275,6 +287,26 @@ class Store:
                 ":response_json, :prompt_tokens, :completion_tokens, :latency_s, :created_at)",
                 rows,
             )
+
+    def get_memo(self, keys: list[str]) -> dict[str, Any]:
+        """Remembered values among ``keys``: what a re-run needs besides model answers
+        (token counts, rendered prompts, a server's identity), so it loads no model."""
+        found: dict[str, Any] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(
+                    f"SELECT key, value_json FROM memo WHERE key IN ({marks})", chunk):
+                found[row["key"]] = json.loads(row["value_json"])
+        return found
+
+    def put_memo(self, values: dict[str, Any]) -> None:
+        """Remember values by key (a newer value replaces an older one)."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO memo VALUES (?, ?, ?)",
+                           [(k, json.dumps(v, ensure_ascii=False), now)
+                            for k, v in values.items()])
 
     def log_uses(self, run_id: str, rung: str, uses: list[tuple[str, bool]]) -> None:
         """Note which calls a rung used and whether each came from the cache."""

@@ -220,6 +220,10 @@ class BackendSpec(Strict):
         None, description="openai backend: NAME of the environment variable holding the key."
     )
     batch_size: int = Field(8, ge=1, description="Prompts per forward pass (local backend).")
+    threads: int | None = Field(
+        None, ge=1, description="local backend: torch threads (default: the physical cores). "
+        "On a machine busy with other jobs, 1 is often several times faster.",
+    )
     max_new_tokens: int = Field(48, ge=1, description="Cap on generated tokens per answer.")
     timeout_s: float = Field(
         60.0, gt=0,

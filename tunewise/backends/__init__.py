@@ -21,4 +21,4 @@ def make_backend(spec: BackendSpec) -> Backend:
     from tunewise.backends.local import LocalBackend
 
     return LocalBackend(spec.model, batch_size=spec.batch_size,
-                        score_end_of_turn=spec.score_end_of_turn)
+                        score_end_of_turn=spec.score_end_of_turn, threads=spec.threads)

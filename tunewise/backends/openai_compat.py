@@ -48,7 +48,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
+import json
 import logging
 import os
 import random
@@ -159,6 +161,8 @@ class OpenAIBackend:
         self._grammar = True  # cleared when the server rejects the grammar parameter
         self._counts: dict[str, int] = {}
         self._free: asyncio.Queue[str] | None = None  # servers not held by a scoring job
+        self._store: Any = None  # where server identities are remembered (attach_store)
+        self._unreachable: set[str] = set()  # base URLs that gave no answer to the probe
 
     @property
     def id(self) -> str:
@@ -171,7 +175,7 @@ class OpenAIBackend:
         """
         with self._id_lock:
             if self._id is None:
-                self.servers = self._identify()
+                self.servers = self._recall(self._identify())
                 self._id = f"{self._settings_id}:server={server_key(self.model, self.servers)}"
                 if not all(s["verified"] for s in self.servers):
                     unknown = ", ".join(s["url"] for s in self.servers if not s["verified"])
@@ -180,14 +184,60 @@ class OpenAIBackend:
                         "so cached answers are keyed by base URL and model name only"))
             return self._id
 
+    def attach_store(self, store: Any) -> None:
+        """Remember each server's identity in ``store`` (CachedBackend calls this), so a
+        cached re-run with the server down still finds its answers (see :meth:`_recall`)."""
+        self._store = store
+
+    def _identity_key(self, url: str) -> str:
+        blob = json.dumps(["openai-identity", url, self.model], ensure_ascii=True)
+        return "identity:" + hashlib.sha256(blob.encode()).hexdigest()
+
+    def _recall(self, servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Servers that did not answer at all take the identity they gave when last probed
+        (one log line says so); servers that answered and named their model are remembered.
+
+        Without this, a re-run whose answers are all cached would miss the cache only
+        because the server is down: its id would fall back to the unverified URL-and-name
+        form. A server that answers is never overridden: new weights give a new id.
+        """
+        store = self._store
+        if store is None:
+            return servers
+        keys = {s["url"]: self._identity_key(s["url"]) for s in servers}
+        down = [s["url"] for s in servers if s["url"] in self._unreachable]
+        memory = store.get_memo([keys[u] for u in down]) if down else {}
+        out, used = [], []
+        for server in servers:
+            known = memory.get(keys[server["url"]])
+            if server["url"] in self._unreachable and known:
+                out.append(known["identity"])
+                used.append(f"{server['url']} (as probed "
+                            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(known['at']))})")
+            else:
+                out.append(server)
+        if used:
+            log.warning("%s", redact("server unreachable; cached answers are looked up under "
+                                     "the identity it last gave: " + ", ".join(used)))
+        fresh = {keys[s["url"]]: {"identity": s, "at": time.time()} for s in servers
+                 if s["verified"] and s["url"] not in self._unreachable}
+        if fresh:
+            store.put_memo(fresh)
+        return out
+
     def _identify(self) -> list[dict[str, Any]]:
-        """Each base URL's identity (see :func:`server_identity`), its probes concurrent."""
+        """Each base URL's identity (see :func:`server_identity`), its probes concurrent.
+        A URL none of whose probes got any answer is noted in ``_unreachable``."""
 
         async def probe(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
             root = self._root(url)
+            failed: list[str] = []
             models, props, tags = await asyncio.gather(
-                self._get_json(client, url + "/models"), self._get_json(client, root + "/props"),
-                self._get_json(client, root + "/api/tags"))
+                self._get_json(client, url + "/models", failed=failed),
+                self._get_json(client, root + "/props", failed=failed),
+                self._get_json(client, root + "/api/tags", failed=failed))
+            if len(failed) == 3:
+                self._unreachable.add(url)
             if models is not None:
                 self._features.setdefault("models", models)
             return server_identity(url, self.model, models, props, tags)
@@ -352,11 +402,15 @@ class OpenAIBackend:
             self._free.put_nowait(url)
 
     async def _get_json(self, client: httpx.AsyncClient, url: str,
-                        body: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """One un-retried request; its JSON object, or None for any failure."""
+                        body: dict[str, Any] | None = None,
+                        failed: list[str] | None = None) -> dict[str, Any] | None:
+        """One un-retried request; its JSON object, or None for any failure (``failed``
+        collects the URLs that got no answer: timeout, connection error, 429 or 5xx)."""
         try:
             resp = await self._send(client, url, body)
         except _Retryable:
+            if failed is not None:
+                failed.append(url)
             return None
         if resp.status_code != 200:
             return None

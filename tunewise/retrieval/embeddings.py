@@ -45,10 +45,8 @@ class Embedder:
     """Encode texts to normalised vectors, with an on-disk memo keyed by text hash."""
 
     def __init__(self, cache_dir: Path | None = None, batch_size: int = 64) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(str(model_path()), device="cpu")
+        model_path()  # a missing model package is said now, not at the first new text
+        self._model = None
         self.batch_size = batch_size
         self.id = "all-MiniLM-L6-v2"
         self.cache_dir = cache_dir
@@ -66,6 +64,21 @@ class Embedder:
             disk.import_npz(self.cache_dir / f"{self.id}.npz")
             self.__dict__["_disk_cache"] = disk
         return disk
+
+    @property
+    def model(self):
+        """The sentence-transformers model, loaded when a text is not in the memo (a re-run
+        of the same task never loads it, nor imports torch)."""
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(model_path()), device="cpu")
+        return self._model
+
+    @model.setter
+    def model(self, value) -> None:
+        self._model = value
 
     @staticmethod
     def _key(text: str) -> str:
