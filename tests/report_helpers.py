@@ -78,7 +78,14 @@ def demo_like_run(folder: Path, store_path: Path) -> tuple[str, dict[str, Any], 
     run_id = result["run_id"]
     base = next(r for r in result["rungs"] if r["name"] == "system_prompt")
     lora = _lora_rung(base)
-    result["rungs"] = [r for r in result["rungs"] if r["name"] != "lora"] + [lora]
+    # A second rung that meets the target, so break-even has a pair to compare (issue 18:
+    # rungs below the target are never compared).
+    lora_sp = {**lora, "name": "lora_system_prompt", "value": 0.85, "ci_low": 0.75,
+               "tokens": {**lora["tokens"], "prompt_mean": 40.0},
+               "info": {"train_examples": 110, "epochs": 3}}
+    result["rungs"] = [r for r in result["rungs"] if r["name"] not in ("lora",
+                                                                      "lora_system_prompt")]
+    result["rungs"] += [lora, lora_sp]
     # Per-example rows of the tuned rung: right where gold is play_music or get_weather.
     rows = []
     for p in store.predictions(run_id, "system_prompt"):
@@ -88,6 +95,7 @@ def demo_like_run(folder: Path, store_path: Path) -> tuple[str, dict[str, Any], 
                      "prediction": p["gold"] if good else p["prediction"],
                      "score": 1.0 if good else 0.0, "details": json.loads(p["details_json"])})
     store.save_rung(run_id, "lora", "done", lora, lora, rows)
+    store.save_rung(run_id, "lora_system_prompt", "done", lora_sp, lora_sp, rows)
     result["forgetting"] = {"rung": "lora",
                             "base": {"value": 0.62, "ci_low": 0.55, "ci_high": 0.69},
                             "tuned": {"value": 0.6, "ci_low": 0.53, "ci_high": 0.67},

@@ -185,16 +185,19 @@ def test_cost_shape_agrees_with_the_lesson_table_at_10k_per_day():
         < rag["maintenance_per_day"]
 
 
-def test_summarize_without_any_rung_meeting_compares_the_best():
+def test_summarize_without_any_rung_meeting_compares_nothing_and_names_the_closest():
     result = {"split": {"train": 50}, "rungs": [
         rung("zero_shot", "prompting", 0.2), rung("system_prompt", "prompting", 0.3),
         rung("few_shot_random", "prompting", 0.4), rung("few_shot_knn", "prompting", 0.5)]}
     cost = summarize(result, spec(), volume=10_000)
-    assert cost["met_target"] == []
-    assert "no rung meets the target" in cost["break_even"]["basis"]
-    assert cost["break_even"]["candidates"] == ["system_prompt", "few_shot_random",
-                                                "few_shot_knn"]
-    assert len(cost["break_even"]["pairs"]) == 3
+    be = cost["break_even"]
+    assert cost["met_target"] == [] and be["candidates"] == [] and be["pairs"] == []
+    assert "no break-even comparison is meaningful" in be["basis"]
+    knn = cost["rungs"]["few_shot_knn"]
+    assert be["closest"] == {"name": "few_shot_knn", "value": 0.5, "per_1k": knn["per_1k"],
+                             "daily": knn["daily"], "upfront": knn["upfront"]}
+    assert "the closest, few_shot_knn (0.500)" in be["basis"]
+    assert cost["chart"]["series"] == {}
 
 
 def test_formatting():
@@ -263,7 +266,8 @@ def test_cost_command_recomputes_without_model_calls(make_task, runner, tmp_path
         assert c["daily"] == pytest.approx(2 * old["daily"] - old["maintenance_per_day"])
     table = runner.invoke(app, ["cost", str(task), "--price", "example-hosted-small"])
     assert table.exit_code == 0
-    assert "Break-even at 10,000 requests/day" in table.output
+    assert "Cost at 10,000 requests/day" in table.output  # neither rung meets the target:
+    assert "no break-even comparison is meaningful" in " ".join(table.output.split())
     assert "example-hosted-small" in table.output
 
 

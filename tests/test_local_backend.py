@@ -63,7 +63,7 @@ def test_demo_runs_end_to_end_on_smollm2(runner, tmp_path):
 
     src = demo_path("symptoms")
     text = src.read_text().replace("data.jsonl", str(src.parent / "data.jsonl"))
-    text = text.replace("test: 96, dev: 48", "test: 24, dev: 12")
+    text = text.replace("test: 60, dev: 24", "test: 24, dev: 12")
     task = tmp_path / "task.yaml"
     task.write_text(text)
     res = runner.invoke(app, ["run", str(task), "--all", "--json", "--out", str(tmp_path / "o"),

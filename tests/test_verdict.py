@@ -209,12 +209,13 @@ def test_demo_like_run_ends_with_a_cited_verdict_and_break_even(make_task, runne
     assert_cited(v)
     cost = res["cost"]
     assert cost["requests_per_day"] == 10000 and cost["price"]["name"] == "local-cpu"
-    assert len(cost["break_even"]["pairs"]) == 1
-    assert cost["break_even"]["candidates"] == ["zero_shot", "system_prompt"]
+    assert cost["break_even"]["pairs"] == []  # neither meets the 0.95 target
+    assert cost["break_even"]["closest"]["name"] in {"zero_shot", "system_prompt"}
     for c in cost["rungs"].values():
         assert c["per_request"] > 0 and c["daily"] == pytest.approx(10000 * c["per_request"])
     text = " ".join(out.output.split())
-    assert "Break-even at 10,000 requests/day" in text
+    assert "Break-even: no rung meets the target, so no break-even comparison is " \
+        "meaningful" in text
     assert "rungs meeting the target: none" in text
     assert f"Verdict: {v['summary'].split(':')[0]}" in text
 

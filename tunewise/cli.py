@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -123,8 +122,6 @@ app.add_typer(models_app, name="models")
 console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 
-DEMOS = {"symptoms": "demo/symptoms/task.yaml", "clinic": "demo/clinic/task.yaml"}
-
 StoreOpt = Annotated[
     Path | None,
     typer.Option("--store", envvar="TUNEWISE_DB", help="SQLite store (default: per-user dir)."),
@@ -135,9 +132,19 @@ StoreOpt = Annotated[
 def _root(
     store: StoreOpt = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print results only: no progress bars or log lines.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Also show the libraries' own warnings and progress bars.")
+    ] = False,
 ) -> None:
+    from tunewise import noise
+
+    if quiet and verbose:
+        raise TunewiseError("choose one of --quiet and --verbose")
     STATE["store"] = store
     STATE["debug"] = debug
+    noise.LEVEL.update(quiet=quiet, verbose=verbose)
 
 
 def _store():
@@ -196,9 +203,9 @@ def out_file(out: Path) -> Path:
 
 def demo_path(name: str) -> Path:
     """Path of a bundled demo task file."""
-    if name not in DEMOS:
-        raise TunewiseError(f"unknown demo '{name}' (choose from {', '.join(DEMOS)})")
-    return Path(str(resources.files("tunewise").joinpath(DEMOS[name])))
+    from tunewise.demos import demo_path as path
+
+    return path(name)
 
 
 def _load(task: Path):
@@ -340,6 +347,10 @@ def _progress_hooks(progress):
             progress.advance(state["task"], n)
 
     def log(message: str) -> None:
+        from tunewise.noise import quiet
+
+        if quiet():  # --quiet: the table and verdict only
+            return
         # Log lines quote user data ("[label]") and errors: no markup, secrets masked.
         progress.console.print(printable(redact(message)), style="yellow", markup=False,
                                highlight=False, soft_wrap=True)
@@ -347,13 +358,16 @@ def _progress_hooks(progress):
     return Hooks(log=log, start_rung=start, advance=advance)
 
 
-def _run(task_path: Path, out: Path | None, climb_all: bool, as_json: bool,
-         rungs: list[str] | None, allow_unseen_labels: bool = False) -> dict[str, Any]:
+def _run(task_path: Any, out: Path | None, climb_all: bool, as_json: bool,
+         rungs: list[str] | None, allow_unseen_labels: bool = False,
+         show: bool = True) -> dict[str, Any]:
+    """Run a task (a path, or an already loaded TaskSpec) with progress bars; print its
+    table and verdict, or its JSON (``show=False``: print nothing, the caller does)."""
     from tunewise.files import progress_bar
     from tunewise.ladder import run_ladder
 
     out = out_folder(out)
-    task = _load(task_path)
+    task = task_path if not isinstance(task_path, Path) else _load(task_path)
     store = _store()
     progress = progress_bar(console=err_console, disable=as_json)
     try:
@@ -363,6 +377,8 @@ def _run(task_path: Path, out: Path | None, climb_all: bool, as_json: bool,
     finally:
         if progress.live.is_started:
             progress.stop()
+    if not show:
+        return result
     if as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -426,16 +442,41 @@ def run(
 
 @app.command("demo")
 def demo_cmd(
-    name: Annotated[str, typer.Argument(help="symptoms | clinic")] = "symptoms",
+    name: Annotated[str | None, typer.Argument(
+        help="symptoms | clinic (default: both, ending with their two verdicts)")] = None,
     out: OutOpt = None,
     climb_all: Annotated[bool, typer.Option("--all/--stop", help="Run every rung.")] = True,
     as_json: JsonOpt = False,
     rungs: RungsOpt = None,
+    backend: Annotated[str | None, typer.Option(
+        hidden=True, help="Swap the demo's backend kind (dummy: tests).")] = None,
 ) -> None:
-    """Run a bundled demo task (symptom -> specialty, or the clinic handbook Q&A)."""
-    path = demo_path(name)
-    console.print(f"[dim]demo task: {safe(path)}[/dim]")
-    _run(path, out, climb_all, as_json, _rung_names(rungs))
+    """Run the bundled demos: symptom -> specialty climbs to fine-tuning, the clinic
+    handbook Q&A to retrieval and the freshness test; both end in a verdict."""
+    from tunewise.demos import DEMOS, QUESTION, closing, demo_task, print_closing
+
+    names = [name] if name else list(DEMOS)
+    for n in names:  # unknown names fail before any work
+        demo_task(n, backend)
+    if out is not None and len(names) > 1:  # one result folder per demo inside --out
+        out_folder(out).mkdir(exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    for i, n in enumerate(names, start=1):
+        task = demo_task(n, backend)
+        folder = out / n if out is not None and len(names) > 1 else out
+        if not as_json:
+            head = f"demo {i}/{len(names)}: " if len(names) > 1 else "demo: "
+            console.rule(f"[bold]{head}{safe(task.name)}[/bold]")
+            console.print(f"[dim]{safe(QUESTION[n])}\ntask file: {safe(task.source)}[/dim]")
+        results[n] = _run(task, folder, climb_all, as_json, _rung_names(rungs),
+                          show=len(names) == 1 or not as_json)
+    if len(names) == 1:
+        return
+    verdicts = closing(results)
+    if as_json:
+        print(json.dumps({"demos": results, "verdicts": verdicts}, indent=2))
+        return
+    print_closing(console, verdicts)
 
 
 def _prepared(task_path: Path, rung_name: str):
@@ -571,8 +612,9 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id, or 'latest'.")] = "
 # ---- cost, break-even and the advisor (issue 7) -------------------------------------------
 
 
-def cost_tables(cost: dict[str, Any]) -> list[Table]:
-    """Per-rung cost at the task's volume, and the break-even between candidate rungs."""
+def cost_tables(cost: dict[str, Any]) -> list[Any]:
+    """Per-rung cost at the task's volume, and the break-even between rungs that meet the
+    target (a sentence saying why there is none when fewer than two do)."""
     from tunewise.cost import format_days, format_usd
 
     price, volume = cost["price"], cost["requests_per_day"]
@@ -594,12 +636,15 @@ def cost_tables(cost: dict[str, Any]) -> list[Table]:
     for col in ("cheaper upfront", "vs", "extra upfront", "saves/day", "break-even"):
         pairs.add_column(col, justify="right" if col[0] in "es" or col == "break-even"
                          else "left")
+    if not be["pairs"]:  # fewer than two rungs meet the target: a sentence, not a table
+        from rich.text import Text
+
+        return [per, Text(f"Break-even: {be['basis']}.", style="dim")]
     for p in be["pairs"]:
+        pays = p["daily_saving"] > 0 and p["days"] is not None
         pairs.add_row(safe(p["a"]), safe(p["b"]), format_usd(p["extra_upfront"]),
-                      format_usd(p["daily_saving"]) if p["daily_saving"] > 0 else "-",
-                      format_days(p["days"]))
-    if not be["pairs"]:
-        pairs.caption = "fewer than two rungs finished: nothing to compare"
+                      format_usd(p["daily_saving"]) if pays else "none",
+                      format_days(p["days"]) if pays else "never pays back")
     return [per, pairs]
 
 
@@ -736,6 +781,54 @@ def advise(
         print(json.dumps(advice.to_dict(), indent=2))
     else:
         print_advice(advice)
+
+
+# ---- init: a first task file from a data file (issue 18) ---------------------------------
+
+
+@app.command("init")
+def init_cmd(
+    data: Annotated[Path, typer.Argument(help="Labelled examples: JSONL or CSV.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Task file to write.")] = Path(
+        "task.yaml"),
+    input_col: Annotated[str | None, typer.Option("--input", help="Input column.")] = None,
+    output_col: Annotated[str | None, typer.Option("--output", help="Output column.")] = None,
+    kind: Annotated[str | None, typer.Option(
+        help="classification | extraction | generation | qa (default: detected).")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Documents for the rag rungs.")] = None,
+    target: Annotated[float | None, typer.Option(min=0, max=1, help="Quality target.")
+                      ] = None,
+    backend: Annotated[str | None, typer.Option(
+        help="Backend kind: local (default), openai or dummy (tests).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the task file.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a commented task.yaml from a data file: columns, kind, labels and data checks."""
+    from tunewise.init import summary, write_task
+
+    if kind is not None and kind not in ("classification", "extraction", "generation", "qa"):
+        raise TunewiseError(f"unknown kind '{kind}' (classification, extraction, generation "
+                            "or qa)", field="--kind")
+    if backend is not None and backend not in ("local", "openai", "dummy"):
+        raise TunewiseError(f"unknown backend '{backend}' (local, openai or dummy)",
+                            field="--backend")
+    path, found, report = write_task(
+        check_path(data, "data"), check_path(out, "--out"), force=force, input_col=input_col,
+        output_col=output_col, kind=kind,
+        corpus=check_path(corpus, "--corpus") if corpus else None, target=target,
+        backend=backend)
+    if as_json:
+        print(json_text({**summary(found, report), "task": str(path)}))
+        return
+    console.print(f"wrote {safe(path)}: {safe(found.kind)}, input '{safe(found.input)}', "
+                  f"output '{safe(found.output)}', {found.n_rows} rows")
+    if found.labels:
+        console.print(f"  labels ({len(found.labels)}): {safe(', '.join(found.labels))}")
+    if found.corpus:
+        console.print(f"  corpus: {safe(found.corpus)}")
+    for note in report.notes:
+        console.print(f"  [yellow]data check:[/yellow] {safe(note)}")
+    console.print(f"next: tunewise run {safe(path)}")
 
 
 # ---- HTML report and web UI (issue 9) -----------------------------------------------------

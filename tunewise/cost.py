@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 MILLION = 1_000_000
 CHART_POINTS = 31
-MAX_CANDIDATES = 3  # rungs compared when fewer than two meet the target
 DEFAULT_EPOCHS = 3  # training-token estimate when a fine-tuning rung does not report them
 
 
@@ -290,12 +289,13 @@ def break_even(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         days: float | None = extra / saving
         text = (f"{hi['name']} costs {format_usd(extra)} more upfront and saves "
                 f"{format_usd(saving)}/day: it pays back after {format_days(days)}")
-    else:
+    else:  # no saving: there is nothing to pay back with, so no (negative) figure is shown
         days = None
-        text = (f"{lo['name']} is cheaper both upfront and per day: "
-                f"{hi['name']} never pays back")
+        text = (f"{hi['name']} never pays back: {lo['name']} is cheaper both upfront and "
+                "per day")
     return {"a": lo["name"], "b": hi["name"], "extra_upfront": extra,
-            "daily_saving": saving, "days": days, "text": text}
+            "daily_saving": max(saving, 0.0), "days": days, "pays_back": days is not None,
+            "text": text}
 
 
 def _eval_calls(result: dict[str, Any], rung: dict[str, Any]) -> int:
@@ -310,8 +310,10 @@ def summarize(result: dict[str, Any], task: TaskSpec, *, volume: int | None = No
               price_name: str | None = None) -> dict[str, Any]:
     """The cost section of result.json: per rung, break-even pairs and chart series.
 
-    Break-even compares the rungs that meet the target; when fewer than two do, it
-    compares the best rungs instead and says so in ``basis``, so a table is always there.
+    Break-even compares the rungs that meet the target, and only those: a rung that misses
+    the target is no alternative, whatever it saves. When fewer than two meet it there are
+    no pairs; ``basis`` says why in a sentence, and ``closest`` gives the cost of the best
+    rung when none meets the target.
     """
     price = resolve_price(task, price_name)
     volume = task.volume.requests_per_day if volume is None else volume
@@ -324,20 +326,29 @@ def summarize(result: dict[str, Any], task: TaskSpec, *, volume: int | None = No
     for c in costs.values():  # what the verdict compares: upfront + daily x horizon
         c["total_over_horizon"] = c["upfront"] + c["daily"] * horizon
     meeting = [r["name"] for r in done if r["value"] >= target]
+    candidates = meeting if len(meeting) >= 2 else []
+    closest = None
     if len(meeting) >= 2:
-        candidates, basis = meeting, "rungs that meet the target"
+        basis = "rungs that meet the target"
+    elif meeting:
+        basis = (f"only {meeting[0]} meets the target, so there is no alternative to "
+                 "compare its cost with")
+    elif done:
+        top = max(done, key=lambda r: r["value"])  # ladder order: the cheapest of the best
+        c = costs[top["name"]]
+        closest = {"name": top["name"], "value": top["value"], "per_1k": c["per_1k"],
+                   "daily": c["daily"], "upfront": c["upfront"]}
+        basis = (f"no rung meets the target, so no break-even comparison is meaningful; "
+                 f"the closest, {top['name']} ({top['value']:.3f}), costs "
+                 f"{format_usd(c['per_1k'])} per 1,000 requests, {format_usd(c['daily'])}/day"
+                 f" and {format_usd(c['upfront'])} upfront")
     else:
-        ranked = sorted(done, key=lambda r: -r["value"])
-        best = {r["name"] for r in ranked[:MAX_CANDIDATES]} | set(meeting)
-        candidates = [r["name"] for r in done if r["name"] in best]
-        basis = (f"only {meeting[0]} meets the target; compared with the best other rungs"
-                 if meeting else
-                 f"no rung meets the target; the {len(candidates)} best rungs compared")
+        basis = "no rung finished: nothing to compare"
     pairs = [break_even(costs[a], costs[b])
              for i, a in enumerate(candidates) for b in candidates[i + 1:]]
     finite = [p["days"] for p in pairs if p["days"] is not None]
-    horizon = min(730, max(30, math.ceil(max(finite) * 1.5))) if finite else 90
-    days = [round(horizon * i / (CHART_POINTS - 1), 2) for i in range(CHART_POINTS)]
+    span = min(730, max(30, math.ceil(max(finite) * 1.5))) if finite else 90  # chart x-axis
+    days = [round(span * i / (CHART_POINTS - 1), 2) for i in range(CHART_POINTS)]
     return {
         "price": price.to_dict(),
         "requests_per_day": volume,
@@ -345,7 +356,8 @@ def summarize(result: dict[str, Any], task: TaskSpec, *, volume: int | None = No
         "assumptions": task.cost.model_dump(mode="json", exclude={"override", "price"}),
         "rungs": costs,
         "met_target": meeting,
-        "break_even": {"basis": basis, "candidates": candidates, "pairs": pairs},
+        "break_even": {"basis": basis, "candidates": candidates, "pairs": pairs,
+                       "closest": closest},
         "chart": {"days": days, "series": {
             name: [costs[name]["upfront"] + costs[name]["daily"] * d for d in days]
             for name in candidates}},

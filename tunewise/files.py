@@ -98,7 +98,10 @@ def progress_bar(*, console: Any = None, loss: bool = False, transient: bool = F
         TimeRemainingColumn,
     )
 
+    from tunewise.noise import quiet
+
     extra = [TextColumn("loss {task.fields[loss]}")] if loss else []
+    disable = disable or quiet()  # --quiet: results only
     return Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
                     *extra, TimeElapsedColumn(), TimeRemainingColumn(),
                     console=console or Console(stderr=True), transient=transient,

@@ -273,13 +273,15 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
     rung = get_rung(name)
     base = ctx.backend
     ctx.backend = base.for_rung(name + tag)
-    ctx.backend.progress = hooks.advance
     try:
         started = time.perf_counter()
+        # Calls made while preparing (few_shot_best scoring dev sets) are not test items:
+        # the bar counts test items only, so it starts after prepare (prepare logs its own).
         prepared = rung.prepare(ctx)
         prep_s = time.perf_counter() - started
         test = ctx.split.test
         hooks.start_rung(name + tag, len(test))
+        ctx.backend.progress = hooks.advance
         if prepared.backend is not None:
             prepared.backend.progress = hooks.advance
         preds: list[Prediction] = rung.predict(prepared, test, ctx)

@@ -267,15 +267,17 @@ class BreakEvenPair(Model):
     extra_upfront: float
     daily_saving: float
     days: float | None = None
+    pays_back: bool | None = None  # False: no daily saving, "never pays back"
     text: str = ""
 
 
 class BreakEven(Model):
-    """Break-even between candidate rungs."""
+    """Break-even between the rungs that meet the target (none when fewer than two do)."""
 
     basis: str = ""
     candidates: list[str] = Field(default_factory=list)
     pairs: list[BreakEvenPair] = Field(default_factory=list)
+    closest: dict[str, Any] | None = None  # no rung meets the target: the closest one's cost
 
 
 class CostSummary(Model):

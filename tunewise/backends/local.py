@@ -70,20 +70,26 @@ def resolve_model(name: str) -> str:
     from filelock import FileLock
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tunewise.noise import note, quiet_libraries, silenced
+
+    quiet_libraries()
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").is_file():  # another process converted it meanwhile
             return str(target)
+        # transformers draws a bar of GGUF tensor names and of shards: one line instead.
+        note(f"preparing the bundled model {name} (first run only)")
         tmp = target.with_name(target.name + ".tmp")
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        with silenced():
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
         os.replace(tmp, target)
     return str(target)
 
@@ -170,10 +176,10 @@ class LocalBackend:
         """The tokenizer, loaded on first use."""
         if self._tok is None:
             from transformers import AutoTokenizer
-            from transformers.utils import logging as hf_logging
 
-            hf_logging.set_verbosity_error()
-            hf_logging.disable_progress_bar()
+            from tunewise.noise import quiet_libraries
+
+            quiet_libraries()  # the libraries' warnings and bars: hidden unless --verbose
             try:
                 tok = AutoTokenizer.from_pretrained(resolve_model(self.name))
             except OSError as exc:

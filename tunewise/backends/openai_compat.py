@@ -447,11 +447,11 @@ class OpenAIBackend:
         if self._tok is None and self.tokenizer_name:
             require("local", feature=f"tokenizer '{self.tokenizer_name}'")
             from transformers import AutoTokenizer
-            from transformers.utils import logging as hf_logging
 
             from tunewise.backends.local import resolve_model
+            from tunewise.noise import quiet_libraries
 
-            hf_logging.set_verbosity_error()
+            quiet_libraries()
             try:
                 self._tok = AutoTokenizer.from_pretrained(resolve_model(self.tokenizer_name))
             except OSError as exc:

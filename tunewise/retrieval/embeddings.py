@@ -71,6 +71,9 @@ class Embedder:
         of the same task never loads it, nor imports torch)."""
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from tunewise.noise import quiet_libraries
+
+            quiet_libraries()
             from sentence_transformers import SentenceTransformer
 
             self._model = SentenceTransformer(str(model_path()), device="cpu")

@@ -172,9 +172,10 @@ class LoraTrainer:
         from accelerate import Accelerator
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
+        from tunewise.noise import quiet_libraries
+
+        quiet_libraries()
         cuda = torch.cuda.is_available()
         bf16 = cuda and torch.cuda.is_bf16_supported()
         self.accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")

@@ -180,6 +180,10 @@ def create_app(store_path: str | Path | None = None,
             pair = compare_data(store, a, b) if a and b else None
         return page("compare.html", runs=runs, a=a, b=b, pair=pair)
 
+    from tunewise.web.builder import add_routes
+
+    add_routes(app, page, store_path)  # task builder and try box (issue 18)
+
     # ---- JSON -----------------------------------------------------------------------------
     @app.get("/api/runs")
     def api_runs() -> list[dict[str, Any]]:
