@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from browser_helpers import browser, page, server  # noqa: F401 (shared fixtures)
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
