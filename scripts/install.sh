@@ -40,5 +40,5 @@ if [[ "${1:-}" == "dev" ]]; then
   # llama.cpp (measured ~27 min on 2 busy cores). No-op when already installed.
   bash scripts/llama_server.sh install
 else
-  $PIP install -q "${LOCK[@]}" -e .
+  $PIP install -q "${LOCK[@]}" -e ".[all]"
 fi

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).parent / "data" / "slices"  # vendored (README there)
 SCRIPT_INPUT = 'Play <script>window.__pwned = 1; alert("x")</script> by Queen'
 RUNGS = ["zero_shot", "system_prompt", "few_shot_random"]
 

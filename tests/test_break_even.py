@@ -3,8 +3,8 @@ negative savings shown as numbers, and a plain sentence when no comparison is me
 
 from __future__ import annotations
 
+from cost_helpers import rung, spec
 from rich.console import Console
-from test_cost import rung, spec
 
 from tunewise.cli import cost_tables
 from tunewise.cost import break_even, summarize

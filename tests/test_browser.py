@@ -10,26 +10,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_helpers import ARTIFACTS, CHARTS, CHROMIUM, shot
 from report_helpers import SCRIPT_INPUT, demo_like_run, write_task
 
 from tunewise.advisor import Answers, advise
 from tunewise.report import build_report
 from tunewise.store import Store
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(os.environ.get("TUNEWISE_ARTIFACTS",
-                                Path(__file__).resolve().parents[1] / "artifacts"))
-CHARTS = ("quality_cost", "learning_curve", "break_even", "calibration")
-WAIT_MS = 15_000
 
 pytestmark = [
     pytest.mark.browser,
@@ -38,39 +27,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True,
-                              timeout=60_000)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    pg.set_default_timeout(WAIT_MS)
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.js_errors = errors
-    yield pg
-    context.close()
-
-
 @pytest.fixture
 def demo(tmp_path: Path) -> tuple[str, dict, Path]:
     return demo_like_run(tmp_path, Path(os.environ["TUNEWISE_DB"]))
-
-
-def shot(pg, name: str, **kw) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / name
-    pg.screenshot(path=str(path), **kw)
-    assert path.stat().st_size > 10_000
-    return path
 
 
 def table_values(pg) -> dict[str, tuple[str, str, str, float]]:
@@ -129,31 +88,6 @@ def test_report_in_chromium(demo, page, tmp_path):
     assert page.js_errors == []
     shot(page, "report.png", full_page=True)
     page.locator(".grid").screenshot(path=str(ARTIFACTS / "report-charts.png"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def server() -> Iterator[str]:
-    from tunewise.web.server import make_server
-
-    port = free_port()
-    srv = make_server("127.0.0.1", port, os.environ["TUNEWISE_DB"])
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not srv.started:
-        assert time.time() < deadline, "server did not start in 20 s"
-        assert thread.is_alive(), "server thread died"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
-    assert not thread.is_alive()
 
 
 def test_serve_in_chromium(demo, page, server, tmp_path):

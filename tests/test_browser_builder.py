@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_browser import ARTIFACTS, CHROMIUM, browser, page, server, shot  # noqa: F401
+from browser_helpers import ARTIFACTS, CHROMIUM, shot
 
 from tunewise.task import load_task
 
@@ -15,6 +15,7 @@ DATA = Path(__file__).parent / "data" / "init"
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.model,  # the live run's default ladder embeds with the bundled MiniLM
     pytest.mark.skipif(not CHROMIUM.exists(),
                        reason="/usr/bin/chromium is absent (bash scripts/install.sh dev)"),
 ]

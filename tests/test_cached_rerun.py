@@ -15,7 +15,6 @@ from pathlib import Path
 
 import yaml
 from conftest import REPO, write_jsonl
-from test_training import tiny_model  # noqa: F401 (fixture)
 
 PROBE = """
 import atexit, os, sys
@@ -75,7 +74,7 @@ def test_cached_rerun_with_embeddings_does_not_import_torch(tmp_path: Path) -> N
 
 
 def test_cached_rerun_of_the_local_backend_loads_no_model(tmp_path: Path,
-                                                         tiny_model: Path) -> None:  # noqa: F811
+                                                         tiny_model: Path) -> None:
     """The local backend (a tiny random Llama) is built but never loaded on a cached run:
     token counts and rendered prompts the ladder needs come from the store."""
     task = write_task(tmp_path, {"kind": "local", "model": str(tiny_model), "batch_size": 4},

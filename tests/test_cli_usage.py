@@ -86,7 +86,6 @@ def _closed_port() -> int:
 
 def test_doctor_with_an_unreachable_server_exits_1_without_internal_error(
         make_task, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("tunewise.backends.openai_compat")
     monkeypatch.setenv("H1_TEST_CRED", "tw-cli-usage-key-123456")
     rows = [{"input": f"request {i}", "output": "ab"[i % 2]} for i in range(80)]
     task = make_task(rows, backend={"kind": "openai", "model": "m", "max_retries": 0,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_helpers import tunewise
+from cost_helpers import rung, spec
 
 from tunewise.cli import app
 from tunewise.cost import (
@@ -24,17 +25,11 @@ from tunewise.cost import (
     summarize,
 )
 from tunewise.errors import TunewiseError
-from tunewise.task import TaskSpec, load_task
+from tunewise.task import load_task
 
 
 def price(**fields) -> Price:
     return Price("test", "2026-01-01", PriceEntry(**fields))
-
-
-def spec(**cost) -> TaskSpec:
-    return TaskSpec.model_validate({"name": "t", "kind": "classification",
-                                    "data": {"path": "d.jsonl"}, "target": 0.8,
-                                    "cost": cost})
 
 
 TOKENS = {"prompt_mean": 1000, "completion_mean": 100, "shared_prefix": 600}
@@ -92,15 +87,6 @@ def test_user_price_file_adds_entries(tmp_path: Path):
         "cost": {"price": "mine", "prices_file": "my.yaml"}}))
     p = resolve_price(load_task(tmp_path / "task.yaml"))
     assert (p.name, p.as_of, p.input, p.output) == ("mine", "2030-01-01", 3.0, 4.0)
-
-
-def rung(name: str, family: str, value: float, prompt: float = 100, upfront_s: float = 0.0,
-         **extra) -> dict:
-    return {"name": name, "family": family, "status": "done", "value": value,
-            "ci_low": value - 0.05, "ci_high": value + 0.05, "n": 100,
-            "tokens": {"prompt_mean": prompt, "completion_mean": 10, "shared_prefix": 0},
-            "latency_ms": {"p50": 10, "p95": 20}, "upfront_s": upfront_s,
-            "calls_made": 100, "cache_hits": 0, **extra}
 
 
 def test_rung_cost_self_hosted_training_data_prep_and_retraining():

@@ -27,7 +27,7 @@ from tunewise.store import Store
 from tunewise.task import load_task
 from tunewise.verdict import decide
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).parent / "data" / "slices"  # vendored (README there)
 CLINIC = Path(__file__).resolve().parents[1] / "tunewise" / "demo" / "clinic"
 
 
@@ -219,7 +219,7 @@ def test_low_recall_and_a_rag_gain_is_a_knowledge_gap(tmp_path):
 
 
 def e2e_task(folder: Path) -> Path:
-    rows = (SHARED / "e2e_records.jsonl").read_text(encoding="utf-8").splitlines()[:400]
+    rows = (SHARED / "e2e_records.jsonl").read_text(encoding="utf-8").splitlines()  # 400
     (folder / "data.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return write_task(folder, name="e2e", kind="extraction", data={"path": "data.jsonl"},
                       metric="exact_match", target=0.9,

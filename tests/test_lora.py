@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, SHARED_DATA, write_jsonl
-from test_training import _one_thread, e2e_rows, tiny_model  # noqa: F401 (fixtures)
+from conftest import DATA, REPO, e2e_rows, write_jsonl
 
 from tunewise.cli import app
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,7 +41,7 @@ def tiny_task(tmp_path: Path, model: Path, n: int = 150, **lora) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path  # noqa: F811
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
              ) -> tuple[Path, dict]:
     """One ladder run on the tiny model (trains the adapter and the curve points once)."""
     from tunewise.ladder import run_ladder
@@ -117,7 +118,7 @@ def test_train_command_finds_the_cached_adapter(tiny_run, runner) -> None:
     assert not summary["trained_now"] and summary["steps"] == 17
 
 
-def test_too_few_examples_block_lora_with_a_reason(tmp_path, tiny_model) -> None:  # noqa: F811
+def test_too_few_examples_block_lora_with_a_reason(tmp_path, tiny_model) -> None:
     from tunewise.ladder import plan_run
     from tunewise.store import Store
     from tunewise.task import load_task
@@ -132,7 +133,7 @@ def test_too_few_examples_block_lora_with_a_reason(tmp_path, tiny_model) -> None
     assert any("fragile" in note for note in plan.report.notes)
 
 
-def test_train_command_refuses_below_the_minimum(tmp_path, tiny_model, runner) -> None:  # noqa: F811
+def test_train_command_refuses_below_the_minimum(tmp_path, tiny_model, runner) -> None:
     path = tiny_task(tmp_path, tiny_model, n=80)
     out = runner.invoke(app, ["train", str(path)])
     assert out.exit_code == 2
@@ -168,18 +169,17 @@ def test_lora_rag_skips_when_the_retrieval_rung_is_missing(monkeypatch, make_tas
 
 
 def test_lora_rag_answers_with_the_adapter_through_the_rag_rung(tmp_path,
-                                                                tiny_model) -> None:  # noqa: F811
+                                                                tiny_model) -> None:
     """The combination: rag's retrieval and prompts, the lora adapter's model."""
-    pytest.importorskip("tunewise.rungs.rag")
     from tunewise.ladder import run_ladder
     from tunewise.store import Store
     from tunewise.task import load_task
 
     questions = [json.loads(x) for x in
-                 (SHARED_DATA / "coqa_questions.jsonl").read_text().split("\n")[:130]]
+                 (DATA / "coqa_questions.jsonl").read_text().split("\n")[:130]]
     wanted = {q["source_id"] for q in questions}
     stories = [s for s in (json.loads(x) for x in
-                           (SHARED_DATA / "coqa_stories.jsonl").read_text().split("\n") if x)
+                           (DATA / "coqa_stories.jsonl").read_text().split("\n") if x)
                if s["id"] in wanted]
     write_jsonl(tmp_path / "data.jsonl", questions)
     write_jsonl(tmp_path / "corpus.jsonl", stories)

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai_stub import StubServer
-from test_training import tiny_model  # noqa: F401 (fixture)
 
 from tunewise.backends import make_backend
 from tunewise.backends.openai_compat import (
@@ -199,6 +198,7 @@ def test_logprob_method_without_a_template_is_refused() -> None:
             backend.score([chat("x")], [["a", "b"]])
 
 
+@pytest.mark.model  # SmolLM2's tokenizer
 def test_score_by_forced_tokens_sums_their_logprobs_on_one_server_per_item() -> None:
     """forced: per label one completion whose grammar admits exactly the label's token
     ids; the reported log-probs are summed; an item's requests all go to one server, so
@@ -223,6 +223,7 @@ def test_score_by_forced_tokens_sums_their_logprobs_on_one_server_per_item() -> 
     assert backend.score_end_of_turn is False and "score=forced" in backend.id
 
 
+@pytest.mark.model  # SmolLM2's tokenizer
 def test_forced_scoring_needs_a_tokenizer_and_a_server_that_obeys_the_grammar() -> None:
     with StubServer(ignore_grammar=True) as stub:
         with pytest.raises(TunewiseError, match="needs backend.tokenizer"):
@@ -261,7 +262,7 @@ def test_forced_scoring_turns_the_end_of_turn_term_off_on_every_backend() -> Non
 
 
 def test_local_backend_can_score_labels_without_the_end_of_turn_token(
-        tiny_model: Path) -> None:  # noqa: F811
+        tiny_model: Path) -> None:
     from tunewise.backends.local import LocalBackend
 
     full = LocalBackend(str(tiny_model))

@@ -20,7 +20,7 @@ from tunewise.retrieval.fusion import rrf
 from tunewise.retrieval.index import RetrievalIndex, corpus_hash
 from tunewise.rungs.rag import parse_citations
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).parent / "data" / "slices"  # vendored slices (README there)
 
 
 class FakeEmbedder:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import read_rows
 
 from tunewise.cli import app
 from tunewise.errors import TunewiseError
@@ -20,9 +21,7 @@ SYSTEMS = ["You are Ada, the booking desk of Hotel Nord.\nAnswer with the intent
 
 
 def _rows(n: int = 80) -> list[dict]:
-    lines = (Path(__file__).resolve().parents[2] / "shared" / "data" /
-             "snips_intents.jsonl").read_text().splitlines()[:n]
-    rows = [json.loads(x) for x in lines]
+    rows = read_rows("snips_intents.jsonl")[:n]
     return [{**r, "sys": SYSTEMS[i % 2]} for i, r in enumerate(rows)]
 
 

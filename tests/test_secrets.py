@@ -101,9 +101,9 @@ def test_debug_traceback_and_internal_errors_are_redacted(monkeypatch: pytest.Mo
 # ---- a real run on the openai backend ----------------------------------------------------
 @pytest.fixture
 def stub_url():
-    stub_mod = pytest.importorskip("openai_stub", reason="openai stub not present")
-    pytest.importorskip("tunewise.backends.openai_compat")
-    with stub_mod.StubServer() as stub:
+    from openai_stub import StubServer
+
+    with StubServer() as stub:
         yield stub
 
 
@@ -172,7 +172,6 @@ class _EchoKey401(BaseHTTPRequestHandler):
 
 
 def test_a_server_echoing_the_key_is_masked_in_the_error(make_task, tmp_path: Path) -> None:
-    pytest.importorskip("tunewise.backends.openai_compat")
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _EchoKey401)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -194,7 +193,6 @@ def test_a_server_echoing_the_key_is_masked_in_the_error(make_task, tmp_path: Pa
 
 def test_missing_key_variable_names_the_variable_not_a_value(make_task, tmp_path: Path,
                                                             monkeypatch) -> None:
-    pytest.importorskip("tunewise.backends.openai_compat")
     monkeypatch.delenv(KEY_VAR, raising=False)
     task = _openai_task(make_task, "http://127.0.0.1:9/v1")
     result = CliRunner().invoke(app, ["run", str(task)])

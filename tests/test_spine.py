@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from test_training import e2e_rows
+from conftest import DATA, e2e_rows
 
 from tunewise.cli import app
 from tunewise.store import Store
@@ -83,7 +82,7 @@ def test_show_prompt_prints_what_the_model_sees(runner, make_task):
 
 def test_leakage_is_reported_before_running(runner, make_task, tmp_path):
     rows = [json.loads(x) for x in
-            (Path(__file__).parents[2] / "shared/data/snips_intents.jsonl").read_text()
+            (DATA / "snips_intents.jsonl").read_text()
             .splitlines()[:150]]
     rows += [dict(r) for r in rows[:60]]  # every one of these inputs now appears twice
     task = make_task(rows, rungs=["zero_shot"])

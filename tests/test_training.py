@@ -16,80 +16,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SHARED_DATA, write_jsonl
+from conftest import e2e_rows, write_jsonl
+from training_helpers import features, spec
 
-from tunewise.task import LoraSpec
 from tunewise.training.features import IGNORE, Feature, collate, encode_all, length_batches
 
-E2E = SHARED_DATA / "e2e_records.jsonl"
-
-
-def e2e_rows(n: int, seed: int = 0) -> list[dict]:
-    """``n`` e2e rows in a seeded random order (the file is sorted by restaurant name)."""
-    import random
-
-    rows = [json.loads(x) for x in E2E.read_text().split("\n") if x]
-    random.Random(seed).shuffle(rows)
-    return rows[:n]
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama saved as a model folder, with SmolLM2's tokenizer and template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tunewise.backends.local import resolve_model
-
-    os.environ.setdefault("TUNEWISE_HOME", str(Path.home() / ".cache" / "tunewise-test"))
-    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    path = tmp_path_factory.mktemp("models") / "tiny"
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture
-def tiny_backend(tiny_model: Path):
-    from tunewise.backends.local import LocalBackend
-
-    return LocalBackend(str(tiny_model), batch_size=4)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices gain nothing from two threads, and lose a lot on a busy machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
 def _adapters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNEWISE_ADAPTERS", str(tmp_path / "adapters"))
-
-
-def features(backend, n: int = 24, seed: int = 0) -> list[Feature]:
-    rows = e2e_rows(n, seed)
-    prompts = [[{"role": "user", "content": r["input"]}] for r in rows]
-    feats, skipped = encode_all(backend, prompts, [r["output"] for r in rows], 512)
-    assert skipped == 0
-    return feats
-
-
-def spec(**kw) -> LoraSpec:
-    base = {"epochs": 2, "batch_size": 4, "lr": 5e-3, "patience": 0, "checkpoint_every": 1000}
-    return LoraSpec(**{**base, **kw})
 
 
 # ---- features ---------------------------------------------------------------------------

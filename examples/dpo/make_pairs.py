@@ -1,6 +1,7 @@
 """Build preference pairs from the E2E records: rejected = the record with one field altered.
 
-    python examples/dpo/make_pairs.py [../shared/data/e2e_records.jsonl] [examples/dpo/e2e_pairs.jsonl]
+    python examples/dpo/make_pairs.py [../shared/data/e2e_records.jsonl] \
+        [examples/dpo/e2e_pairs.jsonl]
 
 The rule, for every row (sentence -> record "key: value, key: value, ..."):
 1. pick a field by a hash of the sentence (stable across runs), among the fields whose key

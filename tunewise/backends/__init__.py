@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tunewise.backends.base import Backend
+from tunewise.extras import require
 from tunewise.task import BackendSpec
 
 
@@ -16,6 +17,7 @@ def make_backend(spec: BackendSpec) -> Backend:
         from tunewise.backends.openai_compat import OpenAIBackend
 
         return OpenAIBackend(spec)
+    require("local", feature="the local backend")
     from tunewise.backends.local import LocalBackend
 
     return LocalBackend(spec.model, batch_size=spec.batch_size,

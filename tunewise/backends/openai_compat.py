@@ -81,6 +81,7 @@ from tunewise.backends.openai_wire import (
     usage_count,
 )
 from tunewise.errors import TunewiseError, redact, register_secret
+from tunewise.extras import require
 from tunewise.task import BackendSpec
 
 log = logging.getLogger(__name__)
@@ -444,6 +445,7 @@ class OpenAIBackend:
     # ---- text ----------------------------------------------------------------------
     def _tokenizer(self) -> Any:
         if self._tok is None and self.tokenizer_name:
+            require("local", feature=f"tokenizer '{self.tokenizer_name}'")
             from transformers import AutoTokenizer
 
             from tunewise.backends.local import resolve_model

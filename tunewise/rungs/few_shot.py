@@ -21,6 +21,7 @@ import numpy as np
 from tunewise.backends.base import Messages
 from tunewise.dataset import Example
 from tunewise.evaluate import evaluate
+from tunewise.extras import missing
 from tunewise.prompts import build_messages, row_system
 from tunewise.retrieval.embeddings import shared_embedder
 from tunewise.rungs.base import Prepared, PromptRung, RunContext, answer
@@ -109,6 +110,9 @@ class FewShotKNN(PromptRung):
     """The k training examples most similar to each input (cosine, MiniLM embeddings)."""
 
     name = "few_shot_knn"
+
+    def requires(self, ctx: RunContext) -> str | None:
+        return missing("retrieval", "sentence_transformers")
 
     def prepare(self, ctx: RunContext) -> Prepared:
         started = time.perf_counter()

@@ -20,6 +20,7 @@ from typing import Any
 from tunewise.backends.base import CachedBackend, Messages
 from tunewise.dataset import Example
 from tunewise.errors import TunewiseError
+from tunewise.extras import missing
 from tunewise.prompts import build_messages, row_system
 from tunewise.rungs.base import Prepared, PromptRung, RunContext, RungUnavailable, get_rung
 
@@ -206,11 +207,7 @@ class Lora(PromptRung):
     def requires(self, ctx: RunContext) -> str | None:
         if local_backend(ctx) is None:
             return "fine-tuning needs the local backend (the model's weights)"
-        try:
-            import peft  # noqa: F401
-        except ImportError:
-            return "fine-tuning needs the peft package (pip install peft)"
-        return None
+        return missing("train")
 
     def prompt(self, ctx: RunContext, ex: Example) -> Messages:
         """How this rung prompts the tuned model."""

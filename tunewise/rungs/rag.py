@@ -17,6 +17,7 @@ from typing import Any
 from tunewise.backends.base import Messages
 from tunewise.dataset import Document, Example
 from tunewise.evaluate import proportion, retrieval_scores
+from tunewise.extras import missing
 from tunewise.prompts import build_messages, row_system
 from tunewise.retrieval.embeddings import shared_embedder
 from tunewise.retrieval.index import Hit, RetrievalIndex
@@ -120,7 +121,7 @@ class Rag:
     def requires(self, ctx: RunContext) -> str | None:
         if ctx.task.corpus is None or not ctx.corpus:
             return "the task has no corpus"
-        return None
+        return missing("retrieval")
 
     def prepare(self, ctx: RunContext) -> RagPrepared:
         """Open (or build) the index of the task's corpus."""
