@@ -98,6 +98,7 @@ def test_unlabelled_file_with_outputs_is_a_warning_naming_the_task_line(make_tas
 # ---- cells -----------------------------------------------------------------------------------
 
 
+@pytest.mark.model  # few_shot_knn embeds with the bundled MiniLM
 def test_every_cell_has_its_own_score_and_its_own_models_price(make_task) -> None:
     task = load_task(two_models(make_task, rungs=["zero_shot", "few_shot_knn"]))
     result = run_ladder(task, Store(), climb_all=True)
@@ -158,6 +159,7 @@ def test_adding_a_model_to_a_finished_task_makes_no_calls_for_cells_that_ran(mak
 # ---- verdict across models ---------------------------------------------------------------
 
 
+@pytest.mark.model  # few_shot_knn embeds with the bundled MiniLM
 def test_verdict_picks_the_cheaper_cell_meeting_the_target_and_switches_with_prices(
         make_task) -> None:
     rungs = ["zero_shot", "few_shot_knn"]
@@ -177,6 +179,7 @@ def test_verdict_picks_the_cheaper_cell_meeting_the_target_and_switches_with_pri
     assert swapped["verdict"]["choice"] == {"rung": chosen["rung"], "model": "large"}
 
 
+@pytest.mark.model  # few_shot_knn embeds with the bundled MiniLM
 def test_verdict_prefers_a_cell_that_meets_the_target_over_a_cheaper_one_that_does_not(
         make_task) -> None:
     # The dearer model's kNN shots meet the target; the cheap one's zero-shot does not.
@@ -193,6 +196,7 @@ def test_verdict_prefers_a_cell_that_meets_the_target_over_a_cheaper_one_that_do
     assert by[(choice["rung"], choice["model"])]["meets_target"]
 
 
+@pytest.mark.model  # few_shot_knn embeds with the bundled MiniLM
 def test_parity_is_a_paired_test_against_the_best_cell_of_the_other_model(make_task) -> None:
     store = Store()
     task = load_task(two_models(make_task, HOSTED, CHEAP, rungs=["zero_shot", "few_shot_knn"]))
@@ -257,6 +261,7 @@ def fake_training(monkeypatch, tmp_path):
     return seen
 
 
+@pytest.mark.model  # few_shot_knn embeds with the bundled MiniLM
 def test_distillation_trains_on_the_teachers_labels_not_the_gold_ones(make_task, tmp_path,
                                                                        fake_training) -> None:
     from tunewise.rungs.base import get_rung
@@ -322,6 +327,7 @@ def test_distill_needs_a_second_model_and_is_not_a_default_with_one(make_task) -
     assert "second model" in plan.skipped["distill"]
 
 
+@pytest.mark.model  # few_shot_knn embeds with the bundled MiniLM
 def test_report_and_web_show_the_matrix_and_chart_every_cell(make_task) -> None:
     from fastapi.testclient import TestClient
 
