@@ -87,6 +87,7 @@ def test_closing_reads_the_diagnosis_and_cost_of_each_verdict():
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_full_demo_on_smollm2_measures_both_diagnoses(tmp_path):
     """The real thing (minutes): both diagnoses measured, never 'unmeasured'."""
     out = tunewise("demo", "--json", "-o", str(tmp_path / "out"), timeout=3600)

