@@ -82,9 +82,20 @@ def train_or_load(base_id: str, base_path: str, spec: LoraSpec, train: Sequence[
     waits and then loads what the first trained. ``full`` trains every weight instead of an
     adapter (the folder then holds a whole model).
     """
+    key = adapter_key(base_id, spec, train, dev, full)
+    return cached_training(key, lambda path: LoraTrainer(
+        base_path, spec, train, dev, path, pad_id, label=label, progress=progress, log=log,
+        on_step=on_step, full=full))
+
+
+def cached_training(key: str, make_trainer: Callable[[Path], LoraTrainer]) -> Adapter:
+    """The finished training under ``key``, or a new one by ``make_trainer(path).train()``.
+
+    A file lock keeps two processes from training the same key at once; the second waits
+    and then loads what the first trained.
+    """
     from filelock import FileLock
 
-    key = adapter_key(base_id, spec, train, dev, full)
     path = adapter_root() / key
     done = finished(path)
     if done is not None:
@@ -94,9 +105,7 @@ def train_or_load(base_id: str, base_path: str, spec: LoraSpec, train: Sequence[
         done = finished(path)
         if done is not None:
             return Adapter(path, key, done, False)
-        trainer = LoraTrainer(base_path, spec, train, dev, path, pad_id, label=label,
-                              progress=progress, log=log, on_step=on_step, full=full)
-        history = trainer.train()
+        history = make_trainer(path).train()
     return Adapter(path, key, history, True)
 
 

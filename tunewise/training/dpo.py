@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.task import LoraSpec
-from tunewise.training.adapters import Adapter, adapter_root, finished
-from tunewise.training.features import IGNORE, Feature, collate, fingerprint
-from tunewise.training.lora import PLAIN_HEAD, TRAINER_VERSION, LoraTrainer
+from tunewise.training.adapters import Adapter, cached_training
+from tunewise.training.features import Feature, collate, fingerprint
+from tunewise.training.lora import PLAIN_HEAD, TRAINER_VERSION, LoraTrainer, answer_logits
 
 DPO_VERSION = "1"  # bump when the DPO objective or its inputs change: part of the cache key
 
@@ -82,16 +82,7 @@ def _logp_module(model: Any) -> Any:
             self.fast = getattr(self.base.config, "model_type", "") in PLAIN_HEAD
 
         def forward(self, input_ids: Any, attention_mask: Any, labels: Any) -> Any:
-            target = labels[:, 1:]
-            sel = target != IGNORE
-            if self.fast:
-                hidden = self.base.get_decoder()(
-                    input_ids=input_ids, attention_mask=attention_mask
-                ).last_hidden_state
-                logits = self.base.get_output_embeddings()(hidden[:, :-1][sel])
-            else:
-                logits = self.inner(input_ids=input_ids, attention_mask=attention_mask
-                                    ).logits[:, :-1][sel]
+            logits, target, sel = answer_logits(self, input_ids, attention_mask, labels)
             logp = F.log_softmax(logits.float(), dim=-1)
             picked = logp.gather(1, target[sel].unsqueeze(1)).squeeze(1)
             rows = sel.nonzero()[:, 0]  # boolean indexing is row-major: row of each token
@@ -221,20 +212,7 @@ def train_or_load_dpo(base_id: str, base_path: str, spec: LoraSpec, beta: float,
                       log: Callable[[str], None] = print,
                       on_step: Callable[[LoraTrainer], None] | None = None) -> Adapter:
     """The cached DPO adapter for these pairs, training (or resuming) it when needed."""
-    from filelock import FileLock
-
     key = dpo_key(base_id, sft.key if sft else None, spec, beta, train, dev)
-    path = adapter_root() / key
-    done = finished(path)
-    if done is not None:
-        return Adapter(path, key, done, False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        done = finished(path)
-        if done is not None:
-            return Adapter(path, key, done, False)
-        trainer = DpoTrainer(base_path, spec, train, dev, path, pad_id, beta=beta,
-                             sft_adapter=sft.path if sft else None, label=label, log=log,
-                             on_step=on_step)
-        history = trainer.train()
-    return Adapter(path, key, history, True)
+    return cached_training(key, lambda path: DpoTrainer(
+        base_path, spec, train, dev, path, pad_id, beta=beta,
+        sft_adapter=sft.path if sft else None, label=label, log=log, on_step=on_step))

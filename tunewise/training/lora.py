@@ -40,6 +40,25 @@ PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gr
 StepHook = Callable[["LoraTrainer"], None]
 
 
+def answer_logits(module: Any, input_ids: Any, attention_mask: Any, labels: Any
+                  ) -> tuple[Any, Any, Any]:
+    """Logits only at the positions that predict an answer token, with the shifted targets
+    and their mask: ``(logits[selected], target, selected)``.
+
+    ``module`` has ``inner`` (the model), ``base`` (its base model) and ``fast`` (the output
+    layer is a plain head, so the decoder's hidden states can be projected at the selected
+    positions alone instead of through the whole vocabulary at every position).
+    """
+    target = labels[:, 1:]
+    sel = target != IGNORE
+    if module.fast:
+        hidden = module.base.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return module.base.get_output_embeddings()(hidden[:, :-1][sel]), target, sel
+    logits = module.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+    return logits[:, :-1][sel], target, sel
+
+
 def _loss_module(model: Any) -> Any:
     """Wrap a model (peft, or plain for a full fine-tune) so forward returns (sum of
     answer-token losses, answer tokens)."""
@@ -57,16 +76,7 @@ def _loss_module(model: Any) -> Any:
             self.base = base
 
         def forward(self, input_ids: Any, attention_mask: Any, labels: Any) -> Any:
-            target = labels[:, 1:]
-            sel = target != IGNORE
-            if self.fast:
-                hidden = self.base.get_decoder()(
-                    input_ids=input_ids, attention_mask=attention_mask
-                ).last_hidden_state
-                logits = self.base.get_output_embeddings()(hidden[:, :-1][sel])
-            else:
-                logits = self.inner(input_ids=input_ids, attention_mask=attention_mask
-                                    ).logits[:, :-1][sel]
+            logits, target, sel = answer_logits(self, input_ids, attention_mask, labels)
             loss = F.cross_entropy(logits.float(), target[sel], reduction="sum")
             return loss, sel.sum()
 
