@@ -442,7 +442,13 @@ def render_yaml(fields: dict[str, Any], spec: Any, report: Any, found: Detected,
         elif key == "corpus" and key not in fields:
             lines.append(f"# corpus: {{path: documents.jsonl, id: id, text: text}}  # {desc}")
         elif sub is not None:
-            lines += _section(key, sub, fields.get(key), f"{desc} {_doc(sub)}".strip())
+            block = _section(key, sub, fields.get(key), f"{desc} {_doc(sub)}".strip())
+            if (key not in fields and not info.is_required()
+                    and info.get_default(call_default_factory=True) is None
+                    and any(f.is_required() for f in sub.model_fields.values())):
+                # an optional section that needs values of its own: shown, commented out
+                block = block[:1] + [f"# {line}" for line in block[1:]]
+            lines += block
             lines.append("")
         elif key in fields:
             lines.append(f"{key}: {_flow(fields[key])}  # {desc}")
