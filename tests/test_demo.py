@@ -26,6 +26,7 @@ def test_demo_tasks_climb_to_fine_tuning_and_to_retrieval_with_freshness():
         assert demo_path(name).read_text().startswith(f"# tunewise demo {name}")
 
 
+@pytest.mark.model  # few_shot_knn and rag embed with the bundled MiniLM
 def test_demo_runs_both_and_ends_with_two_verdicts(runner, tmp_path):
     res = runner.invoke(app, ["demo", "--backend", "dummy", "--json", "-o",
                               str(tmp_path / "out")])
@@ -63,6 +64,7 @@ def test_demo_text_and_stderr_are_clean(tmp_path):
     assert not [line for line in out.stderr.splitlines() if "Warning" in line], out.stderr
 
 
+@pytest.mark.model  # few_shot_knn and rag embed with the bundled MiniLM
 def test_one_demo_by_name_and_an_unknown_name(runner):
     res = runner.invoke(app, ["demo", "clinic", "--backend", "dummy", "--json"])
     assert res.exit_code == 0, res.output
