@@ -62,6 +62,7 @@ def test_silenced_swallows_a_bar_and_replays_it_when_the_step_fails(capfd):
     assert "what the library said" in capfd.readouterr().err
 
 
+@pytest.mark.model  # finds the bundled model package
 def test_first_load_of_the_bundled_model_prints_one_line(tmp_path, monkeypatch, capfd):
     """The conversion path with transformers' loaders replaced by fakes that are as chatty
     as the real ones (a tqdm bar of tensor names, a FutureWarning, a shards bar)."""
@@ -101,6 +102,7 @@ def test_first_load_of_the_bundled_model_prints_one_line(tmp_path, monkeypatch, 
     assert capfd.readouterr().err == ""
 
 
+@pytest.mark.model  # few_shot_knn embeds with the bundled MiniLM
 def test_progress_bars_count_test_items_of_each_rung(make_task, tmp_path):
     """few_shot_best scores dev sets while preparing: those calls are not the previous
     rung's items (the bar once read 288/96)."""
