@@ -69,13 +69,13 @@ def test_the_estimate_is_within_10_percent_of_calls_and_25_percent_of_tokens(shi
     usage = result["usage"]
     calls, tokens = usage["calls"], usage["tokens"]
     assert abs(usage["estimated_tokens"] - tokens) <= 0.25 * tokens, (name, usage)
-    # A budget guard must not under-count. The freshness test re-asks a number of
-    # questions fixed before the run, so the estimate is exact there too, except when the
-    # rung answered none of them right before the edit: then nothing is re-asked.
+    # A budget guard must not under-count; the one part it cannot know before the run is
+    # how many of the freshness questions the rung answers right (only those are asked
+    # again after the edit), so that part is counted at its upper bound.
     assert usage["estimated_calls"] >= calls, (name, usage)
     fresh = result.get("freshness") or {}
-    skipped = fresh.get("asked_after", 0) if fresh.get("edited_questions") == 0 else 0
-    assert usage["estimated_calls"] - skipped - calls <= 0.10 * calls, (name, usage)
+    unknowable = min(30, fresh.get("candidates", 0)) - fresh.get("edited_questions", 0)
+    assert usage["estimated_calls"] - unknowable - calls <= 0.10 * calls, (name, usage)
 
 
 def test_a_version_0_file_migrates(shipped_run):

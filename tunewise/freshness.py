@@ -313,17 +313,13 @@ def run_freshness(ctx: RunContext, rung: Rung, prepared: Prepared, *,
                                "candidates": len(candidates)}
     before = rung.predict(prepared, [q.example for q in candidates], ctx) if candidates else []
     knew = [contains_answer(b.text, q.old) for q, b in zip(candidates, before, strict=True)]
-    # Re-ask a number of questions fixed before the run (the first ``limit`` candidates), so
-    # the pre-run estimate is exact; with ``only_known`` only those answered right before the
-    # edit are counted (a rung cannot follow an edit of a fact it never knew).
-    asked = list(range(len(candidates)))[:limit]
-    chosen = [i for i in asked if knew[i] or not spec.only_known]
+    chosen = [i for i, k in enumerate(knew) if k or not spec.only_known][:limit]
     questions = [candidates[i] for i in chosen]
-    if not spec.edits:  # apply only the edits the re-asked questions depend on
-        used = {(candidates[i].doc, candidates[i].old) for i in asked}
+    if not spec.edits:  # apply only the edits the counted questions depend on
+        used = {(q.doc, q.old) for q in questions}
         edits = [e for e in edits if (e.doc, e.find) in used]
     summary.update(knew_before=sum(knew), edited_questions=len(questions), edits=len(edits),
-                   edited_docs=len({e.doc for e in edits}), asked_after=len(asked))
+                   edited_docs=len({e.doc for e in edits}))
     if not questions:
         summary.update(followed=0, followed_share=0.0, kept_old=0, kept_old_share=0.0,
                        examples=[], note="no question could be edited" + (
@@ -333,10 +329,8 @@ def run_freshness(ctx: RunContext, rung: Rung, prepared: Prepared, *,
     moved = getattr(rung, "with_corpus", None)
     after_prepared = moved(prepared, edited, ctx) if moved else prepared
     log(f"freshness: {len(edits)} edits in {summary['edited_docs']} documents, "
-        f"re-asking {len(asked)} questions with {prepared.rung}")
-    answers = rung.predict(after_prepared, [candidates[i].example for i in asked], ctx)
-    counted = set(chosen)
-    after = [a for i, a in zip(asked, answers, strict=True) if i in counted]
+        f"re-asking {len(questions)} questions with {prepared.rung}")
+    after = rung.predict(after_prepared, [q.example for q in questions], ctx)
     rows, followed, kept = [], 0, 0
     for i, q, a in zip(chosen, questions, after, strict=True):
         follows = contains_answer(a.text, q.new)
