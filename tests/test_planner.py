@@ -165,6 +165,7 @@ def _e2e() -> Path:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # measured 5.3 GiB once inside the full suite (2.5 alone): see the closing note
 def test_planner_predicts_the_trainers_peak_rss_within_25_percent(tmp_path: Path) -> None:
     """A fresh process trains SmolLM2 4 steps (LoRA, then full); the planner must predict
     each peak RSS within +-25%."""
