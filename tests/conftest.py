@@ -136,6 +136,15 @@ def tiny_backend(tiny_model: Path):
 
 
 @pytest.fixture(scope="module")
+def module_adapter_cache(tmp_path_factory: pytest.TempPathFactory):
+    """One adapter cache for a test module: its tiny run trains once, later tests reload it."""
+    path = tmp_path_factory.mktemp("adapters")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNEWISE_ADAPTERS", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """Tiny matrices gain nothing from two threads, and lose a lot on a busy machine."""
     import torch

@@ -15,18 +15,10 @@ from training_helpers import features, spec
 
 from tunewise.errors import TunewiseError
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "module_adapter_cache")
 
 sys.path.insert(0, str(REPO / "examples" / "dpo"))
 from make_pairs import make_pairs, parse  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _adapters(tmp_path_factory: pytest.TempPathFactory):
-    path = tmp_path_factory.mktemp("adapters")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TUNEWISE_ADAPTERS", str(path))
-        yield path
 
 
 def test_dpo_loss_matches_the_paper_by_hand() -> None:

@@ -17,14 +17,7 @@ from training_helpers import features, spec
 
 from tunewise.errors import TunewiseError
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-@pytest.fixture(scope="module", autouse=True)
-def _adapters(tmp_path_factory: pytest.TempPathFactory):
-    path = tmp_path_factory.mktemp("adapters")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TUNEWISE_ADAPTERS", str(path))
-        yield path
+pytestmark = pytest.mark.usefixtures("one_thread", "module_adapter_cache")
 
 
 def test_full_fine_tune_trains_every_weight_and_saves_a_loadable_model(

@@ -16,16 +16,8 @@ from conftest import DATA, REPO, e2e_rows, write_jsonl
 
 from tunewise.cli import app
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "module_adapter_cache")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _adapters(tmp_path_factory: pytest.TempPathFactory):
-    """One adapter cache for the module: the tiny run trains once, later tests reload it."""
-    path = tmp_path_factory.mktemp("adapters")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TUNEWISE_ADAPTERS", str(path))
-        yield path
 
 
 def tiny_task(tmp_path: Path, model: Path, n: int = 150, **lora) -> Path:
