@@ -21,15 +21,24 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
 _FENCE = re.compile(r"```[A-Za-z0-9_+.-]*[ \t]*\n?(.*?)(?:```|\Z)", re.S)
 # A record key: a short name (letters, digits, spaces, dots, dashes), not a sentence.
 _KEY = r"[A-Za-z_][\w .\-/]{0,39}"
 _PAIR_SPLIT = re.compile(rf",\s*(?={_KEY}:)|\n|;\s*(?={_KEY}:)")
 _PAIR = re.compile(rf"^\s*[\"']?({_KEY})[\"']?\s*:\s*(.+?)\s*$", re.S)
 _DECODER = json.JSONDecoder()
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD-style normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = text.lower().translate(_PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def strip_fences(text: str) -> str:
@@ -206,8 +215,6 @@ def format_problem(prediction: str, gold: str, kind: str, text: str = "",
         "unparseable record", "missing keys", "unknown fields", "too long for a short
         answer", "echoes the input".
     """
-    from tunewise.evaluate import normalize_answer
-
     pred = strip_fences(prediction)
     if not pred:
         return "empty"
