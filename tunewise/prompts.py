@@ -7,37 +7,17 @@ the same thing through the backend's chat template.
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Sequence
-from functools import cache
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import jinja2
-import yaml
-from jinja2 import Environment, StrictUndefined
 
 from tunewise.backends.base import Messages
-from tunewise.errors import TunewiseError
 from tunewise.task import TaskSpec
+from tunewise.templating import VARIABLES, builtin_sources  # noqa: F401  (VARIABLES: re-exported)
+from tunewise.templating import compile_template as _compile
 
 Shot = dict[str, str]
-VARIABLES = ("task", "labels", "input", "shots", "passages", "row_system")
-"""What every template sees (the built-ins and a task's own ``prompts:``)."""
-_ENV = Environment(undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False)
-
-
-@cache
-def _compile(source: str) -> jinja2.Template:
-    return _ENV.from_string(source)
-
-
-@cache
-def builtin_sources() -> dict[str, str]:
-    """The template sources of the packaged ``prompts.yaml``, by name."""
-    text = resources.files("tunewise").joinpath("prompts.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
 
 
 def templates(task: TaskSpec | None = None) -> dict[str, jinja2.Template]:
@@ -55,58 +35,6 @@ def task_overrides(task: TaskSpec) -> dict[str, str]:
 
 def _render(name: str, task: TaskSpec | None = None, **values: Any) -> str:
     return templates(task)[name].render(task=task, **values).strip()
-
-
-def _template_line(exc: BaseException) -> int | None:
-    """The template line a Jinja error points at (syntax errors carry it; render errors
-    have it in the traceback frame Jinja maps back to ``<template>``)."""
-    line = getattr(exc, "lineno", None)
-    for frame, lineno in traceback.walk_tb(exc.__traceback__):
-        if frame.f_code.co_filename == "<template>":
-            line = lineno
-    return line
-
-
-def check_task_templates(task: TaskSpec, path: Path | str) -> None:
-    """Compile and trial-render the task's own templates, so a mistake is one line naming
-    the task file's line before any model call, not a traceback mid-run.
-
-    Raises:
-        TunewiseError: with the file, the line inside the template, and Jinja's message.
-    """
-    overrides = task_overrides(task)
-    if not overrides:
-        return
-    sample = {"labels": list(task.labels or ["label_a", "label_b"]), "input": "example input",
-              "shots": [{"input": "shot input", "output": "shot output"}],
-              "passages": [{"id": "1", "text": "passage text"}], "row_system": False}
-    for name, source in overrides.items():
-        try:
-            _compile(source).render(task=task, **sample)
-        except jinja2.TemplateError as exc:
-            first = _first_line(task, name)
-            inner = _template_line(exc)
-            line = first + inner - 1 if first and inner else first
-            what = "syntax error" if isinstance(exc, jinja2.TemplateSyntaxError) else "error"
-            hint = ""
-            if isinstance(exc, jinja2.UndefinedError):
-                hint = f" (templates see {', '.join(VARIABLES)})"
-            raise TunewiseError(f"template {what}: {exc.message}{hint}", path=path, line=line,
-                                field=f"prompts.{name}") from None
-
-
-def _first_line(task: TaskSpec, name: str) -> int | None:
-    """Task-file line of the template's first line: the line after ``key: |`` for a block
-    scalar, else the key's own line."""
-    line = task.line_of(f"prompts.{name}")
-    node = task._yaml
-    for key in ("prompts", name):
-        node = next((v for k, v in getattr(node, "value", []) if k.value == key), None)
-        if node is None:
-            return line
-    if getattr(node, "style", None) in ("|", ">"):
-        return node.start_mark.line + 2
-    return node.start_mark.line + 1
 
 
 def system_message(task: TaskSpec, labels: Sequence[str] | None, row_system: str | None = None,
