@@ -206,7 +206,8 @@ def test_small_embedding_jobs_stay_quiet() -> None:
 
 
 def test_the_estimate_prices_few_shot_knn_embeddings(knn_plan) -> None:
-    from tunewise.cost import EMBED_TOKENS_PER_S, check_usd_budget, resolve_price
+    from tunewise.cost import resolve_price
+    from tunewise.estimate import EMBED_TOKENS_PER_S, check_usd_budget
 
     lines: list[str] = []
     est = check_usd_budget(knn_plan, lines.append)

@@ -357,7 +357,7 @@ def test_report_and_web_show_the_matrix_and_chart_every_cell(make_task) -> None:
 
 
 def test_budget_estimate_prices_each_models_calls_with_its_own_entry(make_task) -> None:
-    from tunewise.cost import estimate_run
+    from tunewise.estimate import estimate_run
 
     rungs = ["zero_shot", "system_prompt"]
     one = estimate_run(plan_run(load_task(two_models(make_task, HOSTED, HOSTED, rungs=rungs)),

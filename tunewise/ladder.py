@@ -10,36 +10,32 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
-from tunewise.answers import default_max_tokens, length_stats, per_field_accuracy
-from tunewise.backends import make_backend
+from tunewise.answers import per_field_accuracy
 from tunewise.backends.base import Backend, CachedBackend
 from tunewise.comparisons import paired_bootstrap
-from tunewise.dataset import (
-    DataReport,
-    Example,
-    check_data,
-    load_corpus,
-    load_examples,
-    make_split,
-    require_seen_labels,
-    task_labels,
-)
-from tunewise.errors import BudgetExceeded, TunewiseError, redact
+from tunewise.dataset import require_seen_labels
+from tunewise.errors import TunewiseError, redact
+from tunewise.estimate import check_budget, estimate_breakdown, estimate_calls
 from tunewise.evaluate import answer_spread, evaluate, expected_calibration_error
-from tunewise.evaluate import baseline as model_free_baseline
 from tunewise.files import write_text_atomic
 from tunewise.latency import single_request_latency, throughput
 from tunewise.results import SCHEMA_VERSION, check_result
-from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable, get_rung
+from tunewise.rungs.base import FAMILY, Prediction, RunContext, get_rung
+from tunewise.runplan import ModelPlan, Plan, default_rungs, plan_run, resolve_max_tokens
 from tunewise.store import Store
-from tunewise.task import OPT_IN_RUNGS, RUNG_ORDER, ModelSpec, TaskSpec
+from tunewise.task import TaskSpec
+
+# Planning and the estimate live in their own modules (below this one); their names stay
+# importable from here, where callers have always found them.
+__all__ = ["Hooks", "ModelPlan", "Plan", "check_budget", "default_rungs", "estimate_breakdown",
+           "estimate_calls", "plan_run", "resolve_max_tokens", "run_ladder", "run_rung"]
 
 
 @dataclass
@@ -50,101 +46,6 @@ class Hooks:
     start_rung: Callable[[str, int], None] = lambda name, total: None
     advance: Callable[[int], None] = lambda n: None
     end_rung: Callable[[dict[str, Any]], None] = lambda result: None
-
-
-@dataclass
-class ModelPlan:
-    """One model of the task: its context (backend, shots, adapters) and the rungs it can
-    serve; a cell is one of these rungs on this model."""
-
-    name: str
-    spec: ModelSpec
-    ctx: RunContext
-    rungs: list[str]
-    skipped: dict[str, str] = field(default_factory=dict)
-    tag: str = ""  # suffix of its rung names in the store ("" for the first model)
-
-
-@dataclass
-class Plan:
-    """A loaded task ready to run: data, split, checks and the rungs to climb."""
-
-    task: TaskSpec
-    ctx: RunContext
-    report: DataReport
-    rungs: list[str]
-    skipped: dict[str, str] = field(default_factory=dict)
-    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
-    models: list[ModelPlan] = field(default_factory=list)
-
-
-def default_rungs(task: TaskSpec) -> list[str]:
-    """Every rung in ladder order (requirements are checked per rung later); the opt-in
-    rungs (full_ft, dpo) only when the task names them."""
-    default = [r for r in RUNG_ORDER if r not in OPT_IN_RUNGS]
-    if len(task.model_entries()) < 2:  # distill needs a second model to teach it
-        default.remove("distill")
-    return [r for r in RUNG_ORDER if r in (task.rungs or default)]
-
-
-def _serves(ctx: RunContext, report: DataReport, name: str) -> str | None:
-    """Why this rung cannot run on this context's model (None when it can)."""
-    try:
-        return report.rung_blocks.get(name) or get_rung(name).requires(ctx)
-    except RungUnavailable as exc:
-        return exc.message
-
-
-def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
-             run_id: str = "", out_dir: Path | None = None,
-             rungs: list[str] | None = None,
-             backends: dict[str, Backend] | None = None) -> Plan:
-    """Load data, split it, check it, and decide which rungs run on which model (no model
-    calls). ``backend`` replaces the first model's backend, ``backends`` any model's by
-    name (tests pass dummies)."""
-    examples = load_examples(task)
-    split = make_split(examples, task)
-    report = check_data(examples, split, task)
-    corpus = load_corpus(task)
-    labels = task_labels(task, examples) if task.kind == "classification" else None
-    if task.unlabelled is not None:
-        from tunewise.rungs.distill import unlabelled_inputs
-
-        warning = unlabelled_inputs(task)[1]
-        if warning and warning not in report.notes:
-            report.notes.append(warning)
-    wanted = rungs or default_rungs(task)
-    peers: dict[str, RunContext] = {}
-    models: list[ModelPlan] = []
-    for i, (name, spec) in enumerate(task.model_entries().items()):
-        inner = (backends or {}).get(name) or (backend if i == 0 else None) \
-            or make_backend(spec.backend_spec())
-        sub_task = task if i == 0 else task.model_copy(
-            update={"backend": spec.backend_spec(), "backends": None})
-        if task.kind != "classification":  # notes from the first model only
-            resolve_max_tokens(sub_task, report if i == 0 else replace(report, notes=[]),
-                               split.train, inner.count_tokens)
-        ctx = RunContext(
-            task=sub_task, examples=examples, split=split, labels=labels,
-            backend=CachedBackend(inner, store, run_id or None), store=store,
-            run_id=run_id, work_dir=out_dir or Path("runs") / (run_id or "preview"),
-            corpus=corpus, model=name, peers=peers,
-        )
-        peers[name] = ctx
-        chosen, skipped = [], {}
-        for rung in wanted:
-            if spec.rungs is not None and rung not in spec.rungs:
-                continue
-            reason = _serves(ctx, report, rung)
-            if reason:
-                skipped[rung] = reason
-            else:
-                chosen.append(rung)
-        models.append(ModelPlan(name, spec, ctx, chosen, skipped, "" if i == 0 else f"@{name}"))
-    first = models[0]
-    found = model_free_baseline([e.output for e in split.train], [e.output for e in split.test],
-                                task.metric or "", task.kind == "classification")
-    return Plan(task, first.ctx, report, first.rungs, first.skipped, found, models)
 
 
 Rows = dict[str, dict[str, Any]]  # example id -> {"prediction", "gold", "score"}
@@ -169,120 +70,6 @@ def better_reference(plan: Plan, current: Reference | None, zero_shot: dict[str,
     rows = {str(r["example_id"]): dict(r)
             for r in plan.ctx.store.predictions(plan.ctx.run_id, "zero_shot" + tag)}
     return "zero_shot", rows, zero_shot["value"]
-
-
-def resolve_max_tokens(task: TaskSpec, report: DataReport, train: list[Example],
-                       count_tokens: Callable[[str], int]) -> None:
-    """Measure the training answers in tokens; size ``max_new_tokens`` from them.
-
-    A task that does not set ``backend.max_new_tokens`` gets p99 of the training answers
-    plus a margin, so long answers (records, JSON) are not cut; one that sets it below the
-    p95 gets a data-check note, since most answers that long would be cut and scored wrong.
-    """
-    stats = length_stats(count_tokens(e.output) for e in train)
-    if not stats:
-        return
-    report.answer_tokens = stats
-    derived = default_max_tokens(stats)
-    for i, spec in enumerate(task.backends or [task.backend]):
-        if "max_new_tokens" not in spec.model_fields_set:
-            # Not an assignment: the value is derived, and stays derived on a re-plan.
-            object.__setattr__(spec, "max_new_tokens", derived)
-            if i == 0:
-                report.notes.append(
-                    f"max_new_tokens {derived}, from the answers in train (p50 "
-                    f"{stats['p50']:.0f}, p95 {stats['p95']:.0f}, p99 {stats['p99']:.0f} "
-                    "tokens); set backend.max_new_tokens to change it")
-        elif spec.max_new_tokens < stats["p95"]:
-            where = "backend" if not task.backends else f"backends[{i}]"
-            report.notes.append(
-                f"{where}.max_new_tokens is {spec.max_new_tokens} but 5% of the training "
-                f"answers are longer than {stats['p95']:.0f} tokens (p50 {stats['p50']:.0f}, "
-                f"max {stats['max']:.0f}); long answers will be cut and scored wrong; raise "
-                f"it or remove it to use {default_max_tokens(stats)}")
-
-
-def estimate_breakdown(plan: Plan) -> dict[str, int]:
-    """Model calls the run will ask for (made or cached), per rung and per check.
-
-    Per rung: its test items, the single requests timed for latency (``decision.
-    latency_sample`` plus one warm-up), and few_shot_best's dev passes (one per
-    candidate), on every model that runs the rung (keys ``rung@model`` beyond the first);
-    distill adds the teacher's labels and its choice on dev. Then the checks after
-    the ladder: the learning curve (test items per subset size), forgetting (base and tuned
-    model on the general set) and the freshness test (the questions whose answer can be
-    edited, asked before and after the edit).
-    """
-    task, split = plan.task, plan.ctx.split
-    n_test, n_dev = len(split.test), len(split.dev)
-    sample = min(task.decision.latency_sample, n_test)
-    timing = sample + 1 if sample else 0
-    out: dict[str, int] = {}
-    for tag, names in [(m.tag, m.rungs) for m in plan.models] or [("", plan.rungs)]:
-        for name in names:
-            out[name + tag] = n_test + timing + (
-                n_dev * task.few_shot.best_candidates if name == "few_shot_best" else 0) + (
-                len(split.train) + 2 * n_dev if name == "distill" else 0)
-    tuned = [n for n in plan.rungs if FAMILY[n] == "fine_tuning"]
-    if "lora" in plan.rungs and task.lora.curve:
-        from tunewise.training.curve import curve_sizes
-
-        out["learning_curve"] = len(curve_sizes(task.lora.curve, len(split.train))) * n_test
-    if tuned:
-        from tunewise.errors import TunewiseError
-        from tunewise.training.forgetting import load_general
-
-        try:
-            general = len(load_general(task.lora.general))
-        except TunewiseError:
-            general = 0  # the check reports its own error and makes no call
-        # the base model, the lora adapter (also dpo's start), each model of its own
-        sft = any(n.startswith("lora") for n in tuned) or (
-            "dpo" in tuned and task.dpo.start_from == "sft")
-        models = sft + sum(n in tuned for n in ("full_ft", "dpo"))
-        out["forgetting"] = (1 + models) * general
-    if "dpo" in plan.rungs:  # preference accuracy: base, supervised (if any) and dpo models
-        out["preference_check"] = (2 + sft) * n_test
-    if task.freshness.run and task.freshness.rung in plan.rungs and plan.ctx.corpus:
-        out["freshness"] = _freshness_calls(plan)
-    return out
-
-
-def _freshness_calls(plan: Plan) -> int:
-    """Questions the freshness test asks before the edit, plus at most
-    ``freshness.max_questions`` asked again after it (found without any model call)."""
-    from tunewise.freshness import automatic_edits, rule_questions
-
-    ctx, spec = plan.ctx, plan.task.freshness
-    if spec.edits:
-        candidates = rule_questions(list(spec.edits), ctx.examples, ctx.corpus, 10**9)
-    else:
-        _, candidates = automatic_edits(ctx.split.test, ctx.corpus, len(ctx.split.test),
-                                        spec.seed, answers=ctx.examples)
-    return len(candidates) + min(spec.max_questions, len(candidates))
-
-
-def estimate_calls(plan: Plan) -> int:
-    """Every model call the run will ask for (see :func:`estimate_breakdown`)."""
-    return sum(estimate_breakdown(plan).values())
-
-
-def check_budget(plan: Plan, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Stop before any model call when the run would exceed ``budget.max_calls`` or
-    ``budget.max_usd`` (the dollar estimate is shown through ``log`` first); returns the
-    estimate (``cost.estimate_run``), which the result keeps beside the calls made."""
-    limit = plan.task.budget.max_calls
-    estimate = estimate_calls(plan)
-    if limit is not None and estimate > limit:
-        raise BudgetExceeded(
-            f"this run needs up to {estimate} model calls but the budget allows {limit}; "
-            "raise budget.max_calls, lower split.test, or choose fewer rungs",
-            path=plan.task.source, line=plan.task.line_of("budget.max_calls"),
-            field="budget.max_calls",
-        )
-    from tunewise.cost import check_usd_budget
-
-    return check_usd_budget(plan, log)
 
 
 def _percentile(values: list[float], q: float) -> float:
