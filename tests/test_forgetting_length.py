@@ -9,11 +9,11 @@ import pytest
 
 from tunewise.backends.base import Completion
 from tunewise.backends.dummy import DummyBackend
+from tunewise.finetune_checks import forgetting_check, verdict_notes
 from tunewise.ladder import plan_run
 from tunewise.store import Store
 from tunewise.task import load_task
-from tunewise.training.checks import verdict_notes
-from tunewise.training.forgetting import forgetting_check, length_shift
+from tunewise.training.forgetting import length_shift
 
 FREE = {f"What is {i} plus {i}?": str(2 * i) for i in range(1, 31)}
 MC = [{"input": f"Pick the colour number {i}", "output": "red", "choices": ["red", "blue"]}

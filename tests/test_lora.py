@@ -248,7 +248,7 @@ def test_curve_helpers() -> None:
 
 
 def test_verdict_notes_cite_the_numbers() -> None:
-    from tunewise.training.checks import verdict_notes
+    from tunewise.finetune_checks import verdict_notes
 
     curve = {"points": [{"n": 50, "value": 0.1, "ci_low": 0.0, "ci_high": 0.2},
                         {"n": 300, "value": 0.7, "ci_low": 0.6, "ci_high": 0.8}],

@@ -314,7 +314,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
             {"model": m.name, "backend": m.ctx.backend.id, "price": m.spec.price,
              **({"rungs": per_model[i]} if i else {})}
             for i, m in enumerate(plan.models)]
-    from tunewise.training.checks import after_ladder, verdict_notes
+    from tunewise.finetune_checks import after_ladder, verdict_notes
 
     result.update(after_ladder(plan.ctx, results))  # learning curve, forgetting (lora only)
     if task.freshness.run:  # edit corpus facts, re-ask: does the rung follow? (issue 5)

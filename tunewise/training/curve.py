@@ -9,12 +9,10 @@ main one, so a re-run costs only what changed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from tunewise.backends.base import CachedBackend
 from tunewise.evaluate import evaluate
-from tunewise.rungs.base import RunContext, answer
-from tunewise.rungs.lora import load_tuned, release, train_adapter, train_prompt
 
 
 def curve_sizes(requested: list[int], n_train: int) -> list[int]:
@@ -44,33 +42,45 @@ def slope_per_100(points: list[dict[str, Any]]) -> float | None:
     return (q["value"] - p["value"]) / (q["n"] - p["n"]) * 100
 
 
-def learning_curve(ctx: RunContext, main: dict[str, Any]) -> dict[str, Any]:
-    """Score adapters trained on growing subsets; ``main`` is the finished ``lora`` result.
+def learning_curve(sizes: Sequence[int], gold: Sequence[str], metric: str, target: float,
+                   full: dict[str, Any], *, train: Callable[[int, str], Any],
+                   predict: Callable[[Any, str], list[str]],
+                   log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """Score adapters trained on growing subsets, given the pieces that train and answer.
 
-    Returns ``{"metric", "points": [{n, value, ci_low, ci_high, train_seconds, steps,
-    trained_now}], "examples_to_target", "monotone"}``.
+    Like a torchtune recipe, the curve is handed its pieces rather than the run: it knows
+    nothing of rungs, stores or prompts.
+
+    Args:
+        sizes: subset sizes to train, smallest first (see :func:`curve_sizes`).
+        gold: the test answers every point is scored against.
+        metric: the task's metric.
+        target: the task's target (for ``examples_to_target``).
+        full: the finished result trained on the whole training split (the last point,
+            never trained twice): ``value``, ``ci_low``, ``ci_high``, ``n`` and ``info``.
+        train: ``train(n, label)`` -> the adapter trained on the first ``n`` examples
+            (``train_seconds``, ``log``, ``trained_now``).
+        predict: ``predict(adapter, label)`` -> the tuned model's answers to the test items.
+        log: progress lines.
+
+    Returns:
+        ``{"metric", "points": [{n, value, ci_low, ci_high, train_seconds, steps,
+        trained_now}], "examples_to_target", "monotone", "slope_per_100"}``.
     """
-    task, test = ctx.task, ctx.split.test
-    gold = [e.output for e in test]
-    prompts = [train_prompt(ctx, e) for e in test]
     points: list[dict[str, Any]] = []
-    for n in curve_sizes(task.lora.curve, len(ctx.split.train)):
+    for n in sizes:
         label = f"lora@{n}"
-        ctx.log(f"learning curve: training on {n} examples")
-        adapter, _ = train_adapter(ctx, ctx.split.train[:n], label=label)
-        tuned = load_tuned(ctx, adapter)
-        backend = CachedBackend(tuned, ctx.store, ctx.run_id or None, label)
-        preds = answer(ctx, backend, test, prompts)
-        release(tuned)
-        score = evaluate([p.text for p in preds], gold, task.metric)
+        log(f"learning curve: training on {n} examples")
+        adapter = train(n, label)
+        score = evaluate(predict(adapter, label), list(gold), metric)
         points.append({"n": n, "value": score.value, "ci_low": score.ci_low,
                        "ci_high": score.ci_high, "train_seconds": adapter.train_seconds,
                        "steps": adapter.log.get("steps_done"),
                        "trained_now": adapter.trained_now})
-    info = main.get("info", {})
-    points.append({"n": len(ctx.split.train), "value": main["value"], "ci_low": main["ci_low"],
-                   "ci_high": main["ci_high"], "train_seconds": info.get("train_seconds"),
+    info = full.get("info", {})
+    points.append({"n": full["n"], "value": full["value"], "ci_low": full["ci_low"],
+                   "ci_high": full["ci_high"], "train_seconds": info.get("train_seconds"),
                    "steps": info.get("steps"), "trained_now": info.get("trained_now")})
-    return {"metric": task.metric, "points": points,
-            "examples_to_target": examples_to_target(points, task.target),
+    return {"metric": metric, "points": points,
+            "examples_to_target": examples_to_target(points, target),
             "monotone": monotone_within_ci(points), "slope_per_100": slope_per_100(points)}

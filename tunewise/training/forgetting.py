@@ -20,17 +20,16 @@ multiple-choice questions asked openly when the set has none.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tunewise.backends.base import CachedBackend
+from tunewise.backends.base import Backend, Messages
 from tunewise.dataset import read_rows
 from tunewise.errors import TunewiseError
 from tunewise.evaluate import Score, compare, contains_answer, interval
-from tunewise.prompts import build_messages
-from tunewise.rungs.base import RunContext
 
 BUNDLED = "demo/general/general.jsonl"
 FREE_ANSWER_TOKENS = 32
@@ -86,10 +85,16 @@ class GeneralScore:
     lengths: list[int]
 
 
-def score_general(ctx: RunContext, backend: CachedBackend, items: list[GeneralItem]
+def score_general(backend: Backend, items: list[GeneralItem], prompt: Callable[[str], Messages]
                   ) -> GeneralScore:
-    """One model's ability on the general set, and how long its free answers are."""
-    prompts = [build_messages(ctx.task, None, it.input, system=False) for it in items]
+    """One model's ability on the general set, and how long its free answers are.
+
+    Args:
+        backend: the model (through the call cache when the run has one).
+        items: the general set.
+        prompt: the messages for one question (the way the tuned rung is prompted).
+    """
+    prompts = [prompt(it.input) for it in items]
     right: dict[int, float] = {}
     mc = [i for i, it in enumerate(items) if it.choices]
     if mc:
@@ -126,36 +131,38 @@ def length_shift(base: list[int], tuned: list[int]) -> dict[str, Any]:
             "ratio": ratio if ratio != float("inf") else None, "shifted": shifted}
 
 
-def forgetting_check(ctx: RunContext, tuned: Any) -> dict[str, Any]:
+def compare_general(base: Backend, tuned: Backend, items: list[GeneralItem],
+                    prompt: Callable[[str], Messages], threshold: float, set_name: str
+                    ) -> dict[str, Any]:
     """Base vs tuned on the general set: both scores with CIs, the change, and a flag.
 
     Args:
-        ctx: the run (its backend is the base model).
-        tuned: the local backend with the task's adapter.
+        base: the model before tuning.
+        tuned: the model with the task's adapter (or its own tuned weights).
+        items: the general set (see :func:`load_general`).
+        prompt: the messages for one question.
+        threshold: a drop beyond this is flagged (``decision.forgetting_threshold``).
+        set_name: what the set is, as the result names it.
     """
-    spec = ctx.task.lora
-    items = load_general(spec.general)
-    rung = "forgetting_check"
-    base_run = score_general(ctx, ctx.backend.for_rung(rung), items)
-    after_run = score_general(ctx, CachedBackend(tuned, ctx.store, ctx.run_id or None, rung),
-                              items)
-    base, after = base_run.score, after_run.score
-    drop = compare(after.per_example, base.per_example)  # does base beat tuned?
-    diff = after.value - base.value
+    base_run = score_general(base, items, prompt)
+    after_run = score_general(tuned, items, prompt)
+    base_score, after = base_run.score, after_run.score
+    drop = compare(after.per_example, base_score.per_example)  # does base beat tuned?
+    diff = after.value - base_score.value
     length = length_shift(base_run.lengths, after_run.lengths)
     return {
-        "set": str(spec.general) if spec.general else "bundled general set",
+        "set": set_name,
         "n": len(items),
         "metric": "accuracy",
         "method": METHOD,
         "length": length,
         "behaviour_change": length["shifted"],
-        "base": _summary(base),
+        "base": _summary(base_score),
         "tuned": _summary(after),
         "diff": diff,
         "diff_ci_low": 0.0 - drop["ci_high"],
         "diff_ci_high": 0.0 - drop["ci_low"],
         "p_value": drop["p_value"],  # one-sided: that the base model scores higher
-        "threshold": ctx.task.decision.forgetting_threshold,
-        "flagged": -diff > ctx.task.decision.forgetting_threshold,
+        "threshold": threshold,
+        "flagged": -diff > threshold,
     }

@@ -3,15 +3,65 @@
 Fine-tuning is judged twice (DESIGN.md): the task gain, with its learning curve, and the
 regression on a general set against the base model. Both run once per run, after the
 rungs, on the adapter the lora rungs shared.
+
+This module is the glue between the run and the recipes: it takes the pieces out of the
+rung context (backends, the prompt function, the training split) and hands them to
+:mod:`tunewise.training.curve` and :mod:`tunewise.training.forgetting`, which know nothing
+of rungs. It sits above both ``rungs/`` and ``training/``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tunewise.comparisons import p_text
+from tunewise.backends.base import CachedBackend
+from tunewise.comparisons import p_text, paired_bootstrap
 from tunewise.errors import TunewiseError
-from tunewise.rungs.base import RunContext
+from tunewise.prompts import build_messages
+from tunewise.rungs.base import RunContext, answer
+from tunewise.rungs.dpo import preference_check
+from tunewise.rungs.lora import load_tuned, release, train_adapter, train_prompt
+from tunewise.training import curve
+from tunewise.training.forgetting import compare_general, load_general
+
+
+def learning_curve(ctx: RunContext, main: dict[str, Any]) -> dict[str, Any]:
+    """The learning curve of the ``lora`` rung (``main`` is its finished result): adapters
+    trained on the first n training examples, answering the test split as the rung does."""
+    task, test = ctx.task, ctx.split.test
+    prompts = [train_prompt(ctx, e) for e in test]
+
+    def train(n: int, label: str) -> Any:
+        return train_adapter(ctx, ctx.split.train[:n], label=label)[0]
+
+    def predict(adapter: Any, label: str) -> list[str]:
+        tuned = load_tuned(ctx, adapter)
+        backend = CachedBackend(tuned, ctx.store, ctx.run_id or None, label)
+        preds = answer(ctx, backend, test, prompts)
+        release(tuned)
+        return [p.text for p in preds]
+
+    sizes = curve.curve_sizes(task.lora.curve, len(ctx.split.train))
+    return curve.learning_curve(sizes, [e.output for e in test], task.metric, task.target,
+                                {**main, "n": len(ctx.split.train)}, train=train,
+                                predict=predict, log=ctx.log)
+
+
+def forgetting_check(ctx: RunContext, tuned: Any) -> dict[str, Any]:
+    """Base vs tuned on the general set (see :func:`training.forgetting.compare_general`).
+
+    Args:
+        ctx: the run (its backend is the base model).
+        tuned: the local backend with the task's adapter.
+    """
+    spec = ctx.task.lora
+    rung = "forgetting_check"
+    return compare_general(
+        ctx.backend.for_rung(rung), CachedBackend(tuned, ctx.store, ctx.run_id or None, rung),
+        load_general(spec.general),
+        lambda text: build_messages(ctx.task, None, text, system=False),
+        ctx.task.decision.forgetting_threshold,
+        str(spec.general) if spec.general else "bundled general set")
 
 
 def after_ladder(ctx: RunContext, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -21,9 +71,6 @@ def after_ladder(ctx: RunContext, results: list[dict[str, Any]]) -> dict[str, An
     A check that cannot run (e.g. a broken general-set file) is reported, not fatal:
     the rungs' results are already measured and stored.
     """
-    from tunewise.training.curve import learning_curve
-    from tunewise.training.forgetting import forgetting_check
-
     def forgetting(backend: Any) -> dict[str, Any]:
         try:
             return forgetting_check(ctx, backend)
@@ -36,8 +83,6 @@ def after_ladder(ctx: RunContext, results: list[dict[str, Any]]) -> dict[str, An
         if name in done and name in ctx.shared:
             done[name]["info"]["forgetting"] = forgetting(ctx.shared[name].backend)
     if "dpo" in done and "dpo" in ctx.shared:
-        from tunewise.rungs.dpo import preference_check
-
         done["dpo"]["info"]["preference"] = preference_check(ctx)
     if "full_ft" in done and "lora" in done:
         done["full_ft"]["info"]["vs_lora"] = paired(ctx, "lora", "full_ft")
@@ -53,8 +98,6 @@ def after_ladder(ctx: RunContext, results: list[dict[str, Any]]) -> dict[str, An
 def paired(ctx: RunContext, a: str, b: str) -> dict[str, Any]:
     """Paired bootstrap of rung ``b`` against rung ``a`` on the test items both answered, in
     the task's metric (diff = b - a, its 95% CI, two-sided p), from the stored rows."""
-    from tunewise.comparisons import paired_bootstrap
-
     rows = {name: {str(r["example_id"]): dict(r) for r in ctx.store.predictions(ctx.run_id, name)}
             for name in (a, b)}
     return {"a": a, "b": b, **paired_bootstrap(rows[a], rows[b], ctx.task.metric)}
