@@ -170,7 +170,7 @@ def test_a_server_rejecting_the_grammar_gets_free_text_and_the_parser() -> None:
         scored = backend.score([chat("play some jazz")] * 3, [LABELS] * 3)
     assert all(s.method == "constrained" for s in scored)
     # free text "answer to: play some jazz" names play_music only loosely: parsed by words
-    assert backend._grammar is False
+    assert backend.constrained.grammar is False
     assert any(s["mode"] == "400" for s in stub.seen)
     assert all("grammar" not in s["body"] for s in stub.seen if s["mode"] == "ok")
 

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 from openai_stub import StubServer
 
-from tunewise.backends import openai_compat
+from tunewise.backends import openai_transport
 from tunewise.backends.openai_compat import MAX_RETRY_AFTER_S, OpenAIBackend, _Retryable
 from tunewise.errors import TunewiseError
 from tunewise.task import BackendSpec, parse_task
@@ -88,24 +88,24 @@ def _retry_state(after: float | None, attempt: int = 1) -> SimpleNamespace:
 @pytest.mark.parametrize("after", [86400.0, 1e9, MAX_RETRY_AFTER_S, MAX_RETRY_AFTER_S - 1])
 def test_the_retry_after_cap_holds_jitter_included(after: float) -> None:
     backend = OpenAIBackend(spec("http://127.0.0.1:1/v1"))
-    waits = [backend._wait(_retry_state(after)) for _ in range(200)]
+    waits = [backend.transport._wait(_retry_state(after)) for _ in range(200)]
     assert max(waits) <= MAX_RETRY_AFTER_S
     assert min(waits) >= min(after, MAX_RETRY_AFTER_S)
 
 
 def test_short_retry_after_and_backoff_keep_their_jitter() -> None:
     backend = OpenAIBackend(spec("http://127.0.0.1:1/v1"), backoff_s=0.5)
-    waits = [backend._wait(_retry_state(2.0)) for _ in range(200)]
+    waits = [backend.transport._wait(_retry_state(2.0)) for _ in range(200)]
     assert min(waits) >= 2.0 and max(waits) <= 2.0 + 0.05 + 0.2
     assert len(set(waits)) > 100  # jittered: replicas are not hit in lockstep
-    backoff = [backend._wait(_retry_state(None, attempt=20)) for _ in range(50)]
+    backoff = [backend.transport._wait(_retry_state(None, attempt=20)) for _ in range(50)]
     assert all(30.0 <= w <= 30.5 for w in backoff)
 
 
 def test_a_day_long_retry_after_is_slept_for_the_cap_only(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Through tenacity, as a run would: the cap (made small here) bounds the real sleep."""
-    monkeypatch.setattr(openai_compat, "MAX_RETRY_AFTER_S", 0.3)
+    monkeypatch.setattr(openai_transport, "MAX_RETRY_AFTER_S", 0.3)
     out: list = []
     with StubServer(lambda key, n: "429" if n == 0 else "ok", retry_after="86400") as stub:
         backend = OpenAIBackend(spec(stub.url, max_retries=2))
@@ -206,7 +206,8 @@ def test_an_empty_base_url_list_stops_the_cli_before_any_request(
 
     monkeypatch.setenv("MYSVC_CRED", "k" * 10)
     sent: list[str] = []
-    monkeypatch.setattr(OpenAIBackend, "_send", lambda self, c, url, body: sent.append(url))
+    monkeypatch.setattr(openai_transport.Transport, "_send",
+                        lambda self, c, url, body: sent.append(url))
     path = make_task([{"input": f"q {i}", "output": "a"} for i in range(6)],
                      backend={"kind": "openai", "model": "m", "base_url": [],
                               "api_key_env": "MYSVC_CRED"})

@@ -12,12 +12,13 @@ import email.utils
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from tunewise.backends.base import Messages
-from tunewise.errors import TunewiseError
+from tunewise.errors import TunewiseError, redact
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -172,3 +173,15 @@ def cut_at_stop(text: str, stop: list[str] | None) -> str:
         if s and s in text:
             text = text[: text.index(s)]
     return text.strip()
+
+
+def read_answer(read: Callable[[dict[str, Any]], Any], data: dict[str, Any], url: str) -> Any:
+    """``read(data)``, with a reader's ``ValueError`` as one line naming the server.
+
+    Raises:
+        TunewiseError: the answer from ``url`` lacks what ``read`` looks for.
+    """
+    try:
+        return read(data)
+    except ValueError as exc:
+        raise TunewiseError(redact(f"{url}: unexpected answer: {exc}"), field="backend") from None
