@@ -1,7 +1,8 @@
-"""The `tunewise` command. Heavy modules are imported inside commands so --help stays fast.
+"""The `tunewise` command: wiring only (arguments, loading, running, exit codes).
 
-Errors the user can fix are one line on stderr with exit code 2; ``--debug`` shows the
-traceback instead.
+What a command prints is rendered by :mod:`tunewise.console`. Heavy modules are imported
+inside commands so --help stays fast. Errors the user can fix are one line on stderr with
+exit code 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -14,14 +15,38 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 from typer.core import TyperGroup
 
-from tunewise.errors import TunewiseError, redact
+from tunewise.console import (
+    console,
+    cost_tables,
+    err_console,
+    print_advice,
+    print_cache_stats,
+    print_cost_command,
+    print_demo_header,
+    print_doctor,
+    print_freshness,
+    print_init,
+    print_log,
+    print_prediction,
+    print_prompt_notes,
+    print_result,
+    print_run,
+    print_runs,
+    print_trained,
+    progress_hooks,
+    results_table,
+    say,
+    warn,
+)
+from tunewise.console import print_error as _print_error
+from tunewise.errors import TunewiseError
 from tunewise.extras import require
-from tunewise.terminal import json_text, printable, safe
+from tunewise.terminal import json_text, printable
+
+# Renderers the tests and callers have always imported from here.
+__all__ = ["app", "check_path", "cost_tables", "demo_path", "main", "results_table"]
 
 STATE: dict[str, Any] = {"store": None, "debug": False}
 
@@ -99,12 +124,6 @@ def _traceback() -> str:
     return traceback.format_exc().rstrip()
 
 
-def _print_error(line: str) -> None:
-    """One line on stderr, secrets masked, never wrapped or marked up by Rich; control
-    characters from user text shown as escapes."""
-    err_console.print(printable(redact(line)), markup=False, highlight=False, soft_wrap=True)
-
-
 app = typer.Typer(
     cls=_Group,
     help="Measure whether your LLM task needs prompting, retrieval or fine-tuning.",
@@ -117,10 +136,6 @@ app.add_typer(cache_app, name="cache")
 models_app = typer.Typer(help="The bundled models (SmolLM2-135M, all-MiniLM-L6-v2).",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
-
-# Outside a terminal (CI logs, pipes) Rich would assume 80 columns and wrap the table.
-console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True)
 
 StoreOpt = Annotated[
     Path | None,
@@ -214,151 +229,6 @@ def _load(task: Path):
     return load_task(check_path(task, "task"))
 
 
-def _fmt_score(r: Any) -> str:
-    return f"{r.value:.3f} ({r.ci_low:.2f}-{r.ci_high:.2f})"
-
-
-def _flags(r: Any) -> list[str]:
-    """Warnings about a rung's numbers: a collapsed answer, a dev tie, cut answers."""
-    flags = []
-    if r.degenerate:
-        flags.append(f"degenerate ({getattr(r, 'top_share', 1.0):.0%} one answer)")
-    if r.dev_tie or (r.info.model_extra or {}).get("dev_tie"):
-        flags.append("dev tie")
-    if r.truncated:
-        flags.append(f"{r.truncated} truncated")
-    return flags
-
-
-def _latency_cell(r: Any) -> str:
-    """Single-request p50/p95 (batch 1) when timed, else the per-item batch figures."""
-    single = r.latency
-    if single is not None and single.single_p95_ms is not None:
-        text = f"{single.single_p50_ms:.0f}/{single.single_p95_ms:.0f}"
-        return text + (" (replayed)" if single.replayed else "")
-    if r.latency_ms is not None:
-        return f"{r.latency_ms.p50:.0f}/{r.latency_ms.p95:.0f} (batch)"
-    return ""
-
-
-def results_table(result: Any) -> Table:
-    """The run table: one row per rung, numbers with CIs, significance against zero-shot."""
-    from tunewise.results import load_result
-
-    res = load_result(result)
-    task = res.task
-    table = Table(title=f"{safe(task.name)}: {task.metric} on {res.split.get('test', '?')} "
-                        f"test examples (target {task.target})")
-    table.add_column("rung", no_wrap=True)
-    # Several backends (task.backends): a model column, each rung's rows side by side.
-    models = res.models or []
-    if models:
-        table.add_column("model", no_wrap=True)
-    others: dict[str, list[tuple[str, Any]]] = {}
-    for m in models[1:]:
-        for r in m.rungs:
-            others.setdefault(r.name, []).append((m.model, r))
-    rows = [(models[0].model if models else "", r) for r in res.rungs]
-    rows = [row for main in rows for row in [main, *others.pop(main[1].name, [])]]
-    rows += [row for extra in others.values() for row in extra]  # not asked of the first
-    for col in ("score (95% CI)", "vs baseline", "ECE", "tokens in/out", "ms p50/p95",
-                "calls/cached"):
-        table.add_column(col, justify="right")
-    table.add_column("flags")
-    for name, b in (res.baselines or {}).items():  # model-free: no cost, no calls
-        what = "majority class" if name == "majority" else "most common answer"
-        label = " ".join(str(b.label or "").split())
-        label = label if len(label) <= 24 else label[:23] + "…"
-        lead = [Text(printable(f"{what}: {label}"), style="dim")] + ([""] if models else [])
-        table.add_row(*lead, _fmt_score(b), "", "", "", "", "", "baseline")
-    against = [(getattr(r, "vs_baseline", None) or {}).get("against") for _, r in rows]
-    usual = max(set(against) - {None}, key=against.count, default="zero_shot")
-    for model, r in rows:
-        lead = [safe(r.name), safe(model)] if models else [safe(r.name)]
-        if not r.done:
-            table.add_row(*lead, f"[dim]{safe(r.status)}: {safe(r.reason)}[/dim]")
-            continue
-        vs = getattr(r, "vs_baseline", None) or (r.vs_zero_shot.model_dump()
-                                                 if r.vs_zero_shot else None)
-        mark = ""
-        if vs:
-            ref = vs.get("against", "zero_shot")
-            mark = (f"{vs['diff']:+.3f}" + (" *" if vs["p_value"] < 0.05 and vs["diff"] > 0
-                                            else "")
-                    + (f" (vs {ref})" if ref != usual else ""))
-        met = " ✓" if r.value >= task.target else ""
-        tokens = r.tokens
-        table.add_row(
-            *lead,
-            _fmt_score(r) + met, mark,
-            f"{r.ece:.3f}" if r.ece is not None else "",
-            f"{tokens.prompt_mean:.0f}/{tokens.completion_mean:.0f}" if tokens else "",
-            _latency_cell(r),
-            f"{r.calls_made}/{r.cache_hits}",
-            ", ".join(_flags(r)),
-        )
-    table.caption = (f"vs baseline: against {usual}, the better of the model-free baseline and "
-                     "zero_shot   * better, p < 0.05 (paired bootstrap)   ✓ meets the target\n"
-                     "ms: single requests at batch 1 (replayed: timings read from the cache)\n"
-                     "degenerate: one answer for over 90% of items   dev tie: few_shot_best's "
-                     "candidates tied on dev   truncated: answers cut at max_new_tokens")
-    from tunewise.report.data import label_only
-
-    if label_only([m.model_dump() for m in models]):
-        table.caption += ("\nlabels scored without the end-of-turn token on every model (one "
-                          "scores with score_method forced)")
-    return table
-
-
-def print_verdict(result: Any) -> None:
-    """The verdict and its reasons, under the table."""
-    from tunewise.results import load_result
-
-    res = load_result(result)
-    print_cost(res)
-    v = res.verdict
-    if v is None:
-        return
-    console.print(f"\n[bold]Verdict:[/bold] {safe(v.summary)}")
-    for reason in v.reasons:
-        console.print(f"  • {safe(reason)}")
-    for line in v.rejected:
-        console.print(f"  ✗ {safe(line)}")
-    for line in v.next:
-        console.print(f"  → {safe(line)}")
-    if res.decision:
-        console.print("  [dim]thresholds: " + safe(", ".join(
-            f"{k} {val:g}" if isinstance(val, int | float) else f"{k} {val}"
-            for k, val in res.decision.items())) + "[/dim]")
-
-
-def _progress_hooks(progress):
-    from tunewise.ladder import Hooks
-
-    state: dict[str, Any] = {"task": None}
-
-    def start(name: str, total: int) -> None:
-        # Started with the first rung, so an error found before any work is one clean line.
-        if not progress.live.is_started:
-            progress.start()
-        state["task"] = progress.add_task(safe(name), total=total)
-
-    def advance(n: int) -> None:
-        if state["task"] is not None:
-            progress.advance(state["task"], n)
-
-    def log(message: str) -> None:
-        from tunewise.noise import quiet
-
-        if quiet():  # --quiet: the table and verdict only
-            return
-        # Log lines quote user data ("[label]") and errors: no markup, secrets masked.
-        progress.console.print(printable(redact(message)), style="yellow", markup=False,
-                               highlight=False, soft_wrap=True)
-
-    return Hooks(log=log, start_rung=start, advance=advance)
-
-
 def _run(task_path: Any, out: Path | None, climb_all: bool, as_json: bool,
          rungs: list[str] | None, allow_unseen_labels: bool = False,
          show: bool = True) -> dict[str, Any]:
@@ -372,7 +242,7 @@ def _run(task_path: Any, out: Path | None, climb_all: bool, as_json: bool,
     store = _store()
     progress = progress_bar(console=err_console, disable=as_json)
     try:
-        result = run_ladder(task, store, hooks=_progress_hooks(progress), out_dir=out,
+        result = run_ladder(task, store, hooks=progress_hooks(progress), out_dir=out,
                             climb_all=climb_all, rungs=rungs,
                             allow_unseen_labels=allow_unseen_labels)
     finally:
@@ -383,13 +253,7 @@ def _run(task_path: Any, out: Path | None, climb_all: bool, as_json: bool,
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        console.print(results_table(result))
-        print_verdict(result)
-        usage = result.get("usage", {})
-        made, hits = usage.get("calls_made", 0), usage.get("cache_hits", 0)
-        console.print(f"\nmodel calls: {made} made, {hits} served from cache")
-        console.print(f"result: {safe(result['result_path'])}  (run id "
-                      f"{safe(result['run_id'])})")
+        print_run(result)
     return result
 
 
@@ -466,9 +330,7 @@ def demo_cmd(
         task = demo_task(n, backend)
         folder = out / n if out is not None and len(names) > 1 else out
         if not as_json:
-            head = f"demo {i}/{len(names)}: " if len(names) > 1 else "demo: "
-            console.rule(f"[bold]{head}{safe(task.name)}[/bold]")
-            console.print(f"[dim]{safe(QUESTION[n])}\ntask file: {safe(task.source)}[/dim]")
+            print_demo_header(i, len(names), task.name, QUESTION[n], task.source)
         results[n] = _run(task, folder, climb_all, as_json, _rung_names(rungs),
                           show=len(names) == 1 or not as_json)
     if len(names) == 1:
@@ -513,14 +375,7 @@ def show_prompt(
     else:
         sys.stdout.write(printable(plan.ctx.backend.render(prompt)))
         sys.stdout.write("\n")
-    if plan.ctx.labels:
-        err_console.print(f"[dim]scored answers: {safe(', '.join(plan.ctx.labels))}[/dim]")
-    if plan.task.data.system:
-        column = printable(plan.task.data.system)
-        err_console.print(Text(
-            f"system prompt: column '{column}' of the row, sent as written"
-            if text is None else f"--input has no row, so no '{column}' system prompt; use "
-            "--example N to see a row's", style="dim"))
+    print_prompt_notes(plan.ctx.labels, plan.task.data.system, from_input=text is not None)
 
 
 @app.command()
@@ -543,9 +398,7 @@ def predict(
     if as_json:
         print(json.dumps({"answer": pred.text, "probs": dict(ranked)}, indent=2))
         return
-    console.print(f"[bold]{safe(pred.text)}[/bold]")
-    for label, p in ranked[:top]:
-        console.print(f"  {safe(f'{printable(label):<24}')} {p:.3f}")
+    print_prediction(pred.text, ranked, top)
 
 
 @cache_app.command("stats")
@@ -553,15 +406,13 @@ def cache_stats() -> None:
     """How many model calls are cached, and their tokens."""
     store = _store()
     stats = store.cache_stats()
-    console.print(f"{safe(store.path)}: {stats['calls']} cached calls, "
-                  f"{stats['prompt_tokens']} prompt + {stats['completion_tokens']} "
-                  "completion tokens")
+    print_cache_stats(store.path, stats)
 
 
 @cache_app.command("clear")
 def cache_clear() -> None:
     """Forget every cached model call (runs and results are kept)."""
-    console.print(f"removed {_store().clear_cache()} cached calls")
+    say(f"removed {_store().clear_cache()} cached calls")
 
 
 @models_app.command("install")
@@ -572,7 +423,7 @@ def models_install(
     from tunewise.extras import model_install_commands
 
     for command in model_install_commands(sys.executable):
-        console.print(safe(" ".join(command)))
+        say(" ".join(command))
         if not dry_run and subprocess.run(command).returncode != 0:
             raise TunewiseError(f"'{' '.join(command)}' failed (its output is above)")
 
@@ -580,15 +431,7 @@ def models_install(
 @app.command()
 def runs(limit: Annotated[int, typer.Option(help="How many.")] = 20) -> None:
     """List recent runs in the store."""
-    table = Table("run id", "task", "status", "file")
-    for row in _store().runs(limit):
-        status = safe(row["status"])
-        if row["error"]:  # why a run failed, shortened to keep the table readable
-            error = row["error"] if len(row["error"]) <= 60 else row["error"][:59] + "…"
-            status += f" [dim]({safe(error)})[/dim]"
-        table.add_row(safe(row["id"]), safe(row["task_name"]), status,
-                      safe(row["task_path"] or ""))
-    console.print(table)
+    print_runs(_store().runs(limit))
 
 
 @app.command()
@@ -606,91 +449,10 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id, or 'latest'.")] = "
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return
-    console.print(results_table(result))
-    print_verdict(result)
+    print_result(result)
 
 
 # ---- cost, break-even and the advisor (issue 7) -------------------------------------------
-
-
-def cost_tables(cost: dict[str, Any]) -> list[Any]:
-    """Per-rung cost at the task's volume, and the break-even between rungs that meet the
-    target (a sentence saying why there is none when fewer than two do)."""
-    from tunewise.cost import format_days, format_usd
-
-    price, volume = cost["price"], cost["requests_per_day"]
-    tag = " [yellow](example prices: override them)[/yellow]" if price.get("example") else ""
-    per = Table(title=f"Cost at {volume:,} requests/day, price '{safe(price['name'])}' "
-                      f"(as of {safe(price['as_of'])}){tag}")
-    per.add_column("rung", no_wrap=True)
-    for col in ("meets target", "per 1k req", "per day", "upfront", "upkeep/day", "p95 ms"):
-        per.add_column(col, justify="right")
-    for name, c in cost["rungs"].items():
-        per.add_row(safe(name), "yes" if c["meets_target"] else "no", format_usd(c["per_1k"]),
-                    format_usd(c["daily"]), format_usd(c["upfront"]),
-                    format_usd(c["maintenance_per_day"]),
-                    f"{(c.get('latency_ms') or {}).get('p95', 0):.0f}")
-    met = cost.get("met_target") or []
-    per.caption = ("rungs meeting the target: " + (safe(", ".join(met)) if met else "none"))
-    be = cost["break_even"]
-    pairs = Table(title=f"Break-even at {volume:,} requests/day ({safe(be['basis'])})")
-    for col in ("cheaper upfront", "vs", "extra upfront", "saves/day", "break-even"):
-        pairs.add_column(col, justify="right" if col[0] in "es" or col == "break-even"
-                         else "left")
-    if not be["pairs"]:  # fewer than two rungs meet the target: a sentence, not a table
-        from rich.text import Text
-
-        return [per, Text(f"Break-even: {be['basis']}.", style="dim")]
-    for p in be["pairs"]:
-        pays = p["daily_saving"] > 0 and p["days"] is not None
-        pairs.add_row(safe(p["a"]), safe(p["b"]), format_usd(p["extra_upfront"]),
-                      format_usd(p["daily_saving"]) if pays else "none",
-                      format_days(p["days"]) if pays else "never pays back")
-    return [per, pairs]
-
-
-def matrix_tables(cells: list[dict[str, Any]], matrix: dict[str, Any]) -> list[Table]:
-    """Every (rung, model) cell with its own model's cost, and break-even across cells."""
-    from tunewise.cost import format_days, format_usd
-
-    volume, horizon = matrix["requests_per_day"], matrix["horizon_days"]
-    per = Table(title=f"Cells (rung x model) at {volume:,} requests/day, total over "
-                      f"{horizon:g} days")
-    for col in ("rung", "model", "price"):
-        per.add_column(col, no_wrap=True)
-    for col in ("score", "meets", "per 1k req", "per day", "upfront", "total"):
-        per.add_column(col, justify="right")
-    for c in cells:
-        k = c["cost"]
-        per.add_row(safe(c["rung"]), safe(c["model"]), safe(k["price"]), f"{c['value']:.3f}",
-                    "yes" if c["meets_target"] else "no",
-                    format_usd(k["per_request_usd"] * 1000), format_usd(k["daily_usd"]),
-                    format_usd(k["upfront_usd"]), format_usd(k["total_usd"]))
-    be = matrix["break_even"]
-    pairs = Table(title=f"Break-even across cells ({safe(be['basis'])})")
-    for col in ("cheaper upfront", "vs", "extra upfront", "saves/day", "break-even"):
-        pairs.add_column(col)
-    for p in be["pairs"]:
-        pairs.add_row(safe(p["a"]), safe(p["b"]), format_usd(p["extra_upfront"]),
-                      format_usd(p["daily_saving"]) if p["daily_saving"] > 0 else "-",
-                      format_days(p["days"]))
-    return [per, pairs]
-
-
-def print_cost(result: Any) -> None:
-    """The cost and break-even tables of a result, when it has a cost section."""
-    from tunewise.results import load_result
-
-    res = load_result(result)
-    if res.cost is None or not res.cost.rungs:
-        return
-    for table in cost_tables(res.cost.model_dump(mode="json")):
-        console.print(table)
-    cells = [c.model_dump(mode="json") for c in res.cells or []]
-    matrix = res.cost.model_dump(mode="json").get("matrix")
-    if len({c["model"] for c in cells}) > 1 and matrix:
-        for table in matrix_tables(cells, matrix):
-            console.print(table)
 
 
 def _finished_run(task: Any, run_id: str | None) -> dict[str, Any] | None:
@@ -743,29 +505,7 @@ def cost_cmd(
     if as_json:
         print(json.dumps(cost, indent=2))
         return
-    console.print(f"[dim]run {safe(result['run_id'])}; "
-                  f"{safe(cost['price'].get('description', ''))}[/dim]")
-    for table in cost_tables(cost):
-        console.print(table)
-    for pair in cost["break_even"]["pairs"]:
-        console.print(f"  • {safe(pair['text'])}")
-    if len({c["model"] for c in cells}) > 1:
-        for table in matrix_tables(cells, cost["matrix"]):
-            console.print(table)
-
-
-def print_advice(advice: Any) -> None:
-    """The advisor's recommendation, reasons, what to avoid and next steps."""
-    console.print(f"\n[bold]Recommendation:[/bold] {safe(advice.headline)}  "
-                  f"[dim]({safe(advice.recommendation)})[/dim]")
-    for line in advice.measured:
-        console.print(f"  [cyan]measured[/cyan] {safe(line)}")
-    for line in advice.reasons:
-        console.print(f"  • {safe(line)}")
-    for line in advice.avoid:
-        console.print(f"  ✗ avoid {safe(line)}")
-    for line in advice.next_steps:
-        console.print(f"  → {safe(line)}")
+    print_cost_command(result, cost, cells)
 
 
 @app.command()
@@ -810,8 +550,8 @@ def advise(
     if task is not None:
         result = _finished_run(_load(task), None)
         if result is None:
-            err_console.print("[yellow]no finished run of this task yet: advice from your "
-                              "answers only (tunewise run TASK to measure)[/yellow]")
+            warn("no finished run of this task yet: advice from your answers only "
+                 "(tunewise run TASK to measure)")
     if not answers.given() and result is None:
         if not sys.stdin.isatty() or as_json:
             raise TunewiseError("no answers given: pass flags (e.g. --examples 300 "
@@ -861,15 +601,7 @@ def init_cmd(
     if as_json:
         print(json_text({**summary(found, report), "task": str(path)}))
         return
-    console.print(f"wrote {safe(path)}: {safe(found.kind)}, input '{safe(found.input)}', "
-                  f"output '{safe(found.output)}', {found.n_rows} rows")
-    if found.labels:
-        console.print(f"  labels ({len(found.labels)}): {safe(', '.join(found.labels))}")
-    if found.corpus:
-        console.print(f"  corpus: {safe(found.corpus)}")
-    for note in report.notes:
-        console.print(f"  [yellow]data check:[/yellow] {safe(note)}")
-    console.print(f"next: tunewise run {safe(path)}")
+    print_init(path, found, report)
 
 
 # ---- HTML report and web UI (issue 9) -----------------------------------------------------
@@ -891,7 +623,7 @@ def report(
         print(json.dumps(report_data(*load_run(store, run_id)), indent=2))
         return
     data, _ = build_report(store, run_id, out_file(out))
-    console.print(f"report of run {safe(data['run_id'])}: {safe(out)}")
+    say(f"report of run {data['run_id']}: {out}")
 
 
 @app.command()
@@ -907,8 +639,8 @@ def serve(
     bind, warning = resolve_host(host, os.environ)
     check_port(bind, port)  # before the banner: a taken port is one line, not a URL and a log
     if warning:
-        err_console.print(f"[yellow]warning: {safe(warning)}[/yellow]")
-    console.print(f"tunewise web UI on http://{safe(bind)}:{port}/  (Ctrl+C to stop)")
+        warn(f"warning: {warning}")
+    say(f"tunewise web UI on http://{bind}:{port}/  (Ctrl+C to stop)")
     run_server(bind, port, STATE["store"])
 
 
@@ -932,20 +664,7 @@ def doctor(
         print(json.dumps({"ok": healthy(checks), "checks": [c.to_dict() for c in checks]},
                          indent=2))
     else:
-        marks = {"ok": "[green]✓ ok[/green]", "warn": "[yellow]! warn[/yellow]",
-                 "fail": "[red]✗ FAIL[/red]"}
-        table = Table("check", "status", "detail", "how to fix", title="tunewise doctor")
-        for c in checks:
-            table.add_row(safe(c.name), marks[c.status], safe(c.detail), safe(c.fix))
-        console.print(table)
-        failed = [c for c in checks if c.status == "fail"]
-        if failed:
-            console.print(f"[red]{len(failed)} problem(s): "
-                          f"{safe(', '.join(c.name for c in failed))}[/red]")
-            for c in failed:  # unwrapped, so a fix can be copied as one line
-                console.print(f"  fix {safe(c.name)}: {safe(c.fix)}", soft_wrap=True)
-        else:
-            console.print("[green]ready: every required check passes[/green]")
+        print_doctor(checks)
     if not healthy(checks):
         raise typer.Exit(1)
 
@@ -967,8 +686,7 @@ def train(
     plan = plan_run(_load(task), _store(), rungs=["lora"])
     if "lora" in plan.skipped:
         raise TunewiseError(f"rung 'lora' cannot run: {plan.skipped['lora']}")
-    plan.ctx.log = lambda m: err_console.print(printable(redact(m)), markup=False,
-                                               highlight=False)
+    plan.ctx.log = print_log
     adapter, _ = main_adapter(plan.ctx)
     log = adapter.log
     summary = {"adapter": str(adapter.path), "trained_now": adapter.trained_now,
@@ -978,10 +696,7 @@ def train(
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    verb = "trained" if adapter.trained_now else "found (cached)"
-    console.print(f"adapter {verb}: {safe(adapter.path)}")
-    console.print(f"  {summary['steps']} steps in {summary['train_seconds']:.1f} s, final loss "
-                  f"{summary['final_loss']:.3f}, dev loss {summary['dev_loss']}")
+    print_trained(adapter, summary)
 
 
 # ---- plan (issue 19) -----------------------------------------------------------------------
@@ -1030,27 +745,12 @@ def freshness(
     from tunewise.freshness import run_freshness
 
     plan, rung_obj, prepared = _prepared(task, rung)
-    plan.ctx.log = lambda m: err_console.print(printable(redact(m)), markup=False,
-                                               highlight=False)
+    plan.ctx.log = print_log
     summary = run_freshness(plan.ctx, rung_obj, prepared, max_questions=edits)
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    table = Table("question", "old", "new", "answer after the edit", "followed",
-                  title=f"freshness of {safe(summary['rung'])}: {summary['edits']} edits in "
-                        f"{summary['edited_docs']} documents ({summary['mode']})")
-    for row in summary["examples"]:
-        mark = "yes" if row["followed"] else ("kept old" if row["kept_old"] else "no")
-        table.add_row(safe(row["question"]), safe(row["old"]), safe(row["new"]),
-                      safe(row["after"]), mark)
-    console.print(table)
-    n = summary["edited_questions"]
-    if not n:
-        console.print(safe(summary.get("note", "no question could be edited")))
-        return
-    console.print(f"{summary['followed']} of {n} answers followed the edit "
-                  f"({summary['followed_share']:.0%}); {summary['kept_old']} kept the old "
-                  f"value ({summary['kept_old_share']:.0%})")
+    print_freshness(summary)
 
 
 def main() -> None:
