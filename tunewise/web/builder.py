@@ -18,11 +18,6 @@ import re
 import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
-
-from fastapi import Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from tunewise.errors import TunewiseError
 
@@ -212,65 +207,3 @@ class TryBox:
         finally:
             store.close()
         return {"run_id": run_id, "input": text, "answers": out}
-
-
-def add_routes(app: Any, page: Any, store_path: str | Path | None) -> None:
-    """The builder's pages and JSON, and the try box's JSON, on the web app."""
-    trybox = TryBox(store_path)
-    app.state.trybox = trybox
-
-    def same_origin(request: Request) -> bool:
-        origin = request.headers.get("origin")
-        return not origin or urlsplit(origin).netloc == request.headers.get("host")
-
-    async def form_of(request: Request) -> dict[str, str]:
-        # urlencoded, parsed here: no python-multipart dependency
-        raw = parse_qs((await request.body()).decode("utf-8", "replace"),
-                       keep_blank_values=True)
-        return {k: v[0] for k, v in raw.items()}
-
-    @app.get("/build", response_class=HTMLResponse)
-    async def build_page(request: Request) -> HTMLResponse:
-        form = dict(request.query_params)
-        if not form.get("data"):
-            return page("build.html", form=form, d=None, error=None, saved=None)
-        try:
-            d = await run_in_threadpool(draft, form)
-        except TunewiseError as exc:
-            return page("build.html", 400, form=form, d=None, error=str(exc), saved=None)
-        return page("build.html", form=form, d=d, error=None, saved=None)
-
-    @app.post("/build")
-    async def build_save(request: Request) -> Response:
-        if not same_origin(request):
-            return page("error.html", 403, message="task files can only be saved from this UI")
-        form = await form_of(request)
-        try:
-            d = await run_in_threadpool(save, form)
-        except TunewiseError as exc:
-            try:
-                d = await run_in_threadpool(draft, form)
-            except TunewiseError:
-                d = None
-            return page("build.html", 400, form=form, d=d, error=str(exc), saved=None)
-        return page("build.html", form=form, d=d, error=None, saved=d["task_path"])
-
-    @app.post("/api/build/upload")
-    async def upload(request: Request) -> Response:
-        if not same_origin(request):
-            return JSONResponse({"error": "uploads only from this UI"}, status_code=403)
-        name = request.headers.get("x-filename", "")
-        body = await request.body()
-        path = await run_in_threadpool(save_upload, name, body)
-        return JSONResponse({"path": str(path)})
-
-    @app.get("/api/build")
-    async def api_build(request: Request) -> dict[str, Any]:
-        return await run_in_threadpool(draft, dict(request.query_params))
-
-    @app.post("/api/runs/{run_id}/try")
-    async def try_input(run_id: str, request: Request) -> Response:
-        if not same_origin(request):
-            return JSONResponse({"error": "only from this UI"}, status_code=403)
-        text = (await form_of(request)).get("text", "")
-        return JSONResponse(await run_in_threadpool(trybox.answer, run_id, text))
