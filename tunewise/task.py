@@ -54,8 +54,6 @@ FINE_TUNING: tuple[str, ...] = ("lora", "distill", "lora_rag", "lora_system_prom
 OPT_IN_RUNGS: tuple[str, ...] = ("full_ft", "dpo")
 
 SEED_MAX = 2**32 - 1  # numpy and torch seeds: non-negative, at most 32 bits
-"""Most values a task file may expand to through YAML aliases; far above any real task,
-far below a "billion laughs" document (10 levels of 9 aliases: 9**10 values)."""
 
 DEFAULT_METRIC: dict[str, str] = {
     "classification": "accuracy",

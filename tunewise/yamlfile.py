@@ -16,6 +16,8 @@ from tunewise.errors import TunewiseError
 from tunewise.text import MAX_DEPTH, surrogate_in
 
 MAX_YAML_VALUES = 100_000
+"""Most values a task file may expand to through YAML aliases; far above any real task,
+far below a "billion laughs" document (10 levels of 9 aliases: 9**10 values)."""
 
 
 def node_line(root: yaml.Node | None, loc: tuple[Any, ...], exact: bool = False
