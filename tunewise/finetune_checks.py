@@ -71,6 +71,7 @@ def after_ladder(ctx: RunContext, results: list[dict[str, Any]]) -> dict[str, An
     A check that cannot run (e.g. a broken general-set file) is reported, not fatal:
     the rungs' results are already measured and stored.
     """
+
     def forgetting(backend: Any) -> dict[str, Any]:
         try:
             return forgetting_check(ctx, backend)
