@@ -466,9 +466,9 @@ def render_yaml(fields: dict[str, Any], spec: Any, report: Any, found: Detected,
 
 
 def _rung_names() -> tuple[str, ...]:
-    from tunewise.task import RUNG_ORDER
+    from tunewise.plugins import rung_names
 
-    return RUNG_ORDER
+    return rung_names()
 
 
 def write_task(data: Path, out: Path, *, force: bool = False, **options: Any
