@@ -155,9 +155,10 @@ class Ref:
         return f"'{self.name}' ({self.target}" + ("" if self.builtin else
                                                    f", from {self.source}") + ")"
 
-    def load(self) -> Any:
-        """Import the object, raising :class:`PluginError` (one line) when that fails."""
-        return load_reference(self.target, what=self.describe())
+    def load(self, noun: str) -> Any:
+        """Import the object, raising :class:`PluginError` (one line) when that fails;
+        ``noun`` (rung, backend, metric) starts the message."""
+        return load_reference(self.target, what=f"{noun} {self.describe()}")
 
 
 def load_reference(target: str, what: str | None = None) -> Any:
@@ -234,7 +235,7 @@ class RungEntry:
 
 
 def _load_rung(ref: Ref) -> RungEntry:
-    cls = ref.load()
+    cls = ref.load("rung")
     meta = getattr(cls, "meta", None)
     if not inspect.isclass(cls):
         raise PluginError(f"rung {ref.describe()} is not a class")
@@ -328,7 +329,7 @@ def spec_class(kind: str) -> type:
         KeyError: no backend has that kind.
     """
     ref = refs(BACKENDS)[kind]
-    cls = ref.load()
+    cls = ref.load("backend")
     if not (inspect.isclass(cls) and hasattr(cls, "model_validate")
             and callable(getattr(cls, "build", None))):
         raise PluginError(f"backend {ref.describe()} is not a BackendSpec subclass with "
@@ -357,7 +358,7 @@ def metric_names() -> tuple[str, ...]:
 @cache
 def _metric_plugin(name: str) -> MetricFn:
     ref = refs(METRICS)[name]
-    return _as_metric(ref.load(), ref.describe())
+    return _as_metric(ref.load("metric"), ref.describe())
 
 
 def _as_metric(fn: Any, what: str) -> MetricFn:
