@@ -251,3 +251,19 @@ def test_each_kind_takes_its_own_keys_and_says_whose_a_key_is():
     # the dump keeps the kind's own keys, so a re-parse gives the same task
     again = parse_task(yaml.safe_dump(spec.model_dump(mode="json")), "again.yaml")
     assert again.backend.timeout_s == 5 and again.fingerprint() == spec.fingerprint()
+
+
+def test_the_json_schema_lists_registered_names_and_each_kinds_keys(entry_points):
+    from tunewise.task import TaskSpec
+
+    entry_points(plugins.RUNGS, "corpus_check", "test_plugins:CorpusRung")
+    schema = TaskSpec.model_json_schema()
+    rungs = schema["properties"]["rungs"]["anyOf"][0]["items"]["enum"]
+    assert rungs[:2] == ["zero_shot", "system_prompt"] and "corpus_check" in rungs
+    metric = schema["properties"]["metric"]["anyOf"]
+    assert metric[0]["enum"][0] == "accuracy" and ":" in metric[1]["pattern"]
+    members = schema["$defs"]["BackendSpec"]["oneOf"]
+    keys = {m["properties"]["kind"]["const"]: set(m["properties"]) for m in members}
+    assert set(keys) == {"local", "openai", "dummy"}
+    assert "threads" in keys["local"] and "seed" in keys["dummy"] and "base_url" in keys[
+        "openai"] and "base_url" not in keys["dummy"]

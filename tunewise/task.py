@@ -53,10 +53,11 @@ class Registered:
     JSON schema lists them as an enum.
     """
 
-    def __init__(self, names: Callable[[], Sequence[str]], problem: Callable[[str], str | None]
-                 ) -> None:
+    def __init__(self, names: Callable[[], Sequence[str]], problem: Callable[[str], str | None],
+                 pattern: str | None = None) -> None:
         self.names = names
         self.problem = problem
+        self.pattern = pattern  # JSON schema: other values this pattern allows
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler
                                      ) -> core_schema.CoreSchema:
@@ -64,7 +65,9 @@ class Registered:
 
     def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
                                      handler: GetJsonSchemaHandler) -> dict[str, Any]:
-        return {**handler(schema), "enum": list(self.names())}
+        named = {**handler(schema), "enum": list(self.names())}
+        return {"anyOf": [named, {"type": "string", "pattern": self.pattern}]} if (
+            self.pattern) else named
 
     def _check(self, value: str) -> str:
         problem = self.problem(value)
@@ -108,7 +111,8 @@ def _metric_names() -> tuple[str, ...]:
 
 RungName = Annotated[str, Registered(_rung_names, _rung_problem)]
 """A rung's name: a built-in or a plugin's (``tunewise.plugins``), checked at validation."""
-Metric = Annotated[str, Registered(_metric_names, _metric_problem)]
+Metric = Annotated[str, Registered(_metric_names, _metric_problem,
+                                   pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]
 """A metric: a built-in name, a plugin's registered name, or ``package.module:function``
 (``fn(prediction, reference) -> float`` in [0, 1], see ``tunewise.plugins.MetricFn``)."""
 
@@ -337,6 +341,21 @@ class BackendSpec(Strict):
         if concrete is not None:
             return concrete.model_construct(_fields_set, **values)
         return super().model_construct(_fields_set, **values)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        """The union's JSON schema: one member per registered kind (each its own keys),
+        chosen by ``kind``; a kind whose plugin does not load is left out."""
+        if cls not in _UNIONS:
+            return handler(schema)
+        members = []
+        for kind in _backend_kinds():
+            with contextlib.suppress(TunewiseError):
+                kind_cls = spec_class(kind)
+                members.append(handler((kind_cls if cls is BackendSpec
+                                        else _model_variant(kind_cls)).__pydantic_core_schema__))
+        return {"oneOf": members, "discriminator": {"propertyName": "kind"}}
 
     @model_validator(mode="wrap")
     @classmethod
