@@ -451,7 +451,7 @@ def estimate_model(plan: Plan, price: Price, with_checks: bool = True) -> dict[s
     (``lora.epochs`` passes over the training examples).
     """
     from tunewise.ladder import estimate_breakdown
-    from tunewise.plugins import family, rung_meta, rung_names
+    from tunewise.plugins import family, rung, rung_names
     from tunewise.prompts import system_message
 
     task, ctx = plan.task, plan.ctx
@@ -476,8 +476,7 @@ def estimate_model(plan: Plan, price: Price, with_checks: bool = True) -> dict[s
             "best_shots": task.few_shot.best_max * shot,
             "passages": passages + spec.shots * (shot + passages)}
     # each rung's prompt is the sum of the parts it declares (RungMeta.prompt)
-    prompt = {name: sum(part[p] for p in rung_meta(name).prompt)  # type: ignore[union-attr]
-              for name in rung_names()}
+    prompt = {name: sum(part[p] for p in rung(name).meta.prompt) for name in rung_names()}
     answer = _mean_tokens(backend, [e.output for e in train])
     if ctx.labels:
         completion = float(max(backend.count_tokens(label) for label in ctx.labels))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from tunewise import plugins
 from tunewise.answers import default_max_tokens, length_stats, per_field_accuracy
 from tunewise.backends import make_backend
 from tunewise.backends.base import Backend, CachedBackend
@@ -36,7 +37,7 @@ from tunewise.evaluate import answer_spread, evaluate, expected_calibration_erro
 from tunewise.evaluate import baseline as model_free_baseline
 from tunewise.files import write_text_atomic
 from tunewise.latency import single_request_latency, throughput
-from tunewise.plugins import family, rung_meta, rung_names
+from tunewise.plugins import family, rung_names
 from tunewise.results import SCHEMA_VERSION, check_result
 from tunewise.rungs.base import Prediction, RunContext, RungUnavailable, get_rung
 from tunewise.store import Store
@@ -83,7 +84,7 @@ def default_rungs(task: TaskSpec) -> list[str]:
     """Every rung in ladder order (requirements are checked per rung later); the opt-in
     rungs (full_ft, dpo) only when the task names them."""
     order = rung_names()
-    default = [r for r in order if not rung_meta(r).opt_in]  # type: ignore[union-attr]
+    default = [r for r in order if not plugins.rung(r).meta.opt_in]
     if len(task.model_entries()) < 2:  # distill needs a second model to teach it
         default.remove("distill")
     return [r for r in order if r in (task.rungs or default)]

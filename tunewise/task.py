@@ -92,13 +92,11 @@ def _rung_names() -> tuple[str, ...]:
 
 
 def _metric_problem(name: str) -> str | None:
-    from tunewise.plugins import PluginError, metric_function
+    from tunewise.plugins import metric_function
 
     try:
         metric_function(name)
-    except PluginError as exc:
-        return exc.message
-    except TunewiseError as exc:
+    except TunewiseError as exc:  # unknown, or a plugin that does not load (PluginError)
         return exc.message
     return None
 
