@@ -17,10 +17,10 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     SerializeAsAny,
     ValidationError,
@@ -28,7 +28,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError, core_schema
 
 from tunewise.errors import TunewiseError
 from tunewise.files import read_utf8
@@ -59,12 +58,11 @@ class Registered:
         self.problem = problem
         self.pattern = pattern  # JSON schema: other values this pattern allows
 
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler
-                                     ) -> core_schema.CoreSchema:
-        return core_schema.no_info_after_validator_function(self._check, handler(str))
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        return AfterValidator(self._check).__get_pydantic_core_schema__(source, handler)
 
-    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
-                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+    def __get_pydantic_json_schema__(self, schema: Any, handler: GetJsonSchemaHandler
+                                     ) -> dict[str, Any]:
         named = {**handler(schema), "enum": list(self.names())}
         return {"anyOf": [named, {"type": "string", "pattern": self.pattern}]} if (
             self.pattern) else named
@@ -73,10 +71,9 @@ class Registered:
         problem = self.problem(value)
         if problem is None:
             return value
-        if problem.startswith("unknown "):
-            raise PydanticCustomError("literal_error", "Input should be {expected}",
-                                      {"expected": _either(list(self.names()))})
-        raise PydanticCustomError("plugin_error", problem)
+        if problem.startswith("unknown "):  # worded as pydantic words a Literal's error
+            raise ValueError(f"Input should be {_either(list(self.names()))}")
+        raise ValueError(problem)
 
 
 def _rung_problem(name: str) -> str | None:
@@ -341,8 +338,8 @@ class BackendSpec(Strict):
         return super().model_construct(_fields_set, **values)
 
     @classmethod
-    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema,
-                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: GetJsonSchemaHandler
+                                     ) -> dict[str, Any]:
         """The union's JSON schema: one member per registered kind (each its own keys),
         chosen by ``kind``; a kind whose plugin does not load is left out."""
         if cls not in _UNIONS:
