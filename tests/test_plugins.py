@@ -267,3 +267,16 @@ def test_the_json_schema_lists_registered_names_and_each_kinds_keys(entry_points
     assert set(keys) == {"local", "openai", "dummy"}
     assert "threads" in keys["local"] and "seed" in keys["dummy"] and "base_url" in keys[
         "openai"] and "base_url" not in keys["dummy"]
+
+
+def test_doctor_lists_plugins_and_says_why_one_does_not_load(entry_points, capsys):
+    from tunewise.doctor import check_plugins
+
+    assert [c.name for c in check_plugins()] == ["plugins"]  # none installed here
+    entry_points(plugins.RUNGS, "corpus_check", "test_plugins:CorpusRung")
+    entry_points(plugins.METRICS, "gone", "no_such_plugin_module:metric")
+    rows = {c.name: c for c in check_plugins()}
+    assert set(rows) == {"plugin rung corpus_check", "plugin metric gone"}
+    assert rows["plugin rung corpus_check"].status == "ok"
+    assert rows["plugin metric gone"].status == "warn"
+    assert "did not import: ModuleNotFoundError" in rows["plugin metric gone"].detail
