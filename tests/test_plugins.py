@@ -280,3 +280,20 @@ def test_doctor_lists_plugins_and_says_why_one_does_not_load(entry_points, capsy
     assert rows["plugin rung corpus_check"].status == "ok"
     assert rows["plugin metric gone"].status == "warn"
     assert "did not import: ModuleNotFoundError" in rows["plugin metric gone"].detail
+
+
+def test_a_backend_block_written_by_an_earlier_init_still_loads():
+    # before each kind had its own class, `tunewise init` wrote every kind's keys, at their
+    # defaults; those are ignored, while a value that would matter is an error
+    old = ("{kind: local, model: smollm2-135m, batch_size: 8, max_new_tokens: 48, "
+           "timeout_s: 60.0, concurrency: 8, max_retries: 6, score_method: auto, "
+           "score_end_of_turn: true, seed: 0}")
+    spec = parse_task(BASE.replace("{kind: dummy}", old), "task.yaml")
+    assert type(spec.backend).__name__ == "LocalSpec"
+    assert spec.backend.model_dump() == {"kind": "local", "model": "smollm2-135m",
+                                         "batch_size": 8, "max_new_tokens": 48,
+                                         "score_end_of_turn": True, "threads": None}
+    with pytest.raises(TunewiseError, match=r"backend.concurrency: unknown key 'concurrency' "
+                                            r"\(a key of kind openai\)"):
+        parse_task(BASE.replace("{kind: dummy}", old.replace("concurrency: 8",
+                                                             "concurrency: 2")), "task.yaml")

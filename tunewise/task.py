@@ -330,6 +330,9 @@ class BackendSpec(Strict):
             return concrete(**data)  # the kind's class; __init__ then sees a subclass instance
         return super().__new__(cls)
 
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**_without_legacy(type(self), data))
+
     @classmethod
     def model_construct(cls, _fields_set: set[str] | None = None, **values: Any) -> Any:
         concrete = _concrete(cls, values)
@@ -355,8 +358,12 @@ class BackendSpec(Strict):
     @model_validator(mode="wrap")
     @classmethod
     def _by_kind(cls, data: Any, handler: Any) -> Any:
-        concrete = _concrete(cls, data) if isinstance(data, dict) else None
-        return concrete.model_validate(data) if concrete is not None else handler(data)
+        if not isinstance(data, dict):
+            return handler(data)
+        concrete = _concrete(cls, data)
+        if concrete is not None:
+            return concrete.model_validate(data)
+        return handler(_without_legacy(cls, data))
 
     @model_validator(mode="before")
     @classmethod
@@ -393,6 +400,28 @@ def spec_class(kind: str) -> type[BackendSpec]:
         raise TunewiseError(f"backend '{kind}' ({cls.__module__}.{cls.__name__}) is not a "
                             "tunewise.task.BackendSpec subclass", field="backend.kind")
     return cls
+
+
+def _without_legacy(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` less the keys of another built-in kind that hold that kind's default.
+
+    Before backends had a class each, one flat spec took every kind's keys, and ``tunewise
+    init`` wrote them all (``timeout_s: 60.0`` and ``seed: 0`` under ``kind: local``); such
+    files keep working. A key of another kind with any other value is an error, naming the
+    kind it belongs to: it would do nothing here.
+    """
+    if cls in _UNIONS or not any(k not in cls.model_fields for k in data):
+        return data
+    from tunewise.plugins import BUILTIN_BACKENDS
+
+    defaults: dict[str, Any] = {}
+    for kind in BUILTIN_BACKENDS:
+        with contextlib.suppress(TunewiseError):
+            for name, field in spec_class(kind).model_fields.items():
+                if name not in BackendSpec.model_fields and not field.is_required():
+                    defaults.setdefault(name, field.get_default(call_default_factory=True))
+    return {k: v for k, v in data.items() if k in cls.model_fields or k not in defaults
+            or v != defaults[k] or isinstance(v, bool) != isinstance(defaults[k], bool)}
 
 
 _UNIONS: set[type] = set()  # the dispatching bases: BackendSpec, ModelSpec

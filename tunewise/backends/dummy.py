@@ -30,7 +30,8 @@ _WORD = re.compile(r"[a-z0-9]+")
 class DummySpec(BackendSpec):
     """The dummy backend: deterministic and model-free, for tests and dry runs."""
 
-    kind: Literal["dummy"] = Field("dummy", description="dummy: deterministic, for tests.")
+    kind: Literal["dummy"] = Field(
+        "dummy", description=BackendSpec.model_fields["kind"].description)
     seed: int = Field(0, ge=0, le=SEED_MAX,
                       description="Seed of the dummy backend's deterministic choices.")
 

@@ -61,7 +61,8 @@ class LocalSpec(BackendSpec):
     """The local backend: the model runs in this process through transformers (CPU or GPU);
     the only kind whose weights the fine-tuning rungs can train."""
 
-    kind: Literal["local"] = Field("local", description="local: transformers, in process.")
+    kind: Literal["local"] = Field(
+        "local", description=BackendSpec.model_fields["kind"].description)
     threads: int | None = Field(
         None, ge=1, description="local backend: torch threads (default: the physical cores). "
         "On a machine busy with other jobs, 1 is often several times faster.",

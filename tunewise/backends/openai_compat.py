@@ -95,8 +95,8 @@ class OpenAISpec(BackendSpec):
     """The openai backend: any OpenAI-compatible server (vLLM, llama.cpp, Ollama, TGI) or a
     hosted API. Its model is served, so it can be prompted, never tuned."""
 
-    kind: Literal["openai"] = Field("openai", description="openai: an OpenAI-compatible "
-                                    "server or API.")
+    kind: Literal["openai"] = Field(
+        "openai", description=BackendSpec.model_fields["kind"].description)
     base_url: str | list[str] | None = Field(
         None, description="openai backend: server URL(s); several are used round-robin."
     )
