@@ -183,6 +183,12 @@ def test_rung_metadata_drives_names_order_ladder_and_data_checks(entry_points, t
     names = plugins.rung_names()
     assert names.index("rag") < names.index("corpus_check") < names.index("lora")
     assert plugins.family("corpus_check") == "retrieval"
+    import tunewise.rungs.base as base
+    import tunewise.task as task
+
+    # the names older code reads are derived too
+    assert names == task.RUNG_ORDER and base.FAMILY["corpus_check"] == "retrieval"
+    assert "corpus_check" in task.OPT_IN_RUNGS and "corpus_check" not in task.FINE_TUNING
     write_jsonl(tmp_path / "data.jsonl", [{"input": f"question {i}", "output": "ab"[i % 2]}
                                           for i in range(40)])
     spec = parse_task(BASE + "split: {test: 10, dev: 5}\nrungs: [zero_shot, corpus_check]\n",

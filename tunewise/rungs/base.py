@@ -26,6 +26,16 @@ from tunewise.store import Store
 from tunewise.task import TaskSpec
 
 
+def __getattr__(name: str) -> dict[str, str]:
+    """``FAMILY`` (rung name -> family), derived from the registered rungs when first read;
+    new code asks ``tunewise.plugins.family(name)``."""
+    if name == "FAMILY":
+        from tunewise.plugins import family, rung_names
+
+        return {n: family(n) or "" for n in rung_names()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @dataclass
 class Prediction:
     """One answer. ``probs`` is the distribution over labels for classification."""
