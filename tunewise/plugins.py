@@ -22,7 +22,7 @@ Everything loads lazily, on first use: ``tunewise --help`` imports no plugin (si
 #1280, where an eager plugin import broke the CLI). A plugin that fails to load (import
 error, wrong type, bad metadata) is skipped with one warning line on stderr naming it and its
 package; a task that names it gets a one-line error with the same reason, never a traceback.
-Nothing here imports the rest of tunewise, so no module depends on this one in a cycle.
+It imports nothing of tunewise but its errors, so no module depends on this one in a cycle.
 """
 
 from __future__ import annotations
