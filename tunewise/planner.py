@@ -273,25 +273,28 @@ def activation_bytes(shape: ModelShape, w: Workload, method: str, dtype_bytes: f
     return kept * dtype_bytes + logits
 
 
-def estimate(shape: ModelShape, method: str, w: Workload, device: str = "gpu") -> Estimate:
+def estimate(shape: ModelShape, method: str, w: Workload, device: str = "gpu",
+             fp32: bool = False) -> Estimate:
     """Memory and time of ``method`` (full | lora | qlora | serve) on ``device`` (cpu | gpu).
 
     The precisions are the trainer's: float32 on CPU; bfloat16 weights on a GPU, with AdamW
     keeping its moments in the parameters' dtype (so a full bf16 fine-tune needs 8 bytes a
     parameter: weights 2, gradients 2, moments 4) and LoRA's adapter weights in float32
-    (peft upcasts them). QLoRA stores the frozen linear layers in 4-bit NF4.
+    (peft upcasts them). QLoRA stores the frozen linear layers in 4-bit NF4. ``fp32``
+    plans a float32 run on a GPU too (16 bytes a parameter for a full fine-tune), the
+    setting of the PEFT README's memory table.
     """
     if method not in METHODS:
         raise TunewiseError(f"unknown method '{method}' (one of {', '.join(METHODS)})")
     if method == "qlora" and device == "cpu":
         raise TunewiseError("QLoRA needs CUDA (bitsandbytes)", field="lora.qlora")
-    wb = 4.0 if device == "cpu" else 2.0
-    precision = "fp32" if device == "cpu" else "bf16"
+    wb = 4.0 if device == "cpu" or fp32 else 2.0
+    precision = "fp32" if wb == 4.0 else "bf16"
     p = shape.params
     if method == "qlora":
         linear = shape.layers * (shape.layer_params - 2 * shape.hidden)
         weights = linear * NF4_BITS / 8 + (p - linear) * wb
-        precision = "nf4+bf16"
+        precision = f"nf4+{precision}"
     else:
         weights = p * wb
     if method == "full":
