@@ -202,6 +202,34 @@ def resolve_max_tokens(task: TaskSpec, report: DataReport, train: list[Example],
                 f"it or remove it to use {default_max_tokens(stats)}")
 
 
+def _check_calls(task: TaskSpec, names: list[str], n_test: int, n_train: int, tag: str
+                 ) -> dict[str, int]:
+    """Calls of one model's checks after the ladder: learning curve, forgetting, preference
+    accuracy (keys end with the model's ``tag``, none for the first model)."""
+    out: dict[str, int] = {}
+    tuned = [n for n in names if FAMILY[n] == "fine_tuning"]
+    if "lora" in names and task.lora.curve:
+        from tunewise.training.curve import curve_sizes
+
+        out["learning_curve" + tag] = len(curve_sizes(task.lora.curve, n_train)) * n_test
+    if not tuned:
+        return out
+    from tunewise.training.forgetting import load_general
+
+    try:
+        general = len(load_general(task.lora.general))
+    except TunewiseError:
+        general = 0  # the check reports its own error and makes no call
+    # the base model, the lora adapter (also dpo's start), each model of its own
+    sft = any(n.startswith("lora") for n in tuned) or (
+        "dpo" in tuned and task.dpo.start_from == "sft")
+    models = sft + sum(n in tuned for n in ("full_ft", "dpo"))
+    out["forgetting" + tag] = (1 + models) * general
+    if "dpo" in names:  # preference accuracy: base, supervised (if any) and dpo models
+        out["preference_check" + tag] = (2 + sft) * n_test
+    return out
+
+
 def estimate_breakdown(plan: Plan) -> dict[str, int]:
     """Model calls the run will ask for (made or cached), per rung and per check.
 
@@ -223,26 +251,10 @@ def estimate_breakdown(plan: Plan) -> dict[str, int]:
             out[name + tag] = n_test + timing + (
                 n_dev * task.few_shot.best_candidates if name == "few_shot_best" else 0) + (
                 len(split.train) + 2 * n_dev if name == "distill" else 0)
-    tuned = [n for n in plan.rungs if FAMILY[n] == "fine_tuning"]
-    if "lora" in plan.rungs and task.lora.curve:
-        from tunewise.training.curve import curve_sizes
-
-        out["learning_curve"] = len(curve_sizes(task.lora.curve, len(split.train))) * n_test
-    if tuned:
-        from tunewise.errors import TunewiseError
-        from tunewise.training.forgetting import load_general
-
-        try:
-            general = len(load_general(task.lora.general))
-        except TunewiseError:
-            general = 0  # the check reports its own error and makes no call
-        # the base model, the lora adapter (also dpo's start), each model of its own
-        sft = any(n.startswith("lora") for n in tuned) or (
-            "dpo" in tuned and task.dpo.start_from == "sft")
-        models = sft + sum(n in tuned for n in ("full_ft", "dpo"))
-        out["forgetting"] = (1 + models) * general
-    if "dpo" in plan.rungs:  # preference accuracy: base, supervised (if any) and dpo models
-        out["preference_check"] = (2 + sft) * n_test
+    # the checks after the ladder, for every model that trains (the first: plan.rungs)
+    trains = [("", plan.rungs)] + [(m.tag, m.rungs) for m in plan.models[1:]]
+    for tag, names in trains:
+        out.update(_check_calls(task, names, n_test, len(split.train), tag))
     if task.freshness.run and task.freshness.rung in plan.rungs and plan.ctx.corpus:
         out["freshness"] = _freshness_calls(plan)
     return out
@@ -530,6 +542,8 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     from tunewise.training.checks import after_ladder, verdict_notes
 
     result.update(after_ladder(plan.ctx, results))  # learning curve, forgetting (lora only)
+    for i, model in enumerate(plan.models[1:], start=1):  # every other model that trained
+        result["models"][i].update(after_ladder(model.ctx, per_model[i], model.tag))
     if task.freshness.run:  # edit corpus facts, re-ask: does the rung follow? (issue 5)
         from tunewise.freshness import ladder_freshness
 
