@@ -51,5 +51,9 @@ def test_forgetting_and_curve_run_on_the_second_model_that_trained(
     curve = lora["info"]["learning_curve"]
     assert [p["n"] for p in curve["points"]] == [50, 110]
     assert curve["points"][-1]["value"] == lora["value"]
+    notes = [r for r in result["verdict"]["reasons"] if r.startswith("on small: ")]
+    b = forgetting["base"]["value"]
+    assert any("forgetting" in n and f"general set: base {b:.3f}" in n for n in notes), notes
+    assert any("(learning curve 50: " in n or "(curve 50: " in n for n in notes), notes
     typed = check_result(result)  # the result's schema knows a further model's forgetting
     assert typed["models"][1]["forgetting"]["n"] == 120

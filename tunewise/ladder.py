@@ -558,6 +558,9 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     from tunewise.cells import add_cells
 
     add_cells(result, task, store)  # cells, cost matrix, verdict across models
+    from tunewise.training.checks import further_model_notes
+
+    result["verdict"].setdefault("reasons", []).extend(further_model_notes(result))
     try:
         result = check_result(result)  # typed and versioned (tunewise.results) before it is kept
     except ValidationError as exc:  # a bug: say so, but never lose a finished run

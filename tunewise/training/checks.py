@@ -117,6 +117,17 @@ def verdict_notes(result: dict[str, Any]) -> list[str]:
     return notes
 
 
+def further_model_notes(result: dict[str, Any]) -> list[str]:
+    """:func:`verdict_notes` for every model after the first (its learning curve, its
+    forgetting check, full_ft and dpo beside lora), each line prefixed ``on MODEL:``."""
+    out: list[str] = []
+    for model in (result.get("models") or [])[1:]:
+        view = {**result, "rungs": model.get("rungs") or [],
+                "forgetting": model.get("forgetting"), "verdict": {}}
+        out += [f"on {model['model']}: {line}" for line in verdict_notes(view)]
+    return out
+
+
 def _mb(n: Any) -> str:
     return f"{n / 2**20:,.1f} MB" if isinstance(n, int | float) else "?"
 
