@@ -129,8 +129,9 @@ def naming_the_model_line(ctx: RunContext) -> Iterator[None]:
         field, line = "backend.model", task.line_of("backend.model") or task.line_of("backend")
         if task.models and ctx.model in task.models:
             field = f"models.{ctx.model}.model"
-            line = (task.line_of(field) if "." not in ctx.model else None
-                    ) or task.line_of("models")
+            dotted = "." in ctx.model  # line_of splits on dots: such a name is not found
+            line = (None if dotted else task.line_of(field) or task.line_of(
+                f"models.{ctx.model}")) or task.line_of("models")
         elif task.backends:
             field, line = "backends", task.line_of("backends")
         raise TunewiseError(exc.message, path=task.source, line=line, field=field) from None
