@@ -137,3 +137,12 @@ def test_a_model_too_large_is_refused_naming_the_task_file_line(
     assert "weights 0.0" in error and "batch 8 x" in error
     assert "Traceback" not in out.output
     assert loads == []  # refused before the trainer loads the model
+
+
+def test_doctor_with_unreadable_task_data_warns_instead_of_failing(make_task) -> None:
+    path = make_task(backend={"kind": "local", "model": "smollm2-135m"})
+    (path.parent / "data.jsonl").write_text("{not json\n")
+    [check] = _fine_tuning("--task", str(path))
+    assert check["status"] == "warn"
+    assert check["detail"].startswith("cannot size the training data: ")
+    assert "data.jsonl:1" in check["detail"]

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tunewise.errors import redact
+from tunewise.errors import TunewiseError, redact
 
 Status = Literal["ok", "warn", "fail"]  # fail: required and broken; warn: optional
 INSTALL = "bash scripts/install.sh"
@@ -258,7 +258,11 @@ def check_fine_tuning(task: Any | None = None) -> list[Check]:
         if not models:
             return [Check("fine-tuning", "ok", "the task has no local model: nothing to "
                           "fine-tune here (fine-tuning rungs need kind: local)")]
-        work = planner.workload_for_task(task, tokenize=False)
+        try:
+            work = planner.workload_for_task(task, tokenize=False)
+        except TunewiseError as exc:  # the task's data: `tunewise run` would say the same
+            return [Check("fine-tuning", "warn", f"cannot size the training data: {exc}",
+                          "fix the task's data (tunewise run reports it the same way)")]
     gpu = planner.has_gpu()
     out = []
     for model in models:
