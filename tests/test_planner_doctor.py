@@ -119,6 +119,7 @@ def test_a_model_too_large_is_refused_naming_the_task_file_line(
 
     path, line = _tiny_task(tmp_path, tiny_model, models)
     monkeypatch.setattr(planner, "available_bytes", lambda device: 1e6)
+    monkeypatch.setattr(planner, "check_serving", lambda *a, **k: None)  # the trainer's turn
     real = transformers.AutoModelForCausalLM.from_pretrained
     loads: list[str] = []
 
@@ -146,3 +147,34 @@ def test_doctor_with_unreadable_task_data_warns_instead_of_failing(make_task) ->
     assert check["status"] == "warn"
     assert check["detail"].startswith("cannot size the training data: ")
     assert "data.jsonl:1" in check["detail"]
+
+
+def test_a_model_too_large_to_answer_is_refused_before_its_weights_load(
+        tmp_path: Path, tiny_model: Path, monkeypatch) -> None:
+    import transformers
+
+    path, line = _tiny_task(tmp_path, tiny_model, models=True)
+    monkeypatch.setattr(planner, "available_bytes", lambda device: 1e6)
+
+    def no_loading(*a, **k):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_loading)
+    out = CliRunner().invoke(app, ["run", str(path), "--rungs", "zero_shot"])
+    assert out.exit_code == 2, out.output
+    error = out.output.strip()
+    assert "\n" not in error and "Traceback" not in error
+    assert error.startswith(f"error: {path}:{line}: models.small.model: {tiny_model} ("), error
+    assert "to answer on cpu (fp32 weights 0.0" in error and "only 0.0 GB is available" in error
+    assert not (tmp_path / "runs").exists()  # refused while planning: nothing ran
+
+
+def test_serving_check_passes_what_fits_and_names_the_numbers() -> None:
+    from tunewise.errors import TunewiseError
+
+    assert planner.check_serving("Llama-2-7B", 8, available=64 * planner.GB) is not None
+    with pytest.raises(TunewiseError) as err:
+        planner.check_serving("Llama-2-7B", 8, available=16 * planner.GB)
+    weights = planner.KNOWN["llama-2-7b"].params * 4 / planner.GB
+    assert f"fp32 weights {weights:.1f}" in str(err.value)
+    assert planner.check_serving("no-such/model", 8, available=1.0) is None

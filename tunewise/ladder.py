@@ -117,8 +117,10 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
     peers: dict[str, RunContext] = {}
     models: list[ModelPlan] = []
     for i, (name, spec) in enumerate(task.model_entries().items()):
-        inner = (backends or {}).get(name) or (backend if i == 0 else None) \
-            or make_backend(spec.backend_spec())
+        inner = (backends or {}).get(name) or (backend if i == 0 else None)
+        if inner is None:
+            inner = make_backend(spec.backend_spec())
+            _check_serving(task, name, spec)
         sub_task = task if i == 0 else task.model_copy(
             update={"backend": spec.backend_spec(), "backends": None})
         if task.kind != "classification":  # notes from the first model only
@@ -145,6 +147,18 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
     found = model_free_baseline([e.output for e in split.train], [e.output for e in split.test],
                                 task.metric or "", task.kind == "classification")
     return Plan(task, first.ctx, report, first.rungs, first.skipped, found, models)
+
+
+def _check_serving(task: TaskSpec, name: str, spec: ModelSpec) -> None:
+    """A local model too large to answer in this memory is refused before its weights are
+    loaded (they load lazily, on the first call), in one line naming its task file line."""
+    if spec.kind != "local":
+        return
+    from tunewise.planner import check_serving
+    from tunewise.rungs.lora import naming_model_line
+
+    with naming_model_line(task, name):
+        check_serving(spec.model, spec.batch_size)
 
 
 Rows = dict[str, dict[str, Any]]  # example id -> {"prediction", "gold", "score"}

@@ -445,6 +445,35 @@ def check_fits(model_path: str, method: str, w: Workload, device: str,
     return est
 
 
+def check_serving(model: str, batch_size: int, seq_len: int = 1024,
+                  available: float | None = None) -> Estimate | None:
+    """Refuse, before its weights are loaded, a local model that cannot even answer in this
+    memory (the local backend loads float32 weights; a 7B model needs ~28 GB of them).
+
+    Returns the estimate (None when nothing describes the model: then nothing is refused).
+
+    Raises:
+        TunewiseError: the predicted peak exceeds what is available.
+    """
+    try:
+        shape = resolve_shape(model, convert=False)  # a bundled model is small: no check
+    except (TunewiseError, OSError, ValueError):
+        return None
+    device = "gpu" if has_gpu() else "cpu"
+    w = Workload(seq_len=seq_len, batch_size=batch_size)
+    est = estimate(shape, "serve", w, device, fp32=True)
+    free = available_bytes(device) if available is None else available
+    if est.total > free:
+        raise TunewiseError(
+            f"{shape.name} ({size_label(shape.params)} parameters) needs about "
+            f"{est.total / GB:.1f} GB to answer on {device} (fp32 weights "
+            f"{est.weights / GB:.1f}, key/value cache and logits {est.activations / GB:.1f} "
+            f"GB at batch {batch_size} x {seq_len} tokens) but only {free / GB:.1f} GB is "
+            f"available: use a smaller model, or serve a quantized one through a server "
+            f"(kind: openai, e.g. llama.cpp) (tunewise plan --model ...)", field="backend.model")
+    return est
+
+
 def has_gpu() -> bool:
     """An NVIDIA GPU is visible, checked without importing torch (the advisor stays fast)."""
     import shutil

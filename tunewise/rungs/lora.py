@@ -120,18 +120,24 @@ def naming_the_model_line(ctx: RunContext) -> Iterator[None]:
     """Errors about the model itself (the planner refusing a model too large for the
     memory, raised deep in the trainer with no file) name the task file's line of the
     model that was to be trained: ``models.NAME.model`` or ``backend.model``."""
+    with naming_model_line(ctx.task, ctx.model):
+        yield
+
+
+@contextlib.contextmanager
+def naming_model_line(task: Any, model: str) -> Iterator[None]:
+    """:func:`naming_the_model_line` for a task and one of its model names."""
     try:
         yield
     except TunewiseError as exc:
         if exc.path is not None or exc.field != "backend.model":
             raise
-        task = ctx.task
         field, line = "backend.model", task.line_of("backend.model") or task.line_of("backend")
-        if task.models and ctx.model in task.models:
-            field = f"models.{ctx.model}.model"
-            dotted = "." in ctx.model  # line_of splits on dots: such a name is not found
+        if task.models and model in task.models:
+            field = f"models.{model}.model"
+            dotted = "." in model  # line_of splits on dots: such a name is not found
             line = (None if dotted else task.line_of(field) or task.line_of(
-                f"models.{ctx.model}")) or task.line_of("models")
+                f"models.{model}")) or task.line_of("models")
         elif task.backends:
             field, line = "backends", task.line_of("backends")
         raise TunewiseError(exc.message, path=task.source, line=line, field=field) from None
