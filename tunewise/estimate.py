@@ -14,12 +14,37 @@ from typing import Any
 from tunewise.cost import MILLION, Price, format_usd, model_price, request_cost
 from tunewise.errors import BudgetExceeded, TunewiseError
 from tunewise.freshness import automatic_edits, rule_questions
+from tunewise.plugins import family, rung, rung_names
 from tunewise.prompts import system_message
 from tunewise.retrieval.chunking import chunk_documents
-from tunewise.rungs.base import FAMILY
 from tunewise.runplan import Plan
+from tunewise.task import TaskSpec
 from tunewise.training.curve import curve_sizes
 from tunewise.training.forgetting import load_general
+
+
+def _check_calls(task: TaskSpec, names: list[str], n_test: int, n_train: int, tag: str
+                 ) -> dict[str, int]:
+    """Calls of one model's checks after the ladder: learning curve, forgetting, preference
+    accuracy (keys end with the model's ``tag``, none for the first model)."""
+    out: dict[str, int] = {}
+    tuned = [n for n in names if family(n) == "fine_tuning"]
+    if "lora" in names and task.lora.curve:
+        out["learning_curve" + tag] = len(curve_sizes(task.lora.curve, n_train)) * n_test
+    if not tuned:
+        return out
+    try:
+        general = len(load_general(task.lora.general))
+    except TunewiseError:
+        general = 0  # the check reports its own error and makes no call
+    # the base model, the lora adapter (also dpo's start), each model of its own
+    sft = any(n.startswith("lora") for n in tuned) or (
+        "dpo" in tuned and task.dpo.start_from == "sft")
+    models = sft + sum(n in tuned for n in ("full_ft", "dpo"))
+    out["forgetting" + tag] = (1 + models) * general
+    if "dpo" in names:  # preference accuracy: base, supervised (if any) and dpo models
+        out["preference_check" + tag] = (2 + sft) * n_test
+    return out
 
 
 def estimate_breakdown(plan: Plan) -> dict[str, int]:
@@ -43,21 +68,10 @@ def estimate_breakdown(plan: Plan) -> dict[str, int]:
             out[name + tag] = n_test + timing + (
                 n_dev * task.few_shot.best_candidates if name == "few_shot_best" else 0) + (
                 len(split.train) + 2 * n_dev if name == "distill" else 0)
-    tuned = [n for n in plan.rungs if FAMILY[n] == "fine_tuning"]
-    if "lora" in plan.rungs and task.lora.curve:
-        out["learning_curve"] = len(curve_sizes(task.lora.curve, len(split.train))) * n_test
-    if tuned:
-        try:
-            general = len(load_general(task.lora.general))
-        except TunewiseError:
-            general = 0  # the check reports its own error and makes no call
-        # the base model, the lora adapter (also dpo's start), each model of its own
-        sft = any(n.startswith("lora") for n in tuned) or (
-            "dpo" in tuned and task.dpo.start_from == "sft")
-        models = sft + sum(n in tuned for n in ("full_ft", "dpo"))
-        out["forgetting"] = (1 + models) * general
-    if "dpo" in plan.rungs:  # preference accuracy: base, supervised (if any) and dpo models
-        out["preference_check"] = (2 + sft) * n_test
+    # the checks after the ladder, for every model that trains (the first: plan.rungs)
+    trains = [("", plan.rungs)] + [(m.tag, m.rungs) for m in plan.models[1:]]
+    for tag, names in trains:
+        out.update(_check_calls(task, names, n_test, len(split.train), tag))
     if task.freshness.run and task.freshness.rung in plan.rungs and plan.ctx.corpus:
         out["freshness"] = _freshness_calls(plan)
     return out
@@ -155,15 +169,11 @@ def estimate_model(plan: Plan, price: Price, with_checks: bool = True) -> dict[s
     if ctx.corpus:  # k passages of the corpus's real chunk size (short documents: shorter)
         chunks = chunk_documents(ctx.corpus[:200], spec.chunk_tokens, spec.overlap)
         passages = spec.k * _mean_tokens(backend, [c.text for c in chunks])
-    rag = query + system + passages + spec.shots * (shot + passages)
-    prompt = {
-        "zero_shot": query, "system_prompt": query + system,
-        "few_shot_random": query + system + task.few_shot.k * shot,
-        "few_shot_knn": query + system + task.few_shot.k * shot,
-        "few_shot_best": query + system + task.few_shot.best_max * shot,
-        "rag": rag, "lora": query, "distill": query, "lora_system_prompt": query + system,
-        "lora_rag": rag, "full_ft": query, "dpo": query,
-    }
+    part = {"query": query, "system": system, "shots": task.few_shot.k * shot,
+            "best_shots": task.few_shot.best_max * shot,
+            "passages": passages + spec.shots * (shot + passages)}
+    # each rung's prompt is the sum of the parts it declares (RungMeta.prompt)
+    prompt = {name: sum(part[p] for p in rung(name).meta.prompt) for name in rung_names()}
     answer = _mean_tokens(backend, [e.output for e in train])
     if ctx.labels:
         completion = float(max(backend.count_tokens(label) for label in ctx.labels))
@@ -175,7 +185,7 @@ def estimate_model(plan: Plan, price: Price, with_checks: bool = True) -> dict[s
     rungs: dict[str, dict[str, float]] = {}
     for name in plan.rungs:
         tokens = {"prompt_mean": prompt.get(name, query + system), "completion_mean": completion}
-        tuned = FAMILY.get(name) == "fine_tuning"
+        tuned = family(name) == "fine_tuning"
         usd = calls[name] * request_cost(tokens, price, tuned)["usd"]
         if tuned:
             train_tokens = n_train * task.lora.epochs * (query + answer)

@@ -26,8 +26,9 @@ from tunewise.estimate import check_budget, estimate_breakdown, estimate_calls
 from tunewise.evaluate import answer_spread, evaluate, expected_calibration_error
 from tunewise.files import write_text_atomic
 from tunewise.latency import single_request_latency, throughput
+from tunewise.plugins import family
 from tunewise.results import SCHEMA_VERSION, check_result
-from tunewise.rungs.base import FAMILY, Prediction, RunContext, get_rung
+from tunewise.rungs.base import Prediction, RunContext, get_rung
 from tunewise.runplan import ModelPlan, Plan, default_rungs, plan_run, resolve_max_tokens
 from tunewise.store import Store
 from tunewise.task import TaskSpec
@@ -126,7 +127,7 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
     gold = [e.output for e in test]
     score = evaluate([p.text for p in preds], gold, task.metric)
     result: dict[str, Any] = {
-        "name": name, "family": FAMILY[name], "status": "done", "reason": "",
+        "name": name, "family": family(name), "status": "done", "reason": "",
         **score.to_dict(),
         "tokens": {
             "prompt_mean": float(np.mean([p.prompt_tokens for p in preds])),
@@ -208,11 +209,11 @@ def climb(plan: Plan, model: ModelPlan, names: list[str], hooks: Hooks, climb_al
         if model.spec.rungs is not None and name not in model.spec.rungs:
             continue
         if name in model.skipped:
-            results.append({"name": name, "family": FAMILY[name], "status": "skipped",
+            results.append({"name": name, "family": family(name), "status": "skipped",
                             "reason": model.skipped[name]})
             continue
         if stopped_at and not climb_all:
-            results.append({"name": name, "family": FAMILY[name], "status": "not_needed",
+            results.append({"name": name, "family": family(name), "status": "not_needed",
                             "reason": f"{stopped_at} already meets the target"})
             continue
         result, per = run_rung(sub, name, hooks, baseline, tag=model.tag, reference=reference)
@@ -317,6 +318,8 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     from tunewise.finetune_checks import after_ladder, verdict_notes
 
     result.update(after_ladder(plan.ctx, results))  # learning curve, forgetting (lora only)
+    for i, model in enumerate(plan.models[1:], start=1):  # every other model that trained
+        result["models"][i].update(after_ladder(model.ctx, per_model[i], model.tag))
     if task.freshness.run:  # edit corpus facts, re-ask: does the rung follow? (issue 5)
         from tunewise.freshness import ladder_freshness
 
@@ -331,6 +334,9 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     from tunewise.cells import add_cells
 
     add_cells(result, task, store)  # cells, cost matrix, verdict across models
+    from tunewise.training.checks import further_model_notes
+
+    result["verdict"].setdefault("reasons", []).extend(further_model_notes(result))
     try:
         result = check_result(result)  # typed and versioned (tunewise.results) before it is kept
     except ValidationError as exc:  # a bug: say so, but never lose a finished run

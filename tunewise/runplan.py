@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tunewise import plugins
 from tunewise.answers import default_max_tokens, length_stats
 from tunewise.backends import make_backend
 from tunewise.backends.base import Backend, CachedBackend
@@ -24,9 +25,10 @@ from tunewise.dataset import (
     task_labels,
 )
 from tunewise.evaluate import baseline as model_free_baseline
+from tunewise.plugins import rung_names
 from tunewise.rungs.base import RunContext, RungUnavailable, get_rung
 from tunewise.store import Store
-from tunewise.task import OPT_IN_RUNGS, RUNG_ORDER, ModelSpec, TaskSpec
+from tunewise.task import ModelSpec, TaskSpec
 
 
 @dataclass
@@ -58,10 +60,11 @@ class Plan:
 def default_rungs(task: TaskSpec) -> list[str]:
     """Every rung in ladder order (requirements are checked per rung later); the opt-in
     rungs (full_ft, dpo) only when the task names them."""
-    default = [r for r in RUNG_ORDER if r not in OPT_IN_RUNGS]
+    order = rung_names()
+    default = [r for r in order if not plugins.rung(r).meta.opt_in]
     if len(task.model_entries()) < 2:  # distill needs a second model to teach it
         default.remove("distill")
-    return [r for r in RUNG_ORDER if r in (task.rungs or default)]
+    return [r for r in order if r in (task.rungs or default)]
 
 
 def _serves(ctx: RunContext, report: DataReport, name: str) -> str | None:
@@ -94,8 +97,10 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
     peers: dict[str, RunContext] = {}
     models: list[ModelPlan] = []
     for i, (name, spec) in enumerate(task.model_entries().items()):
-        inner = (backends or {}).get(name) or (backend if i == 0 else None) \
-            or make_backend(spec.backend_spec())
+        inner = (backends or {}).get(name) or (backend if i == 0 else None)
+        if inner is None:
+            inner = make_backend(spec.backend_spec())
+            _check_serving(task, name, spec)
         sub_task = task if i == 0 else task.model_copy(
             update={"backend": spec.backend_spec(), "backends": None})
         if task.kind != "classification":  # notes from the first model only
@@ -122,6 +127,18 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
     found = model_free_baseline([e.output for e in split.train], [e.output for e in split.test],
                                 task.metric or "", task.kind == "classification")
     return Plan(task, first.ctx, report, first.rungs, first.skipped, found, models)
+
+
+def _check_serving(task: TaskSpec, name: str, spec: ModelSpec) -> None:
+    """A local model too large to answer in this memory is refused before its weights are
+    loaded (they load lazily, on the first call), in one line naming its task file line."""
+    if spec.kind != "local":
+        return
+    from tunewise.planner import check_serving
+    from tunewise.rungs.lora import naming_model_line
+
+    with naming_model_line(task, name):
+        check_serving(spec.model, spec.batch_size)
 
 
 def resolve_max_tokens(task: TaskSpec, report: DataReport, train: list[Example],

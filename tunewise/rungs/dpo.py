@@ -18,12 +18,13 @@ from typing import Any
 from tunewise.backends.base import CachedBackend, Messages
 from tunewise.dataset import Example
 from tunewise.errors import TunewiseError
-from tunewise.rungs.base import Prepared, PromptRung, RunContext
+from tunewise.rungs.base import Prepared, PromptRung, RunContext, RungMeta
 from tunewise.rungs.lora import (
     Lora,
     Tuned,
     check_examples,
     local_backend,
+    naming_the_model_line,
     train_prompt,
     tuned_model,
 )
@@ -88,8 +89,9 @@ def dpo_model(ctx: RunContext) -> Tuned:
     spec = ctx.task.lora.model_copy(update={"lr": settings.lr, "epochs": settings.epochs,
                                             "max_steps": settings.max_steps})
     base = local_backend(ctx)
-    adapter = train_or_load_dpo(base.id, resolve_model(base.name), spec, settings.beta, train,
-                                dev, base.tok.pad_token_id, sft, log=ctx.log)
+    with naming_the_model_line(ctx):
+        adapter = train_or_load_dpo(base.id, resolve_model(base.name), spec, settings.beta,
+                                    train, dev, base.tok.pad_token_id, sft, log=ctx.log)
     ctx.shared["dpo"] = Tuned(adapter, load_dpo_model(ctx, adapter, sft), skipped)
     return ctx.shared["dpo"]
 
@@ -98,6 +100,8 @@ class Dpo(PromptRung):
     """The preference-tuned model on the bare input."""
 
     name = "dpo"
+    meta = RungMeta("fine_tuning", 120, needs={"train_examples", "weights", "rejected"},
+                    prompt=("query",), opt_in=True)
 
     def requires(self, ctx: RunContext) -> str | None:
         if ctx.task.data.rejected is None:

@@ -13,7 +13,9 @@ the combinations reuse it and never retrain.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +24,14 @@ from tunewise.dataset import Example
 from tunewise.errors import TunewiseError
 from tunewise.extras import missing
 from tunewise.prompts import build_messages, row_system
-from tunewise.rungs.base import Prepared, PromptRung, RunContext, RungUnavailable, get_rung
-
-FINE_TUNING_RUNGS = ("lora", "distill", "lora_rag", "lora_system_prompt")
+from tunewise.rungs.base import (
+    Prepared,
+    PromptRung,
+    RunContext,
+    RungMeta,
+    RungUnavailable,
+    get_rung,
+)
 
 
 def local_backend(ctx: RunContext) -> Any | None:
@@ -113,6 +120,34 @@ def training_stop(log: dict[str, Any], max_steps: int | None) -> dict[str, Any]:
             "max_steps": max_steps}
 
 
+@contextlib.contextmanager
+def naming_the_model_line(ctx: RunContext) -> Iterator[None]:
+    """Errors about the model itself (the planner refusing a model too large for the
+    memory, raised deep in the trainer with no file) name the task file's line of the
+    model that was to be trained: ``models.NAME.model`` or ``backend.model``."""
+    with naming_model_line(ctx.task, ctx.model):
+        yield
+
+
+@contextlib.contextmanager
+def naming_model_line(task: Any, model: str) -> Iterator[None]:
+    """:func:`naming_the_model_line` for a task and one of its model names."""
+    try:
+        yield
+    except TunewiseError as exc:
+        if exc.path is not None or exc.field != "backend.model":
+            raise
+        field, line = "backend.model", task.line_of("backend.model") or task.line_of("backend")
+        if task.models and model in task.models:
+            field = f"models.{model}.model"
+            dotted = "." in model  # line_of splits on dots: such a name is not found
+            line = (None if dotted else task.line_of(field) or task.line_of(
+                f"models.{model}")) or task.line_of("models")
+        elif task.backends:
+            field, line = "backends", task.line_of("backends")
+        raise TunewiseError(exc.message, path=task.source, line=line, field=field) from None
+
+
 def train_adapter(ctx: RunContext, train: list[Example], label: str = "lora",
                   on_step: Any = None, spec: Any = None, full: bool = False
                   ) -> tuple[Any, int]:
@@ -138,9 +173,10 @@ def train_adapter(ctx: RunContext, train: list[Example], label: str = "lora",
     if skipped:
         ctx.log(f"{label}: {skipped} training examples are longer than lora.max_length="
                 f"{spec.max_length} tokens and were skipped")
-    adapter = train_or_load(base.id, resolve_model(base.name), spec, feats, dev,
-                            base.tok.pad_token_id, label=label, log=ctx.log, on_step=on_step,
-                            full=full)
+    with naming_the_model_line(ctx):
+        adapter = train_or_load(base.id, resolve_model(base.name), spec, feats, dev,
+                                base.tok.pad_token_id, label=label, log=ctx.log,
+                                on_step=on_step, full=full)
     return adapter, skipped
 
 
@@ -203,6 +239,7 @@ class Lora(PromptRung):
     """The tuned model on the bare input."""
 
     name = "lora"
+    meta = RungMeta("fine_tuning", 70, needs={"train_examples", "weights"}, prompt=("query",))
 
     def requires(self, ctx: RunContext) -> str | None:
         if local_backend(ctx) is None:
@@ -234,6 +271,7 @@ class LoraSystemPrompt(Lora):
     """The tuned model with the system prompt (task description, format, rules) added."""
 
     name = "lora_system_prompt"
+    meta = RungMeta("fine_tuning", 100, needs={"train_examples", "weights"})
 
     def prompt(self, ctx: RunContext, ex: Example) -> Messages:
         return build_messages(ctx.task, ctx.labels, ex.input,
@@ -244,6 +282,8 @@ class LoraRag(Lora):
     """The tuned model prompted and answered by the ``rag`` rung (retrieved passages)."""
 
     name = "lora_rag"
+    meta = RungMeta("fine_tuning", 90, needs={"corpus", "train_examples", "weights"},
+                    prompt=("query", "system", "passages"))
 
     def _rag(self) -> Any:
         return get_rung("rag")
