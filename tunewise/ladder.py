@@ -334,7 +334,7 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     from tunewise.cells import add_cells
 
     add_cells(result, task, store)  # cells, cost matrix, verdict across models
-    from tunewise.training.checks import further_model_notes
+    from tunewise.finetune_checks import further_model_notes
 
     result["verdict"].setdefault("reasons", []).extend(further_model_notes(result))
     try:
