@@ -171,8 +171,12 @@ class LocalBackend:
 
     def __init__(self, model: str = "smollm2-135m", batch_size: int = 8,
                  adapter: str | Path | None = None, reuse_prefix: bool = True,
-                 score_end_of_turn: bool = True, threads: int | None = None) -> None:
+                 score_end_of_turn: bool = True, threads: int | None = None,
+                 merge_adapter: bool = False) -> None:
         """Name the model; nothing is loaded until a call needs the tokenizer or weights.
+
+        ``merge_adapter``: merge the adapter into the weights when they load (no extra
+        matmuls per step; the id still names the adapter).
 
         A re-run answered from the store needs only ``id``, so it never imports torch nor
         reads the weights (loading them is most of a cached run's time otherwise).
@@ -183,6 +187,7 @@ class LocalBackend:
         self.adapter = adapter
         self.score_end_of_turn = score_end_of_turn
         self.threads = threads
+        self.merge_adapter = merge_adapter
         suffix = f":adapter={Path(adapter).name}" if adapter is not None else ""
         if not score_end_of_turn:
             suffix += ":label-only"
@@ -234,6 +239,8 @@ class LocalBackend:
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(model, str(self.adapter))
+                if self.merge_adapter:
+                    model = model.merge_and_unload()
             self._model = model.to(self.device).eval()
         return self._model
 

@@ -109,6 +109,47 @@ def cached_training(key: str, make_trainer: Callable[[Path], LoraTrainer]) -> Ad
     return Adapter(path, key, history, True)
 
 
+# ---- the same training, recognised from its text alone -----------------------------------
+MEMO_DIR = "by-text"
+
+
+def text_key(base_id: str, spec: LoraSpec, train: Sequence[tuple[Any, str]],
+             dev: Sequence[tuple[Any, str]], full: bool = False) -> str:
+    """Key of a training from what it is made of before tokenizing: the base model id,
+    the settings and the (prompt messages, answer) pairs. The token ids the adapter key
+    hashes are a function of these and the model's tokenizer (named by ``base_id``), so
+    equal text keys mean equal adapter keys, and a re-run can find its adapter without
+    loading the tokenizer (which would import torch)."""
+    settings = spec.model_dump(mode="json", include=TRAINING_FIELDS)
+    blob = json.dumps([TRAINER_VERSION, base_id, settings, list(train), list(dev), full],
+                      sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def recall(key: str) -> tuple[Adapter, int] | None:
+    """The finished adapter remembered under a text key, with its count of examples skipped
+    as too long; None when unknown or no longer finished (then train_or_load decides)."""
+    memo = adapter_root() / MEMO_DIR / f"{key}.json"
+    try:
+        data = json.loads(memo.read_text(encoding="utf-8"))
+        path = adapter_root() / data["adapter_key"]
+        skipped = int(data["skipped"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    log = finished(path)
+    return None if log is None else (Adapter(path, data["adapter_key"], log, False), skipped)
+
+
+def remember(key: str, adapter: Adapter, skipped: int) -> None:
+    """Note which adapter the text key ``key`` tokenized to (written atomically)."""
+    folder = adapter_root() / MEMO_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{key}.json.tmp"
+    tmp.write_text(json.dumps({"adapter_key": adapter.key, "skipped": skipped}),
+                   encoding="utf-8")
+    os.replace(tmp, folder / f"{key}.json")
+
+
 def copy_adapter(adapter: Adapter, dest: Path) -> Path:
     """Copy a finished adapter and its log into a run's folder (the per-run record).
 
