@@ -68,8 +68,10 @@ def peak_rss_mb() -> float:
 # tunewise variants: name -> (Speed options, torch threads or None for --threads)
 VARIANTS = {
     "default": ({}, None),
-    "answer-logits": ({"ce_chunk": None, "compile": False, "pack": False}, None),
+    "answer-logits": ({"ce_chunk": None, "compile": False, "pack": False,
+                       "max_tokens": None}, None),
     "chunked-ce": ({"ce_chunk": 128}, None),
+    "max-tokens-384": ({"max_tokens": 384}, None),
     "compile": ({"compile": True}, None),
     "packed": ({"pack": True}, None),
     "1-thread": ({}, 1),

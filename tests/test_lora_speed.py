@@ -100,3 +100,41 @@ def test_fused_head_trains_the_tied_output_layer_in_a_full_fine_tune(tiny_model:
     assert torch.allclose(grads[embed], ref_grads[embed], atol=1e-6, rtol=1e-3)
     for name, g in grads.items():
         assert torch.allclose(g, ref_grads[name], atol=1e-6, rtol=1e-3), name
+
+
+def step_grads(tiny_model: Path, tiny_backend, speed: Speed):
+    """The loss and gradients of one optimizer step over 6 features (one micro-batch)."""
+    import torch
+
+    feats = features(tiny_backend, 6)
+    t = LoraTrainer(str(tiny_model), spec(dropout=0.0, batch_size=6), feats, [], Path("x"),
+                    tiny_backend.tok.pad_token_id, progress=False, speed=speed,
+                    check_memory=False)
+    t._load()
+    t.scheduler = torch.optim.lr_scheduler.LambdaLR(t.optimizer, lambda _: 1.0)
+    with torch.no_grad():
+        for name, p in t.peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    seen: dict[str, object] = {}
+    t.optimizer.step = lambda: seen.update(  # type: ignore[method-assign]
+        {n: p.grad.clone() for n, p in t.peft_model.named_parameters() if p.requires_grad})
+    parts: list[int] = []
+    forward = t.module.forward
+    t.module.forward = lambda **kw: (parts.append(kw["input_ids"].shape[0]), forward(**kw))[1]
+    loss, tokens, answer = t._train_step([list(range(6))])
+    return loss, seen, parts
+
+
+def test_token_budget_splits_a_micro_batch_without_changing_the_step(tiny_model: Path,
+                                                                      tiny_backend) -> None:
+    import torch
+
+    loss, grads, parts = step_grads(tiny_model, tiny_backend, Speed())
+    longest = max(len(f.input_ids) for f in features(tiny_backend, 6))
+    split_loss, split_grads, split_parts = step_grads(
+        tiny_model, tiny_backend, Speed(max_tokens=3 * longest))
+    assert parts == [6] and split_parts == [3, 3]
+    assert split_loss == pytest.approx(loss, rel=1e-5)
+    for name, g in grads.items():
+        assert torch.allclose(split_grads[name], g, atol=1e-6, rtol=1e-3), name

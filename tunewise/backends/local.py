@@ -11,6 +11,7 @@ fixed shots) is computed once and reused, instead of being recomputed per item a
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -141,6 +142,19 @@ def set_threads(threads: int | None) -> int:
 _WARNED: list[bool] = []
 
 
+def free_memory() -> None:
+    """Collect garbage now and hand freed heap pages back to the system (glibc's
+    ``malloc_trim``), so the next model or training batch reuses them rather than the
+    process growing: freed tensors otherwise stay in the process's resident memory."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def fit_context(ids: list[int], room: int) -> list[int]:
     """``ids`` cut to at most ``room`` tokens by dropping the middle: the head (system
     prompt, instructions, shots) and the tail (the end of the question and the assistant
@@ -194,6 +208,7 @@ class LocalBackend:
         self.id = f"local:{model}:fp32:{SCORING_VERSION}{suffix}"
         self._tok: Any = None
         self._model: Any = None
+        self._given = False
         self.device = "cpu"
         if model in BUNDLED and not (cache_dir() / model / "config.json").is_file():
             bundled_model_file(model)  # a missing package is said now, not at the first call
@@ -247,6 +262,15 @@ class LocalBackend:
     @model.setter
     def model(self, value: Any) -> None:
         self._model = value
+        self._given = value is not None  # built by the caller: this backend cannot rebuild it
+
+    def unload(self) -> None:
+        """Drop the weights (the next call that needs them loads them again): a model
+        kept loaded while another trains or answers is memory nobody uses. A model the
+        caller set (``backend.model = ...``) is kept: loading again would not rebuild it."""
+        if self._model is not None and not self._given:
+            self._model = None
+            free_memory()
 
     @property
     def end_of_turn(self) -> str:

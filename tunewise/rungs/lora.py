@@ -146,7 +146,7 @@ def train_adapter(ctx: RunContext, train: list[Example], label: str = "lora",
                 f"{spec.max_length} tokens and were skipped")
     adapter = train_or_load(base.id, resolve_model(base.name), spec, feats, dev,
                             base.tok.pad_token_id, label=label, log=ctx.log, on_step=on_step,
-                            full=full)
+                            full=full, before=base.unload)
     remember(key, adapter, skipped)
     return adapter, skipped
 
@@ -202,8 +202,11 @@ def tuned_model(ctx: RunContext) -> Tuned:
 
 
 def release(backend: Any) -> None:
-    """Free a model's memory now rather than whenever the collector runs."""
-    del backend
+    """Free a backend's weights now (a lazy local backend reloads them if called again)
+    rather than whenever the collector runs and the caller's references go."""
+    unload = getattr(backend, "unload", None)
+    if unload is not None:
+        unload()
     gc.collect()
 
 

@@ -75,26 +75,31 @@ def train_or_load(base_id: str, base_path: str, spec: LoraSpec, train: Sequence[
                   dev: Sequence[Feature], pad_id: int, *, label: str = "lora",
                   progress: bool = True, log: Callable[[str], None] = print,
                   on_step: Callable[[LoraTrainer], None] | None = None,
-                  full: bool = False) -> Adapter:
+                  full: bool = False, before: Callable[[], None] | None = None) -> Adapter:
     """The cached adapter for this data and these settings, training (or resuming) if needed.
 
     A file lock keeps two processes from training the same adapter at once; the second
     waits and then loads what the first trained. ``full`` trains every weight instead of an
-    adapter (the folder then holds a whole model).
+    adapter (the folder then holds a whole model). ``before`` runs only when training
+    will start (the caller frees its own copy of the model there).
     """
     key = adapter_key(base_id, spec, train, dev, full)
     return cached_training(key, lambda path: LoraTrainer(
         base_path, spec, train, dev, path, pad_id, label=label, progress=progress, log=log,
-        on_step=on_step, full=full))
+        on_step=on_step, full=full), before)
 
 
-def cached_training(key: str, make_trainer: Callable[[Path], LoraTrainer]) -> Adapter:
+def cached_training(key: str, make_trainer: Callable[[Path], LoraTrainer],
+                    before: Callable[[], None] | None = None) -> Adapter:
     """The finished training under ``key``, or a new one by ``make_trainer(path).train()``.
 
     A file lock keeps two processes from training the same key at once; the second waits
-    and then loads what the first trained.
+    and then loads what the first trained. ``before`` is called just before training;
+    the trainer (its model copy, optimizer, activations) is freed as soon as it is done.
     """
     from filelock import FileLock
+
+    from tunewise.backends.local import free_memory
 
     path = adapter_root() / key
     done = finished(path)
@@ -105,7 +110,14 @@ def cached_training(key: str, make_trainer: Callable[[Path], LoraTrainer]) -> Ad
         done = finished(path)
         if done is not None:
             return Adapter(path, key, done, False)
-        history = make_trainer(path).train()
+        if before is not None:
+            before()
+        trainer = make_trainer(path)
+        try:
+            history = trainer.train()
+        finally:
+            del trainer
+            free_memory()
     return Adapter(path, key, history, True)
 
 

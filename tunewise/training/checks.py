@@ -21,6 +21,7 @@ def after_ladder(ctx: RunContext, results: list[dict[str, Any]]) -> dict[str, An
     A check that cannot run (e.g. a broken general-set file) is reported, not fatal:
     the rungs' results are already measured and stored.
     """
+    from tunewise.rungs.lora import release
     from tunewise.training.curve import learning_curve
     from tunewise.training.forgetting import forgetting_check
 
@@ -46,6 +47,10 @@ def after_ladder(ctx: RunContext, results: list[dict[str, Any]]) -> dict[str, An
         return {}
     lora = done.get("lora")
     if lora is not None and ctx.task.lora.curve:
+        # Each curve point trains and loads a model of its own: the tuned models kept for
+        # the rungs are dropped meanwhile (reloaded lazily if the forgetting check misses).
+        for kept in ctx.shared.values():
+            release(getattr(kept, "backend", None))
         lora["info"]["learning_curve"] = learning_curve(ctx, lora)
     return {"forgetting": forgetting(tuned.backend)}
 

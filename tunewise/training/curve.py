@@ -62,6 +62,7 @@ def learning_curve(ctx: RunContext, main: dict[str, Any]) -> dict[str, Any]:
         backend = CachedBackend(tuned, ctx.store, ctx.run_id or None, label)
         preds = answer(ctx, backend, test, prompts)
         release(tuned)
+        del tuned, backend
         score = evaluate([p.text for p in preds], gold, task.metric)
         points.append({"n": n, "value": score.value, "ci_low": score.ci_low,
                        "ci_high": score.ci_high, "train_seconds": adapter.train_seconds,

@@ -61,11 +61,17 @@ class Speed:
         pack: put each micro-batch's sequences in one row without padding; position ids
             restart per sequence and attention stays inside each sequence (transformers
             builds the block-diagonal mask from the position ids).
+        max_tokens: split a micro-batch whose padded tokens exceed this into equal parts
+            run one after the other (None: never). The step's loss and gradient are the
+            same (the loss is the mean over the step's answer tokens however it is split),
+            but the activations kept for the backward pass, which grow with the tokens of
+            one forward pass (about 1.8 MB per token for SmolLM2-135M), are bounded.
     """
 
     ce_chunk: int | None = None
     compile: bool = False
     pack: bool = False
+    max_tokens: int | None = None
 
 
 def answer_logits(module: Any, input_ids: Any, attention_mask: Any, labels: Any,
@@ -483,8 +489,20 @@ class LoraTrainer:
             stop = bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
         return stop
 
+    def _split(self, mb: list[int]) -> list[list[int]]:
+        """``mb`` in equal consecutive parts of at most ``speed.max_tokens`` padded tokens."""
+        budget = self.speed.max_tokens
+        lengths = [len(self.train_feats[i].input_ids) for i in mb]
+        tokens = sum(lengths) if self.speed.pack else max(lengths) * len(mb)
+        if not budget or tokens <= budget or len(mb) == 1:
+            return [mb]
+        parts = min(len(mb), math.ceil(tokens / budget))
+        size = math.ceil(len(mb) / parts)
+        return [mb[i : i + size] for i in range(0, len(mb), size)]
+
     def _train_step(self, group: list[list[int]]) -> tuple[float, int, int]:
         """One optimizer step over micro-batches; returns (mean loss, tokens, answer tokens)."""
+        group = [part for mb in group for part in self._split(mb)]
         feats = [[self.train_feats[i] for i in mb] for mb in group]
         answer_tokens = sum(f.answer_tokens for mb in feats for f in mb)
         tokens = sum(len(f.input_ids) for mb in feats for f in mb)
