@@ -130,7 +130,7 @@ def test_token_budget_splits_a_micro_batch_without_changing_the_step(tiny_model:
                                                                       tiny_backend) -> None:
     import torch
 
-    loss, grads, parts = step_grads(tiny_model, tiny_backend, Speed())
+    loss, grads, parts = step_grads(tiny_model, tiny_backend, Speed(max_tokens=None))
     longest = max(len(f.input_ids) for f in features(tiny_backend, 6))
     split_loss, split_grads, split_parts = step_grads(
         tiny_model, tiny_backend, Speed(max_tokens=3 * longest))

@@ -71,7 +71,7 @@ class Speed:
     ce_chunk: int | None = None
     compile: bool = False
     pack: bool = False
-    max_tokens: int | None = None
+    max_tokens: int | None = 768
 
 
 def answer_logits(module: Any, input_ids: Any, attention_mask: Any, labels: Any,
