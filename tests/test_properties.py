@@ -59,10 +59,12 @@ task_dicts = st.fixed_dictionaries(
                                                  "seed": st.integers(0, 2**32 - 1)}),
         "volume": st.fixed_dictionaries({"requests_per_day": st.integers(0, 10**9)}),
         "latency_ms": st.floats(1, 1e6, allow_nan=False),
-        "backend": st.fixed_dictionaries(
-            {"kind": st.sampled_from(["local", "dummy"])},
-            optional={"batch_size": st.integers(1, 256), "seed": st.integers(0, 100),
-                      "max_new_tokens": st.integers(1, 512)}),
+        # each kind takes its own keys: seed is the dummy backend's, threads the local one's
+        "backend": st.one_of(*[st.fixed_dictionaries(
+            {"kind": st.just(kind)},
+            optional={"batch_size": st.integers(1, 256), own: st.integers(1, 100),
+                      "max_new_tokens": st.integers(1, 512)})
+            for kind, own in [("local", "threads"), ("dummy", "seed")]]),
         # dpo needs data.rejected (tested in test_dpo.py); every other rung parses alone
         "rungs": st.lists(st.sampled_from([r for r in RUNG_ORDER if r != "dpo"]), min_size=1,
                           max_size=9, unique=True),

@@ -25,7 +25,7 @@ def dummy_run(path: Path, tmp_path: Path) -> dict:
     """Run a shipped task on the dummy backend (bm25 retrieval, no few_shot_knn: no
     embedding weights), on the vendored slice when the example reads the public data."""
     from tunewise.ladder import run_ladder
-    from tunewise.rungs.base import REGISTRY
+    from tunewise.plugins import rung_names
     from tunewise.store import Store
     from tunewise.task import BackendSpec, load_task
 
@@ -34,7 +34,7 @@ def dummy_run(path: Path, tmp_path: Path) -> dict:
         task.data.path = DATA / task.data.path.name
     update = {"backend": BackendSpec(kind="dummy"), "backends": None,
               # few_shot_knn embeds with the bundled MiniLM: this module stays model-free
-              "rungs": [r for r in task.rungs or REGISTRY if r != "few_shot_knn"]}
+              "rungs": [r for r in task.rungs or rung_names() if r != "few_shot_knn"]}
     if task.corpus is not None:
         update["retrieval"] = task.retrieval.model_copy(update={"method": "bm25"})
     task = task.model_copy(update=update)

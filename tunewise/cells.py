@@ -29,7 +29,8 @@ from tunewise.cost import (
     request_cost,
     rung_cost,
 )
-from tunewise.task import RUNG_ORDER, TaskSpec
+from tunewise.plugins import rung_names
+from tunewise.task import TaskSpec
 
 if TYPE_CHECKING:
     from tunewise.store import Store
@@ -135,7 +136,8 @@ def build_cells(result: dict[str, Any], task: TaskSpec, *, volume: int | None = 
 
 
 def _order(cell: dict[str, Any]) -> tuple[int, int]:
-    rank = RUNG_ORDER.index(cell["rung"]) if cell["rung"] in RUNG_ORDER else len(RUNG_ORDER)
+    order = rung_names()
+    rank = order.index(cell["rung"]) if cell["rung"] in order else len(order)
     return rank, cell["model_order"]
 
 

@@ -451,8 +451,8 @@ def estimate_model(plan: Plan, price: Price, with_checks: bool = True) -> dict[s
     (``lora.epochs`` passes over the training examples).
     """
     from tunewise.ladder import estimate_breakdown
+    from tunewise.plugins import family, rung, rung_names
     from tunewise.prompts import system_message
-    from tunewise.rungs.base import FAMILY
 
     task, ctx = plan.task, plan.ctx
     backend = ctx.backend
@@ -472,15 +472,11 @@ def estimate_model(plan: Plan, price: Price, with_checks: bool = True) -> dict[s
 
         chunks = chunk_documents(ctx.corpus[:200], spec.chunk_tokens, spec.overlap)
         passages = spec.k * _mean_tokens(backend, [c.text for c in chunks])
-    rag = query + system + passages + spec.shots * (shot + passages)
-    prompt = {
-        "zero_shot": query, "system_prompt": query + system,
-        "few_shot_random": query + system + task.few_shot.k * shot,
-        "few_shot_knn": query + system + task.few_shot.k * shot,
-        "few_shot_best": query + system + task.few_shot.best_max * shot,
-        "rag": rag, "lora": query, "distill": query, "lora_system_prompt": query + system,
-        "lora_rag": rag, "full_ft": query, "dpo": query,
-    }
+    part = {"query": query, "system": system, "shots": task.few_shot.k * shot,
+            "best_shots": task.few_shot.best_max * shot,
+            "passages": passages + spec.shots * (shot + passages)}
+    # each rung's prompt is the sum of the parts it declares (RungMeta.prompt)
+    prompt = {name: sum(part[p] for p in rung(name).meta.prompt) for name in rung_names()}
     answer = _mean_tokens(backend, [e.output for e in train])
     if ctx.labels:
         completion = float(max(backend.count_tokens(label) for label in ctx.labels))
@@ -492,7 +488,7 @@ def estimate_model(plan: Plan, price: Price, with_checks: bool = True) -> dict[s
     rungs: dict[str, dict[str, float]] = {}
     for name in plan.rungs:
         tokens = {"prompt_mean": prompt.get(name, query + system), "completion_mean": completion}
-        tuned = FAMILY.get(name) == "fine_tuning"
+        tuned = family(name) == "fine_tuning"
         usd = calls[name] * request_cost(tokens, price, tuned)["usd"]
         if tuned:
             train_tokens = n_train * task.lora.epochs * (query + answer)

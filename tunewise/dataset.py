@@ -21,6 +21,7 @@ import numpy as np
 
 from tunewise.errors import TunewiseError
 from tunewise.files import read_utf8
+from tunewise.plugins import rungs_with
 from tunewise.task import TaskSpec
 from tunewise.text import (
     MAX_DEPTH,
@@ -396,15 +397,14 @@ def check_data(examples: list[Example], split: Split, task: TaskSpec) -> DataRep
             f"only {n_train} training examples; fine-tuning needs at least "
             f"{min_ft} and is not offered (collect more, keep prompting)"
         )
-        blocks.update(dict.fromkeys(("lora", "lora_rag", "lora_system_prompt", "full_ft", "dpo"),
-                                    reason))
+        blocks.update(dict.fromkeys(rungs_with("train_examples"), reason))
     elif n_train < warn_ft:
         notes.append(
             f"{n_train} training examples: enough to try fine-tuning, but results under "
             f"{warn_ft} examples are fragile"
         )
     if task.corpus is None:
-        blocks.update(dict.fromkeys(("rag", "lora_rag"), "the task has no corpus"))
+        blocks.update(dict.fromkeys(rungs_with("corpus"), "the task has no corpus"))
     return DataReport(
         n_examples=len(examples),
         sizes={"train": n_train, "dev": len(split.dev), "test": len(split.test)},

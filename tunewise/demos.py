@@ -32,7 +32,7 @@ GAP: dict[str, str] = {
     "reader": "reader capacity: retrieval finds the answers, the model does not use them "
               "well (a larger model is the lever)",
     "none": "no gap: prompting reaches the target",
-    "unclear": "unclear: neither retrieval nor fine-tuning helped clearly",
+    "unclear": "unclear: {tried} did not help clearly",
     "unmeasured": "not measured: only prompting rungs ran",
 }
 
@@ -87,7 +87,8 @@ def closing(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "demo": name, "task": result["task"]["name"], "question": QUESTION.get(name, ""),
             "summary": verdict.get("summary", ""), "rung": rung, "score": score,
-            "gap": gap, "diagnosis": GAP.get(gap, gap),
+            "gap": gap, "diagnosis": GAP.get(gap, gap).format(
+                tried=" and ".join(diag.get("tried") or ["retrieval", "fine-tuning"])),
             "evidence": (diag.get("knowledge") or []) + (diag.get("behaviour") or [])
             + (diag.get("reader") or []) or (diag.get("evidence") or [])[:2],
             "cost": cost_line(result, rung) if rung else "",

@@ -325,6 +325,7 @@ def diagnose(ev: Evidence, errors: dict[str, dict[str, Any]]) -> dict[str, Any]:
         gap = "unmeasured"  # only prompting ran: nothing yet tells knowledge from behaviour
     else:
         gap = "unclear"
-    out.update(gap=gap, knowledge=knowledge, behaviour=behaviour, reader=reader,
+    tried = [what for what, r in (("retrieval", rag), ("fine-tuning", tuned)) if r is not None]
+    out.update(gap=gap, tried=tried, knowledge=knowledge, behaviour=behaviour, reader=reader,
                evidence=reader + knowledge + behaviour + evidence)
     return out

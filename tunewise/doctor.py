@@ -254,6 +254,34 @@ def check_browser() -> Check:
     return Check("chromium", "ok", f"{found} (browser tests)")
 
 
+def check_plugins() -> list[Check]:
+    """Installed plugins (other packages' ``tunewise.rungs``, ``.backends``, ``.metrics``
+    entry points): each loads, or its row says why not. A broken one is a warning, since
+    tunewise runs without it; a task that names it stops with the same reason."""
+    from tunewise import plugins
+    from tunewise.errors import TunewiseError
+
+    loaders: dict[str, Callable[[str], Any]] = {
+        plugins.RUNGS: plugins.rung, plugins.BACKENDS: plugins.spec_class,
+        plugins.METRICS: plugins.metric_function}
+    out: list[Check] = []
+    for group, load in loaders.items():
+        noun = group.removeprefix("tunewise.").removesuffix("s")
+        for name, ref in plugins.refs(group).items():
+            if ref.builtin:
+                continue
+            try:
+                load(name)
+            except TunewiseError as exc:
+                out.append(Check(f"plugin {noun} {name}", "warn", exc.message,
+                                 f"reinstall or uninstall {ref.source.split()[0]}"))
+            else:
+                out.append(Check(f"plugin {noun} {name}", "ok", f"{ref.target} from "
+                                 f"{ref.source}"))
+    return out or [Check("plugins", "ok", "none installed (entry points tunewise.rungs, "
+                         "tunewise.backends, tunewise.metrics)")]
+
+
 def run_checks(store_path: Path, task: Any | None = None) -> list[Check]:
     """Every check, in the order a user would fix them; a crashing check is a failure."""
     from tunewise.backends.local import cache_dir
@@ -266,6 +294,7 @@ def run_checks(store_path: Path, task: Any | None = None) -> list[Check]:
     ]
     if task is not None:
         steps.append(lambda: check_server(task))
+    steps.append(check_plugins)
     steps.append(check_browser)
     checks: list[Check] = []
     for step in steps:

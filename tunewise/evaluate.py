@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from tunewise.answers import (
     parse_structured,
     structure_of,
 )
+from tunewise.errors import TunewiseError
 
 N_BOOTSTRAP = 2000
 CONFIDENCE = 0.95
@@ -96,6 +97,39 @@ PER_EXAMPLE = {
     "token_f1": token_f1,
     "field_f1": field_f1,
 }
+
+
+def user_metric(metric: str) -> Callable[[str, str], float]:
+    """A plugin's or the user's metric (``metric: package.module:function`` or a name
+    registered under ``tunewise.metrics``) as a per-item scorer, checked item by item.
+
+    The function is called as ``fn(prediction, reference)`` for each test item and returns
+    a number in [0, 1] (a bool counts as 0 or 1). Per-item scores are what make the rest
+    work unchanged: the mean is the rung's score, 0/1 scores get Wilson intervals, others a
+    floored bootstrap, and rungs are compared by paired bootstrap on the same items.
+
+    Raises:
+        TunewiseError: the metric does not load, raises, or returns something else (one
+            line naming the metric).
+    """
+    from tunewise.plugins import metric_function
+
+    fn = metric_function(metric)
+    if fn is None:
+        raise TunewiseError(f"unknown metric '{metric}'", field="metric")
+
+    def scored(prediction: str, reference: str) -> float:
+        try:
+            value = fn(prediction, reference)
+        except Exception as exc:  # the user's code: say what failed, in one line
+            raise TunewiseError(f"metric '{metric}' failed on a test item: "
+                                f"{type(exc).__name__}: {exc}", field="metric") from None
+        if not isinstance(value, (int, float, np.number)) or not 0.0 <= float(value) <= 1.0:
+            raise TunewiseError(f"metric '{metric}' returned {value!r} for a test item; a "
+                                "metric returns a number in [0, 1]", field="metric")
+        return float(value)
+
+    return scored
 
 
 def macro_f1(preds: Sequence[str], golds: Sequence[str]) -> float:
@@ -196,7 +230,8 @@ def evaluate(predictions: Sequence[str], gold: Sequence[str], metric: str) -> Sc
     Args:
         predictions: model answers, aligned with ``gold``.
         gold: expected answers.
-        metric: accuracy | macro_f1 | exact_match | token_f1 | field_f1.
+        metric: accuracy | macro_f1 | exact_match | token_f1 | field_f1, or a plugin
+            metric (see :func:`user_metric`).
     """
     if len(predictions) != len(gold):
         raise ValueError("predictions and gold differ in length")
@@ -211,7 +246,7 @@ def evaluate(predictions: Sequence[str], gold: Sequence[str], metric: str) -> Sc
         low, high = _floored(value, len(gold), float(np.quantile(stats, alpha)),
                              float(np.quantile(stats, 1 - alpha)))
         return Score(metric, value, low, high, len(gold), per, "bootstrap+floor")
-    fn = PER_EXAMPLE[metric]
+    fn = PER_EXAMPLE.get(metric) or user_metric(metric)
     per = [fn(p, g) for p, g in zip(predictions, gold, strict=True)]
     low, high, method = interval(per)
     return Score(metric, float(np.mean(per)) if per else 0.0, low, high, len(per), per, method)

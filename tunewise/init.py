@@ -421,7 +421,7 @@ def _section(key: str, model: type[BaseModel], given: dict[str, Any] | None,
 def render_yaml(fields: dict[str, Any], spec: Any, report: Any, found: Detected,
                 task_path: str = "task.yaml") -> str:
     """The commented task.yaml: the command that runs it, the checks, then every section."""
-    from tunewise.task import TaskSpec
+    from tunewise.task import TaskSpec, spec_class
 
     lines = [f"# tunewise run {task_path}", "#",
              f"# Written by tunewise init from {found.path.name} ({found.format}, "
@@ -442,6 +442,8 @@ def render_yaml(fields: dict[str, Any], spec: Any, report: Any, found: Detected,
         elif key == "corpus" and key not in fields:
             lines.append(f"# corpus: {{path: documents.jsonl, id: id, text: text}}  # {desc}")
         elif sub is not None:
+            if key == "backend":  # the keys of the kind it writes (each kind has its own)
+                sub = spec_class((fields.get(key) or {}).get("kind", "local"))
             block = _section(key, sub, fields.get(key), f"{desc} {_doc(sub)}".strip())
             if (key not in fields and not info.is_required()
                     and info.get_default(call_default_factory=True) is None
@@ -466,9 +468,9 @@ def render_yaml(fields: dict[str, Any], spec: Any, report: Any, found: Detected,
 
 
 def _rung_names() -> tuple[str, ...]:
-    from tunewise.task import RUNG_ORDER
+    from tunewise.plugins import rung_names
 
-    return RUNG_ORDER
+    return rung_names()
 
 
 def write_task(data: Path, out: Path, *, force: bool = False, **options: Any

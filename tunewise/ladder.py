@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from tunewise import plugins
 from tunewise.answers import default_max_tokens, length_stats, per_field_accuracy
 from tunewise.backends import make_backend
 from tunewise.backends.base import Backend, CachedBackend
@@ -36,10 +37,11 @@ from tunewise.evaluate import answer_spread, evaluate, expected_calibration_erro
 from tunewise.evaluate import baseline as model_free_baseline
 from tunewise.files import write_text_atomic
 from tunewise.latency import single_request_latency, throughput
+from tunewise.plugins import family, rung_names
 from tunewise.results import SCHEMA_VERSION, check_result
-from tunewise.rungs.base import FAMILY, Prediction, RunContext, RungUnavailable, get_rung
+from tunewise.rungs.base import Prediction, RunContext, RungUnavailable, get_rung
 from tunewise.store import Store
-from tunewise.task import OPT_IN_RUNGS, RUNG_ORDER, ModelSpec, TaskSpec
+from tunewise.task import ModelSpec, TaskSpec
 
 
 @dataclass
@@ -81,10 +83,11 @@ class Plan:
 def default_rungs(task: TaskSpec) -> list[str]:
     """Every rung in ladder order (requirements are checked per rung later); the opt-in
     rungs (full_ft, dpo) only when the task names them."""
-    default = [r for r in RUNG_ORDER if r not in OPT_IN_RUNGS]
+    order = rung_names()
+    default = [r for r in order if not plugins.rung(r).meta.opt_in]
     if len(task.model_entries()) < 2:  # distill needs a second model to teach it
         default.remove("distill")
-    return [r for r in RUNG_ORDER if r in (task.rungs or default)]
+    return [r for r in order if r in (task.rungs or default)]
 
 
 def _serves(ctx: RunContext, report: DataReport, name: str) -> str | None:
@@ -223,7 +226,7 @@ def estimate_breakdown(plan: Plan) -> dict[str, int]:
             out[name + tag] = n_test + timing + (
                 n_dev * task.few_shot.best_candidates if name == "few_shot_best" else 0) + (
                 len(split.train) + 2 * n_dev if name == "distill" else 0)
-    tuned = [n for n in plan.rungs if FAMILY[n] == "fine_tuning"]
+    tuned = [n for n in plan.rungs if family(n) == "fine_tuning"]
     if "lora" in plan.rungs and task.lora.curve:
         from tunewise.training.curve import curve_sizes
 
@@ -339,7 +342,7 @@ def run_rung(plan: Plan, name: str, hooks: Hooks, baseline: list[float] | None,
     gold = [e.output for e in test]
     score = evaluate([p.text for p in preds], gold, task.metric)
     result: dict[str, Any] = {
-        "name": name, "family": FAMILY[name], "status": "done", "reason": "",
+        "name": name, "family": family(name), "status": "done", "reason": "",
         **score.to_dict(),
         "tokens": {
             "prompt_mean": float(np.mean([p.prompt_tokens for p in preds])),
@@ -421,11 +424,11 @@ def climb(plan: Plan, model: ModelPlan, names: list[str], hooks: Hooks, climb_al
         if model.spec.rungs is not None and name not in model.spec.rungs:
             continue
         if name in model.skipped:
-            results.append({"name": name, "family": FAMILY[name], "status": "skipped",
+            results.append({"name": name, "family": family(name), "status": "skipped",
                             "reason": model.skipped[name]})
             continue
         if stopped_at and not climb_all:
-            results.append({"name": name, "family": FAMILY[name], "status": "not_needed",
+            results.append({"name": name, "family": family(name), "status": "not_needed",
                             "reason": f"{stopped_at} already meets the target"})
             continue
         result, per = run_rung(sub, name, hooks, baseline, tag=model.tag, reference=reference)

@@ -6,18 +6,23 @@ typo is caught and answered with the closest valid key instead of being silently
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
+    SerializeAsAny,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -30,26 +35,96 @@ from tunewise.policy import DecisionSpec
 from tunewise.text import MAX_DEPTH, is_blank, label_text, surrogate_in
 
 Kind = Literal["classification", "extraction", "generation", "qa"]
-Metric = Literal["accuracy", "macro_f1", "exact_match", "token_f1", "field_f1"]
-RungName = Literal[
-    "zero_shot",
-    "system_prompt",
-    "few_shot_random",
-    "few_shot_knn",
-    "few_shot_best",
-    "rag",
-    "lora",
-    "distill",
-    "lora_rag",
-    "lora_system_prompt",
-    "full_ft",
-    "dpo",
-]
-RUNG_ORDER: tuple[str, ...] = RungName.__args__  # type: ignore[attr-defined]
-FINE_TUNING: tuple[str, ...] = ("lora", "distill", "lora_rag", "lora_system_prompt",
-                                "full_ft", "dpo")
-# Rungs that run only when named (rungs: or --rungs): each trains a model of its own.
-OPT_IN_RUNGS: tuple[str, ...] = ("full_ft", "dpo")
+
+
+def _either(names: list[str]) -> str:
+    """Names listed the way pydantic lists a Literal's values: 'a', 'b' or 'c'."""
+    quoted = [f"'{n}'" for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+class Registered:
+    """A name that must be registered with :mod:`tunewise.plugins` (rung names, metrics).
+
+    The names are looked up when a task is validated, not when this module is imported, so
+    plugins load lazily and a plugin's rung module may itself import this one. An unknown
+    name gets the one-line error pydantic gives a Literal, listing every valid name; the
+    JSON schema lists them as an enum.
+    """
+
+    def __init__(self, names: Callable[[], Sequence[str]], problem: Callable[[str], str | None],
+                 pattern: str | None = None) -> None:
+        self.names = names
+        self.problem = problem
+        self.pattern = pattern  # JSON schema: other values this pattern allows
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        return AfterValidator(self._check).__get_pydantic_core_schema__(source, handler)
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: GetJsonSchemaHandler
+                                     ) -> dict[str, Any]:
+        named = {**handler(schema), "enum": list(self.names())}
+        return {"anyOf": [named, {"type": "string", "pattern": self.pattern}]} if (
+            self.pattern) else named
+
+    def _check(self, value: str) -> str:
+        problem = self.problem(value)
+        if problem is None:
+            return value
+        if problem.startswith("unknown "):  # worded as pydantic words a Literal's error
+            raise ValueError(f"Input should be {_either(list(self.names()))}")
+        raise ValueError(problem)
+
+
+def _rung_problem(name: str) -> str | None:
+    from tunewise.plugins import rung_problem
+
+    return rung_problem(name)
+
+
+def _rung_names() -> tuple[str, ...]:
+    from tunewise.plugins import rung_names
+
+    return rung_names()
+
+
+def _metric_problem(name: str) -> str | None:
+    from tunewise.plugins import metric_function
+
+    try:
+        metric_function(name)
+    except TunewiseError as exc:  # unknown, or a plugin that does not load (PluginError)
+        return exc.message
+    return None
+
+
+def _metric_names() -> tuple[str, ...]:
+    from tunewise.plugins import metric_names
+
+    return metric_names()
+
+
+RungName = Annotated[str, Registered(_rung_names, _rung_problem)]
+"""A rung's name: a built-in or a plugin's (``tunewise.plugins``), checked at validation."""
+Metric = Annotated[str, Registered(_metric_names, _metric_problem,
+                                   pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]
+"""A metric: a built-in name, a plugin's registered name, or ``package.module:function``
+(``fn(prediction, reference) -> float`` in [0, 1], see ``tunewise.plugins.MetricFn``)."""
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """RUNG_ORDER, FINE_TUNING and OPT_IN_RUNGS, derived from the registered rungs when first
+    read (not at import: a rung's module imports this one)."""
+    from tunewise import plugins
+
+    if name == "RUNG_ORDER":
+        return plugins.rung_names()
+    if name == "FINE_TUNING":
+        return plugins.rungs_with("weights")
+    if name == "OPT_IN_RUNGS":
+        return tuple(n for n in plugins.rung_names() if plugins.rung(n).meta.opt_in)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 SEED_MAX = 2**32 - 1  # numpy and torch seeds: non-negative, at most 32 bits
 MAX_YAML_VALUES = 100_000
@@ -210,52 +285,28 @@ def _looks_like_key(text: str) -> bool:
 
 
 class BackendSpec(Strict):
-    """Where the model runs."""
+    """Where the model runs: the keys every backend has.
 
-    kind: Literal["local", "openai", "dummy"] = Field(
-        "local", description="local (transformers), openai (any compatible server), dummy."
+    Each kind's own keys live in its spec class, in the backend's own file (``LocalSpec`` in
+    ``backends/local.py``, ``OpenAISpec`` in ``backends/openai_compat.py``, ``DummySpec`` in
+    ``backends/dummy.py``, a plugin's in its package). The kinds form a discriminated union
+    on ``kind`` whose members are the registered backends (``tunewise.plugins``): validating
+    or constructing a ``BackendSpec`` gives an instance of the kind's class, so
+    ``BackendSpec(kind="openai", model="m")`` is an ``OpenAISpec``, and an unknown kind or a
+    key the kind does not have is a one-line error naming the valid ones.
+    """
+
+    kind: str = Field(
+        "local", description="local (transformers), openai (any compatible server), dummy "
+        "(tests), or a plugin's kind.",
+        json_schema_extra=lambda schema: schema.update(enum=list(_backend_kinds())),
     )
     model: str = Field(
         "smollm2-135m",
         description="smollm2-135m (bundled), a local HF model folder, or a hub id (needs network).",
     )
-    base_url: str | list[str] | None = Field(
-        None, description="openai backend: server URL(s); several are used round-robin."
-    )
-    api_key_env: str | None = Field(
-        None, description="openai backend: NAME of the environment variable holding the key."
-    )
     batch_size: int = Field(8, ge=1, description="Prompts per forward pass (local backend).")
-    threads: int | None = Field(
-        None, ge=1, description="local backend: torch threads (default: the physical cores). "
-        "On a machine busy with other jobs, 1 is often several times faster.",
-    )
     max_new_tokens: int = Field(48, ge=1, description="Cap on generated tokens per answer.")
-    timeout_s: float = Field(
-        60.0, gt=0,
-        description="openai backend: seconds one attempt of a request may take in all "
-        "(connect, send, read the whole answer); each retry gets its own.",
-    )
-    concurrency: int = Field(8, ge=1, description="openai backend: requests in flight.")
-    max_retries: int = Field(
-        6, ge=0, le=20,
-        description="openai backend: retries of a request on 429, 5xx, timeouts (backoff).",
-    )
-    tokenizer: str | None = Field(
-        None,
-        description="openai backend: local tokenizer (e.g. smollm2-135m or an HF folder) "
-        "whose chat template the server uses; gives exact show-prompt, token counts and "
-        "log-prob scoring through the completions endpoint.",
-    )
-    score_method: Literal["auto", "logprob", "forced", "constrained"] = Field(
-        "auto",
-        description="openai backend: how labels are scored. logprob: the server echoes the "
-        "prompt + label log-probs (needs a known chat template; vLLM). forced: the server "
-        "generates exactly the label's tokens under a token-id grammar and reports their "
-        "log-probs (llama.cpp servers; needs tokenizer). constrained: the label is "
-        "generated (with a grammar where the server supports one) and parsed. auto picks "
-        "logprob when possible, else constrained.",
-    )
     score_end_of_turn: bool = Field(
         True,
         description="Add the end-of-turn token's log-prob to each label's score (it tells "
@@ -263,8 +314,56 @@ class BackendSpec(Strict):
         "scores the label's own tokens only, and a run whose backends include one turns it "
         "off on every backend: the side-by-side columns then measure the same thing.",
     )
-    seed: int = Field(0, ge=0, le=SEED_MAX,
-                      description="Seed of the dummy backend's deterministic choices.")
+
+    prompt_only: ClassVar[bool] = False
+    """True for a backend whose weights cannot be trained (a served model): a ``models:``
+    entry of this kind may not name a rung that needs ``weights``."""
+
+    def build(self) -> Any:
+        """The backend (see ``backends.base.Backend``) this spec describes; each kind's class
+        implements it, importing its heavy dependencies only here."""
+        raise NotImplementedError(f"backend kind '{self.kind}' has no build()")
+
+    def __new__(cls, *args: Any, **data: Any) -> BackendSpec:
+        concrete = _concrete(cls, data)
+        if concrete is not None:
+            return concrete(**data)  # the kind's class; __init__ then sees a subclass instance
+        return super().__new__(cls)
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**_without_legacy(type(self), data))
+
+    @classmethod
+    def model_construct(cls, _fields_set: set[str] | None = None, **values: Any) -> Any:
+        concrete = _concrete(cls, values)
+        if concrete is not None:
+            return concrete.model_construct(_fields_set, **values)
+        return super().model_construct(_fields_set, **values)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: GetJsonSchemaHandler
+                                     ) -> dict[str, Any]:
+        """The union's JSON schema: one member per registered kind (each its own keys),
+        chosen by ``kind``; a kind whose plugin does not load is left out."""
+        if cls not in _UNIONS:
+            return handler(schema)
+        members = []
+        for kind in _backend_kinds():
+            with contextlib.suppress(TunewiseError):
+                kind_cls = spec_class(kind)
+                members.append(handler((kind_cls if cls is BackendSpec
+                                        else _model_variant(kind_cls)).__pydantic_core_schema__))
+        return {"oneOf": members, "discriminator": {"propertyName": "kind"}}
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _by_kind(cls, data: Any, handler: Any) -> Any:
+        if not isinstance(data, dict):
+            return handler(data)
+        concrete = _concrete(cls, data)
+        if concrete is not None:
+            return concrete.model_validate(data)
+        return handler(_without_legacy(cls, data))
 
     @model_validator(mode="before")
     @classmethod
@@ -278,44 +377,77 @@ class BackendSpec(Strict):
                     )
         return data
 
-    @model_validator(mode="after")
-    def _forced_scores_label_only(self) -> BackendSpec:
-        if self.kind == "openai" and self.score_method == "forced":
-            if self.score_end_of_turn and "score_end_of_turn" in self.model_fields_set:
-                raise ValueError("score_end_of_turn: true cannot go with score_method: "
-                                 "forced (llama.cpp never reports the end-of-turn log-prob)")
-            object.__setattr__(self, "score_end_of_turn", False)
-        return self
 
-    @field_validator("api_key_env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        random_looking = len(value or "") >= 32 and any(c.isdigit() for c in value or "") and (
-            any(c.islower() for c in value or ""))
-        if value is not None and (
-            _looks_like_key(value) or random_looking or not _ENV_NAME.fullmatch(value)
-        ):
-            raise ValueError(
-                "api_key_env must be the NAME of an environment variable (e.g. "
-                "OPENAI_API_KEY), not the key itself"
-            )
-        return value
+def _backend_kinds() -> tuple[str, ...]:
+    from tunewise.plugins import backend_kinds
 
-    @field_validator("base_url")
-    @classmethod
-    def _url_without_secret(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and not value:  # never fall back to a public API
-            raise ValueError("an empty list names no server: give one URL or several, or "
-                             "leave base_url out for the OpenAI API")
-        for url in [value] if isinstance(value, str) else value or []:
-            if not re.match(r"https?://", url):
-                raise ValueError("base_url must start with http:// or https://")
-            if _looks_like_key(url) or re.search(r"//[^/@]+@|[?&](api[_-]?)?key=", url):
-                raise ValueError(
-                    "base_url must not carry credentials; give the key's variable NAME in "
-                    "api_key_env"
-                )
-        return value
+    return backend_kinds()
+
+
+def spec_class(kind: str) -> type[BackendSpec]:
+    """The spec class of backend ``kind`` (built-in or plugin).
+
+    Raises:
+        TunewiseError: no backend has that kind, or its plugin did not load (one line).
+    """
+    from tunewise.plugins import spec_class as registered
+
+    try:
+        cls = registered(kind)
+    except KeyError:
+        raise TunewiseError(f"unknown backend kind '{kind}'", field="backend.kind") from None
+    if not issubclass(cls, BackendSpec):
+        raise TunewiseError(f"backend '{kind}' ({cls.__module__}.{cls.__name__}) is not a "
+                            "tunewise.task.BackendSpec subclass", field="backend.kind")
+    return cls
+
+
+def _without_legacy(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` less the keys of another built-in kind that hold that kind's default.
+
+    Before backends had a class each, one flat spec took every kind's keys, and ``tunewise
+    init`` wrote them all (``timeout_s: 60.0`` and ``seed: 0`` under ``kind: local``); such
+    files keep working. A key of another kind with any other value is an error, naming the
+    kind it belongs to: it would do nothing here.
+    """
+    if cls in _UNIONS or not any(k not in cls.model_fields for k in data):
+        return data
+    from tunewise.plugins import BUILTIN_BACKENDS
+
+    defaults: dict[str, Any] = {}
+    for kind in BUILTIN_BACKENDS:
+        with contextlib.suppress(TunewiseError):
+            for name, field in spec_class(kind).model_fields.items():
+                if name not in BackendSpec.model_fields and not field.is_required():
+                    defaults.setdefault(name, field.get_default(call_default_factory=True))
+    return {k: v for k, v in data.items() if k in cls.model_fields or k not in defaults
+            or v != defaults[k] or isinstance(v, bool) != isinstance(defaults[k], bool)}
+
+
+_UNIONS: set[type] = set()  # the dispatching bases: BackendSpec, ModelSpec
+
+
+def _concrete(cls: type, data: dict[str, Any]) -> type | None:
+    """The class to build ``data`` as when ``cls`` is a dispatching base, else None.
+
+    Raises:
+        ValidationError: an unknown kind, located at ``kind`` (pydantic prefixes the field's
+            location when this is raised inside validation), listing the valid kinds.
+    """
+    if cls not in _UNIONS:
+        return None
+    kind = data.get("kind", "local")
+    if not isinstance(kind, str) or kind not in _backend_kinds():
+        raise ValidationError.from_exception_data(cls.__name__, [{
+            "type": "literal_error", "loc": ("kind",), "input": kind,
+            "ctx": {"expected": _either(list(_backend_kinds()))}}])
+    try:
+        kind_cls = spec_class(kind)
+    except TunewiseError as exc:
+        raise ValidationError.from_exception_data(cls.__name__, [{
+            "type": "value_error", "loc": ("kind",), "input": kind,
+            "ctx": {"error": exc.message}}]) from None
+    return kind_cls if cls is BackendSpec else _model_variant(kind_cls)
 
 
 class BudgetSpec(Strict):
@@ -375,7 +507,12 @@ class CostSpec(Strict):
 
 
 class ModelSpec(BackendSpec):
-    """One model of ``models:``: where it runs (the backend keys) and what it costs."""
+    """One model of ``models:``: where it runs (its backend kind's keys) and what it costs.
+
+    Like :class:`BackendSpec`, validating one gives the kind's variant: a class made from
+    this one and the kind's spec class (``OpenAISpecModel``), so each entry takes exactly
+    its backend's keys plus these.
+    """
 
     price: str | None = Field(
         None, description="Price-table entry of this model (default: cost.price)."
@@ -390,15 +527,31 @@ class ModelSpec(BackendSpec):
 
     @model_validator(mode="after")
     def _can_train(self) -> ModelSpec:
-        tuned = [r for r in self.rungs or [] if r in FINE_TUNING]
-        if tuned and self.kind == "openai":  # a served model: no weights to tune
+        from tunewise.plugins import rungs_with
+
+        tuned = [r for r in self.rungs or [] if r in rungs_with("weights")]
+        if tuned and self.prompt_only:  # a served model: no weights to tune
             raise ValueError(f"{tuned[0]} needs the model's weights (kind: local); a model "
                              f"of kind {self.kind} can only be prompted: drop it from rungs")
         return self
 
     def backend_spec(self) -> BackendSpec:
         """The backend part alone (what ``make_backend`` builds)."""
-        return BackendSpec.model_validate(self.model_dump(include=set(BackendSpec.model_fields)))
+        cls = spec_class(self.kind)
+        return cls.model_validate(self.model_dump(include=set(cls.model_fields)))
+
+
+_UNIONS.update((BackendSpec, ModelSpec))
+_VARIANTS: dict[type, type] = {}
+
+
+def _model_variant(kind_cls: type[BackendSpec]) -> type[ModelSpec]:
+    """ModelSpec for one backend kind: the kind's keys plus price, override and rungs."""
+    if kind_cls not in _VARIANTS:
+        _VARIANTS[kind_cls] = type(f"{kind_cls.__name__}Model", (ModelSpec, kind_cls),
+                                   {"__module__": kind_cls.__module__,
+                                    "__doc__": ModelSpec.__doc__})
+    return _VARIANTS[kind_cls]  # type: ignore[return-value]
 
 
 class UnlabelledSpec(Strict):
@@ -557,13 +710,14 @@ class TaskSpec(Strict):
     split: SplitSpec = Field(default_factory=SplitSpec, description="Train/dev/test split.")
     volume: VolumeSpec = Field(default_factory=VolumeSpec, description="Production traffic.")
     latency_ms: float | None = Field(None, gt=0, description="Optional p95 latency target.")
-    backend: BackendSpec = Field(default_factory=BackendSpec, description="Where the model runs.")
-    backends: list[BackendSpec] | None = Field(
+    backend: SerializeAsAny[BackendSpec] = Field(
+        default_factory=BackendSpec, description="Where the model runs.")
+    backends: list[SerializeAsAny[BackendSpec]] | None = Field(
         None, min_length=1,
         description="Instead of backend: several models compared side by side. The first "
         "runs the whole ladder; the prompting rungs also run on each of the others.",
     )
-    models: dict[str, ModelSpec] | None = Field(
+    models: dict[str, SerializeAsAny[ModelSpec]] | None = Field(
         None, min_length=1,
         description="Instead of backend: named models, each a backend plus its own price "
         "entry. Every rung runs on every model that can serve it; the verdict picks the "
@@ -626,12 +780,15 @@ class TaskSpec(Strict):
 
     @field_validator("rungs")
     @classmethod
-    def _dpo_needs_pairs(cls, value: list[str] | None, info: ValidationInfo
-                         ) -> list[str] | None:
+    def _pairs_for_rungs_that_need_them(cls, value: list[str] | None, info: ValidationInfo
+                                        ) -> list[str] | None:
+        from tunewise.plugins import rungs_with
+
         data = info.data.get("data")
-        if value and "dpo" in value and data is not None and data.rejected is None:
-            raise ValueError("the dpo rung needs preference data: set data.rejected to the "
-                             "field holding the rejected answer of each row")
+        wanting = [r for r in value or [] if r in rungs_with("rejected")]
+        if wanting and data is not None and data.rejected is None:
+            raise ValueError(f"the {wanting[0]} rung needs preference data: set data.rejected "
+                             "to the field holding the rejected answer of each row")
         return value
 
     @model_validator(mode="after")
@@ -843,20 +1000,42 @@ def _all_nodes(root: yaml.Node) -> list[yaml.Node]:
     return out
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that owns the field at ``loc`` (for did-you-mean)."""
+def _model_at(loc: tuple[Any, ...], raw: Any = None) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (for did-you-mean).
+
+    ``raw`` is the task's data: where the schema has a backend (a union by ``kind``), the
+    class is the one of the kind written there, so ``base_ur`` under ``kind: openai`` is
+    matched against the openai backend's keys.
+    """
     model: type[BaseModel] = TaskSpec
-    for part in loc:
+    node = raw
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             return model if isinstance(part, str) else None
+        node = node.get(part) if isinstance(node, dict) else None
         ann = field.annotation
         candidates = [ann, *getattr(ann, "__args__", ())]
+        if not any(isinstance(c, type) and issubclass(c, BaseModel) for c in candidates):
+            # a dict or list of models (models:, backends:): step over the key or index
+            inner = [a for c in candidates for a in getattr(c, "__args__", ())]
+            candidates = [getattr(a, "__origin__", a) for a in inner] + [
+                getattr(a, "__args__", (None,))[0] for a in inner]
+            if parts:
+                key = parts.pop(0)
+                node = (node.get(key) if isinstance(node, dict) else
+                        node[key] if isinstance(node, list) and isinstance(key, int)
+                        and key < len(node) else None)
         sub = next(
             (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
         )
         if sub is None:
             return None
+        if sub in _UNIONS and isinstance(node, dict):
+            with contextlib.suppress(ValidationError, TunewiseError):
+                sub = _concrete(sub, node) or sub
         model = sub
     return model
 
@@ -876,14 +1055,26 @@ KEY_HINTS: dict[str, str] = {
 }
 
 
-def _explain(err: dict[str, Any]) -> str:
+def _kinds_with(key: str) -> str:
+    """A hint for a backend key of another kind: " (a key of kind dummy)", or ""."""
+    kinds = []
+    for kind in _backend_kinds():
+        with contextlib.suppress(TunewiseError):
+            if key in spec_class(kind).model_fields:
+                kinds.append(kind)
+    return f" (a key of kind {' and '.join(kinds)})" if kinds else ""
+
+
+def _explain(err: dict[str, Any], raw: Any = None) -> str:
     loc = tuple(err["loc"])
     if err["type"] == "extra_forbidden":
-        owner = _model_at(loc[:-1]) or TaskSpec
+        owner = _model_at(loc[:-1], raw) or TaskSpec
         close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         if str(loc[-1]).lower() in KEY_HINTS and owner is TaskSpec:
             hint = f" (did you mean {KEY_HINTS[str(loc[-1]).lower()]}?)"
+        if issubclass(owner, BackendSpec) and not close:
+            hint = _kinds_with(str(loc[-1]))
         return f"unknown key '{loc[-1]}'{hint}"
     return err["msg"].replace("Value error, ", "")
 
@@ -928,7 +1119,7 @@ def parse_task(text: str, path: Path | str = "<task>") -> TaskSpec:
         loc = tuple(err["loc"])
         field = ".".join(str(p) for p in loc) or None
         raise TunewiseError(
-            _explain(err), path=path, line=_node_line(root, loc), field=field
+            _explain(err, raw), path=path, line=_node_line(root, loc), field=field
         ) from None
     spec._yaml = root
     _check_model_names(spec, path)

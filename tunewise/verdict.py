@@ -44,7 +44,7 @@ from tunewise.task import TaskSpec
 if TYPE_CHECKING:
     from tunewise.store import Store
 
-__all__ = ["GAP_TEXT", "decide", "diagnose", "error_types", "format_problem"]
+__all__ = ["GAP_TEXT", "decide", "gap_text", "diagnose", "error_types", "format_problem"]
 
 COST_TIE = 0.01  # totals within 1% of each other are a cost tie
 GAP_TEXT = {
@@ -53,10 +53,22 @@ GAP_TEXT = {
     "both": "Diagnosis: both knowledge and behaviour are missing.",
     "reader": "Diagnosis: reader capacity: retrieval finds the answers but the model does "
               "not use them well; a larger model is the lever.",
-    "unclear": "Diagnosis unclear: neither retrieval nor fine-tuning helped significantly.",
+    "unclear": "Diagnosis unclear: {tried} did not help significantly.",
     "unmeasured": "The gap is not measured yet: only prompting rungs ran.",
     "none": "",
 }
+
+
+def tried_text(diag: dict[str, Any]) -> str:
+    """What the run tried beyond prompting, as words ("retrieval and fine-tuning")."""
+    tried = diag.get("tried") or ["retrieval", "fine-tuning"]
+    return " and ".join(tried) if len(tried) > 1 else tried[0]
+
+
+def gap_text(diag: dict[str, Any]) -> str:
+    """The verdict's diagnosis sentence, naming only what the run tried."""
+    text = GAP_TEXT[diag["gap"]]
+    return text.format(tried=tried_text(diag)) if "{tried}" in text else text
 
 
 # ---- the choice ----------------------------------------------------------------------------
@@ -301,7 +313,7 @@ def decide(result: dict[str, Any] | RunResult, task: TaskSpec, store: Store | No
                       + (f"{name} is the cheapest of the rungs tied for best "
                          f"({', '.join(tied_names)}) " if len(tied_names) > 1 else
                          f"{name} comes closest ")
-                      + f"({value:.3f}, {share:.0%} of it). " + GAP_TEXT[diag["gap"]],
+                      + f"({value:.3f}, {share:.0%} of it). " + gap_text(diag),
     }[rule]
     if c_ref is not None and not (c_ref["significant"] and c_ref["diff"] > 0) and base:
         summary += (f" Caution: {name} is not significantly better than always answering "
@@ -440,7 +452,7 @@ def _next_steps(ev: Evidence, rule: str, chosen: RungResult, diag: dict[str, Any
                              + ("more labelled data should help" if per100 > pol.min_gain / 2
                                 else "more of the same data is unlikely to close the gap"))
         if gap == "unclear":
-            steps.append("neither retrieval nor fine-tuning moved the score significantly: "
+            steps.append(f"{tried_text(diag)} did not move the score significantly: "
                          "check label quality and the target, then try a larger model "
                          "(backend.model)")
         if gap == "unmeasured":

@@ -17,10 +17,26 @@ import hashlib
 import os
 import re
 import time
+from typing import Literal
+
+from pydantic import Field
 
 from tunewise.backends.base import Completion, Messages, Scored
+from tunewise.task import SEED_MAX, BackendSpec
 
 _WORD = re.compile(r"[a-z0-9]+")
+
+
+class DummySpec(BackendSpec):
+    """The dummy backend: deterministic and model-free, for tests and dry runs."""
+
+    kind: Literal["dummy"] = Field(
+        "dummy", description=BackendSpec.model_fields["kind"].description)
+    seed: int = Field(0, ge=0, le=SEED_MAX,
+                      description="Seed of the dummy backend's deterministic choices.")
+
+    def build(self) -> DummyBackend:
+        return DummyBackend(seed=self.seed, batch_size=self.batch_size)
 
 
 def _words(text: str) -> set[str]:

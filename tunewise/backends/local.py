@@ -20,12 +20,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from platformdirs import user_cache_dir
+from pydantic import Field
 
 from tunewise.backends.base import Completion, Messages, Scored
 from tunewise.errors import TunewiseError
+from tunewise.extras import require
+from tunewise.task import BackendSpec
 
 BUNDLED: dict[str, tuple[str, str, str]] = {
     # name -> (package, gguf file, pip requirement)
@@ -53,6 +56,23 @@ SCORING_VERSION = "v1"  # bump when scoring semantics change: it is part of the 
 MASK_BUDGET = 2**26
 """Most attention-mask cells (batch x rows x columns) one scoring pass may build: 256 MB of
 float32. Long items are scored in smaller batches (alone if need be) to stay under it."""
+
+
+class LocalSpec(BackendSpec):
+    """The local backend: the model runs in this process through transformers (CPU or GPU);
+    the only kind whose weights the fine-tuning rungs can train."""
+
+    kind: Literal["local"] = Field(
+        "local", description=BackendSpec.model_fields["kind"].description)
+    threads: int | None = Field(
+        None, ge=1, description="local backend: torch threads (default: the physical cores). "
+        "On a machine busy with other jobs, 1 is often several times faster.",
+    )
+
+    def build(self) -> LocalBackend:
+        require("local", feature="the local backend")
+        return LocalBackend(self.model, batch_size=self.batch_size,
+                            score_end_of_turn=self.score_end_of_turn, threads=self.threads)
 
 
 def cache_dir() -> Path:

@@ -54,14 +54,16 @@ import json
 import logging
 import os
 import random
+import re
 import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import httpx
+from pydantic import Field, field_validator, model_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from tunewise.backends.base import Completion, Messages, Scored
@@ -82,11 +84,94 @@ from tunewise.backends.openai_wire import (
 )
 from tunewise.errors import TunewiseError, redact, register_secret
 from tunewise.extras import require
-from tunewise.task import BackendSpec
+from tunewise.task import _ENV_NAME, BackendSpec, _looks_like_key
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class OpenAISpec(BackendSpec):
+    """The openai backend: any OpenAI-compatible server (vLLM, llama.cpp, Ollama, TGI) or a
+    hosted API. Its model is served, so it can be prompted, never tuned."""
+
+    kind: Literal["openai"] = Field(
+        "openai", description=BackendSpec.model_fields["kind"].description)
+    base_url: str | list[str] | None = Field(
+        None, description="openai backend: server URL(s); several are used round-robin."
+    )
+    api_key_env: str | None = Field(
+        None, description="openai backend: NAME of the environment variable holding the key."
+    )
+    timeout_s: float = Field(
+        60.0, gt=0,
+        description="openai backend: seconds one attempt of a request may take in all "
+        "(connect, send, read the whole answer); each retry gets its own.",
+    )
+    concurrency: int = Field(8, ge=1, description="openai backend: requests in flight.")
+    max_retries: int = Field(
+        6, ge=0, le=20,
+        description="openai backend: retries of a request on 429, 5xx, timeouts (backoff).",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="openai backend: local tokenizer (e.g. smollm2-135m or an HF folder) "
+        "whose chat template the server uses; gives exact show-prompt, token counts and "
+        "log-prob scoring through the completions endpoint.",
+    )
+    score_method: Literal["auto", "logprob", "forced", "constrained"] = Field(
+        "auto",
+        description="openai backend: how labels are scored. logprob: the server echoes the "
+        "prompt + label log-probs (needs a known chat template; vLLM). forced: the server "
+        "generates exactly the label's tokens under a token-id grammar and reports their "
+        "log-probs (llama.cpp servers; needs tokenizer). constrained: the label is "
+        "generated (with a grammar where the server supports one) and parsed. auto picks "
+        "logprob when possible, else constrained.",
+    )
+
+    prompt_only: ClassVar[bool] = True
+
+    def build(self) -> OpenAIBackend:
+        return OpenAIBackend(self)
+
+    @model_validator(mode="after")
+    def _forced_scores_label_only(self) -> OpenAISpec:
+        if self.score_method == "forced":
+            if self.score_end_of_turn and "score_end_of_turn" in self.model_fields_set:
+                raise ValueError("score_end_of_turn: true cannot go with score_method: "
+                                 "forced (llama.cpp never reports the end-of-turn log-prob)")
+            object.__setattr__(self, "score_end_of_turn", False)
+        return self
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        random_looking = len(value or "") >= 32 and any(c.isdigit() for c in value or "") and (
+            any(c.islower() for c in value or ""))
+        if value is not None and (
+            _looks_like_key(value) or random_looking or not _ENV_NAME.fullmatch(value)
+        ):
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (e.g. "
+                "OPENAI_API_KEY), not the key itself"
+            )
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_without_secret(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not value:  # never fall back to a public API
+            raise ValueError("an empty list names no server: give one URL or several, or "
+                             "leave base_url out for the OpenAI API")
+        for url in [value] if isinstance(value, str) else value or []:
+            if not re.match(r"https?://", url):
+                raise ValueError("base_url must start with http:// or https://")
+            if _looks_like_key(url) or re.search(r"//[^/@]+@|[?&](api[_-]?)?key=", url):
+                raise ValueError(
+                    "base_url must not carry credentials; give the key's variable NAME in "
+                    "api_key_env"
+                )
+        return value
 SCORING_VERSION = "v1"  # bump when scoring semantics change: it is part of the cache key
 RETRY_STATUS = frozenset({408, 409, 425, 429})  # plus every 5xx
 MAX_RETRY_AFTER_S = 120.0  # longer Retry-After requests are capped to this
@@ -115,7 +200,7 @@ class HTTPStatusError(TunewiseError):
 class OpenAIBackend:
     """A model behind an OpenAI-compatible HTTP API."""
 
-    def __init__(self, spec: BackendSpec, *, backoff_s: float = 0.5) -> None:
+    def __init__(self, spec: OpenAISpec, *, backoff_s: float = 0.5) -> None:
         urls = DEFAULT_BASE_URL if spec.base_url is None else spec.base_url
         self.urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
         if not self.urls:  # never fall back to a public API that would receive the key

@@ -2,12 +2,15 @@
 
 A rung is one way of doing the task. ``prepare`` does the upfront work (choose shots, build
 an index, train an adapter) and ``predict`` answers examples. Rungs never compute metrics.
-A new rung is one file plus one line in :data:`REGISTRY`.
+A rung declares what it is on its class: ``name`` and ``meta`` (:class:`RungMeta`: family,
+ladder position, data requirements, prompt parts). A new rung is one file plus one entry
+point in the ``tunewise.rungs`` group (a built-in: one line in
+``tunewise.plugins.BUILTIN_RUNGS``); the schema, the default ladder, the data checks and the
+cost estimate read the rest from ``meta``.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import sys
 from collections.abc import Callable
@@ -18,30 +21,19 @@ from typing import Any, Protocol
 from tunewise.backends.base import CachedBackend, Messages
 from tunewise.dataset import Document, Example, Split
 from tunewise.errors import TunewiseError
+from tunewise.plugins import RungMeta, rung
 from tunewise.store import Store
 from tunewise.task import TaskSpec
 
-# Rung name -> "module:Class", imported only when the rung is used (keeps the CLI fast).
-REGISTRY: dict[str, str] = {
-    "zero_shot": "tunewise.rungs.prompting:ZeroShot",
-    "system_prompt": "tunewise.rungs.prompting:SystemPrompt",
-    "few_shot_random": "tunewise.rungs.few_shot:FewShotRandom",
-    "few_shot_knn": "tunewise.rungs.few_shot:FewShotKNN",
-    "few_shot_best": "tunewise.rungs.few_shot:FewShotBest",
-    "rag": "tunewise.rungs.rag:Rag",
-    "lora": "tunewise.rungs.lora:Lora",
-    "distill": "tunewise.rungs.distill:Distill",
-    "lora_rag": "tunewise.rungs.lora:LoraRag",
-    "lora_system_prompt": "tunewise.rungs.lora:LoraSystemPrompt",
-    "full_ft": "tunewise.rungs.full_ft:FullFt",
-    "dpo": "tunewise.rungs.dpo:Dpo",
-}
-FAMILY: dict[str, str] = {
-    "zero_shot": "prompting", "system_prompt": "prompting", "few_shot_random": "prompting",
-    "few_shot_knn": "prompting", "few_shot_best": "prompting", "rag": "retrieval",
-    "lora": "fine_tuning", "distill": "fine_tuning", "lora_rag": "fine_tuning",
-    "lora_system_prompt": "fine_tuning", "full_ft": "fine_tuning", "dpo": "fine_tuning",
-}
+
+def __getattr__(name: str) -> dict[str, str]:
+    """``FAMILY`` (rung name -> family), derived from the registered rungs when first read;
+    new code asks ``tunewise.plugins.family(name)``."""
+    if name == "FAMILY":
+        from tunewise.plugins import family, rung_names
+
+        return {n: family(n) or "" for n in rung_names()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -92,6 +84,7 @@ class Rung(Protocol):
     """One rung of the ladder."""
 
     name: str
+    meta: RungMeta
 
     def requires(self, ctx: RunContext) -> str | None:
         """Why this rung cannot run for this task (None when it can)."""
@@ -112,17 +105,8 @@ class RungUnavailable(TunewiseError):
 
 
 def get_rung(name: str) -> Rung:
-    """Instantiate a registered rung by name."""
-    if name not in REGISTRY:
-        raise TunewiseError(f"unknown rung '{name}'", field="rungs")
-    module, cls = REGISTRY[name].split(":")
-    try:
-        return getattr(importlib.import_module(module), cls)()
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("tunewise"):
-            raise RungUnavailable(f"rung '{name}' is not implemented in this version",
-                                  field="rungs") from None
-        raise
+    """Instantiate a registered rung (built-in or plugin) by name."""
+    return rung(name).cls()
 
 
 def softmax(logps: list[float]) -> list[float]:
@@ -159,6 +143,7 @@ class PromptRung:
     """Base for rungs whose prediction is 'render a prompt, ask the shared backend'."""
 
     name = ""
+    meta: RungMeta
 
     def requires(self, ctx: RunContext) -> str | None:
         return None

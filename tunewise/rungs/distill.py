@@ -23,9 +23,10 @@ from typing import Any
 from tunewise.dataset import Example, read_rows
 from tunewise.errors import TunewiseError
 from tunewise.evaluate import evaluate
-from tunewise.rungs.base import FAMILY, RunContext, get_rung
+from tunewise.plugins import family, rung_names
+from tunewise.rungs.base import RunContext, RungMeta, get_rung
 from tunewise.rungs.lora import Lora, Tuned, load_tuned, train_adapter
-from tunewise.task import RUNG_ORDER, TaskSpec
+from tunewise.task import TaskSpec
 
 
 @dataclass
@@ -62,8 +63,8 @@ def teacher_rungs(ctx: RunContext, model: str) -> list[str]:
     rungs it runs in this task (its own ``rungs:``, else the task's)."""
     spec = ctx.task.model_entries().get(model)
     names = (ctx.task.distill.rungs or (spec.rungs if spec else None) or ctx.task.rungs
-             or list(RUNG_ORDER))
-    return [n for n in names if FAMILY.get(n) == "prompting"]
+             or list(rung_names()))
+    return [n for n in names if family(n) == "prompting"]
 
 
 def unlabelled_inputs(task: TaskSpec) -> tuple[list[Example], str | None]:
@@ -148,6 +149,7 @@ class Distill(Lora):
     """A LoRA student trained on the best teacher cell's labels of the training inputs."""
 
     name = "distill"
+    meta = RungMeta("fine_tuning", 80, needs={"weights"}, prompt=("query",))
 
     def requires(self, ctx: RunContext) -> str | None:
         if not teacher_models(ctx):

@@ -18,7 +18,7 @@ from typing import Any
 from tunewise.backends.base import CachedBackend, Messages
 from tunewise.dataset import Example
 from tunewise.errors import TunewiseError
-from tunewise.rungs.base import Prepared, PromptRung, RunContext
+from tunewise.rungs.base import Prepared, PromptRung, RunContext, RungMeta
 from tunewise.rungs.lora import (
     Lora,
     Tuned,
@@ -98,6 +98,8 @@ class Dpo(PromptRung):
     """The preference-tuned model on the bare input."""
 
     name = "dpo"
+    meta = RungMeta("fine_tuning", 120, needs={"train_examples", "weights", "rejected"},
+                    prompt=("query",), opt_in=True)
 
     def requires(self, ctx: RunContext) -> str | None:
         if ctx.task.data.rejected is None:

@@ -24,7 +24,7 @@ from tunewise.evaluate import evaluate
 from tunewise.extras import missing
 from tunewise.prompts import build_messages, row_system
 from tunewise.retrieval.embeddings import shared_embedder
-from tunewise.rungs.base import Prepared, PromptRung, RunContext, answer
+from tunewise.rungs.base import Prepared, PromptRung, RunContext, RungMeta, answer
 
 
 def stratified_sample(pool: list[Example], k: int, labelled: bool, seed: int) -> list[Example]:
@@ -98,6 +98,7 @@ class FewShotRandom(PromptRung):
     """k random training examples (label-stratified), the same for every input."""
 
     name = "few_shot_random"
+    meta = RungMeta("prompting", 30, prompt=("query", "system", "shots"))
 
     def prepare(self, ctx: RunContext) -> Prepared:
         shots = stratified_sample(ctx.split.train, ctx.task.few_shot.k, bool(ctx.labels),
@@ -110,6 +111,7 @@ class FewShotKNN(PromptRung):
     """The k training examples most similar to each input (cosine, MiniLM embeddings)."""
 
     name = "few_shot_knn"
+    meta = RungMeta("prompting", 40, prompt=("query", "system", "shots"))
 
     def requires(self, ctx: RunContext) -> str | None:
         return missing("retrieval", "sentence_transformers")
@@ -137,6 +139,7 @@ class FewShotBest(PromptRung):
     """Up to ``best_max`` shots chosen by random search, scored on the dev split only."""
 
     name = "few_shot_best"
+    meta = RungMeta("prompting", 50, prompt=("query", "system", "best_shots"))
 
     def requires(self, ctx: RunContext) -> str | None:
         if not ctx.split.dev:

@@ -16,7 +16,7 @@ from typing import Any
 
 from tunewise.backends.base import CachedBackend, Messages
 from tunewise.dataset import Example
-from tunewise.rungs.base import Prepared, PromptRung, RunContext
+from tunewise.rungs.base import Prepared, PromptRung, RunContext, RungMeta
 from tunewise.rungs.lora import (
     Lora,
     Tuned,
@@ -47,6 +47,8 @@ class FullFt(PromptRung):
     """The fully fine-tuned model on the bare input (the prompt it was trained on)."""
 
     name = "full_ft"
+    meta = RungMeta("fine_tuning", 110, needs={"train_examples", "weights"},
+                    prompt=("query",), opt_in=True)
 
     def requires(self, ctx: RunContext) -> str | None:
         return Lora().requires(ctx)

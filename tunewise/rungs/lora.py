@@ -22,9 +22,14 @@ from tunewise.dataset import Example
 from tunewise.errors import TunewiseError
 from tunewise.extras import missing
 from tunewise.prompts import build_messages, row_system
-from tunewise.rungs.base import Prepared, PromptRung, RunContext, RungUnavailable, get_rung
-
-FINE_TUNING_RUNGS = ("lora", "distill", "lora_rag", "lora_system_prompt")
+from tunewise.rungs.base import (
+    Prepared,
+    PromptRung,
+    RunContext,
+    RungMeta,
+    RungUnavailable,
+    get_rung,
+)
 
 
 def local_backend(ctx: RunContext) -> Any | None:
@@ -214,6 +219,7 @@ class Lora(PromptRung):
     """The tuned model on the bare input."""
 
     name = "lora"
+    meta = RungMeta("fine_tuning", 70, needs={"train_examples", "weights"}, prompt=("query",))
 
     def requires(self, ctx: RunContext) -> str | None:
         if local_backend(ctx) is None:
@@ -245,6 +251,7 @@ class LoraSystemPrompt(Lora):
     """The tuned model with the system prompt (task description, format, rules) added."""
 
     name = "lora_system_prompt"
+    meta = RungMeta("fine_tuning", 100, needs={"train_examples", "weights"})
 
     def prompt(self, ctx: RunContext, ex: Example) -> Messages:
         return build_messages(ctx.task, ctx.labels, ex.input,
@@ -255,6 +262,8 @@ class LoraRag(Lora):
     """The tuned model prompted and answered by the ``rag`` rung (retrieved passages)."""
 
     name = "lora_rag"
+    meta = RungMeta("fine_tuning", 90, needs={"corpus", "train_examples", "weights"},
+                    prompt=("query", "system", "passages"))
 
     def _rag(self) -> Any:
         return get_rung("rag")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from tunewise.dataset import Example
 from tunewise.prompts import build_messages, row_system
-from tunewise.rungs.base import Prepared, PromptRung, RunContext
+from tunewise.rungs.base import Prepared, PromptRung, RunContext, RungMeta
 
 
 class ZeroShot(PromptRung):
     """The input alone, as a user would paste it: the baseline every rung is compared to."""
 
     name = "zero_shot"
+    meta = RungMeta("prompting", 10, prompt=("query",))
 
     def prepare(self, ctx: RunContext) -> Prepared:
         def prompt_for(ex: Example):
@@ -24,6 +25,7 @@ class SystemPrompt(PromptRung):
     """Instructions: what the task is, the label set or output format, the user's rules."""
 
     name = "system_prompt"
+    meta = RungMeta("prompting", 20)
 
     def prepare(self, ctx: RunContext) -> Prepared:
         def prompt_for(ex: Example):

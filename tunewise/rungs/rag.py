@@ -21,7 +21,7 @@ from tunewise.extras import missing
 from tunewise.prompts import build_messages, row_system
 from tunewise.retrieval.embeddings import shared_embedder
 from tunewise.retrieval.index import Hit, RetrievalIndex
-from tunewise.rungs.base import Prediction, Prepared, RunContext, answer
+from tunewise.rungs.base import Prediction, Prepared, RunContext, RungMeta, answer
 
 SOURCE_FIELD = "source_id"  # example field naming the document that holds the answer
 _BRACKET = re.compile(r"\s*\[([^\[\]\n]{1,120})\]")
@@ -117,6 +117,7 @@ class Rag:
     """Retrieve the top-k chunks for the question and answer from them, citing one."""
 
     name = "rag"
+    meta = RungMeta("retrieval", 60, needs={"corpus"}, prompt=("query", "system", "passages"))
 
     def requires(self, ctx: RunContext) -> str | None:
         if ctx.task.corpus is None or not ctx.corpus:
