@@ -14,6 +14,39 @@ rounds (TRL, tunewise, then tunewise, TRL, ...) so load drift on a shared machin
 both. Printed per side: non-padding train tokens per second and peak RSS as median [min, max]
 over the rounds, the final train loss (mean of the last 5 steps), and the ratios tunewise /
 TRL paired round by round. Model loading is outside the timed part.
+
+``--variants a,b,...`` runs several tunewise variants (tunewise.training.lora.Speed options
+and thread counts), each its own row against the same TRL rounds; each row also gives the
+first step's extra time over the median step (torch.compile compiles there) and the rate
+after it:
+
+- ``default``: the trainer as shipped (``Speed()``).
+- ``answer-logits``: logits only at answer positions, one forward pass per micro-batch
+  (about 85% of the gain over TRL); no option below.
+- ``chunked-ce``: the output layer fused with the loss over 128 answer positions at a time,
+  gradients made in the forward pass (Liger-Kernel's method): the answer positions' logits
+  over the 49k vocabulary never exist at once.
+- ``max-tokens-384``: each micro-batch of 8 split in two forward passes; same step, half
+  the activations.
+- ``packed``: the 8 sequences in one row, position ids restarting per sequence, attention
+  kept inside each (transformers builds the block-diagonal mask from the position ids).
+- ``compile``: ``torch.compile(dynamic=True)`` of the loss module.
+- ``1-thread`` / ``2-threads``: torch threads for that variant.
+
+What each gave so far (2026-12-07, a machine loaded 7-15 on 2 cores by other jobs, where
+our processes ran at a few tokens/s; the quiet-machine rounds are still to be run):
+- every option leaves the loss and gradients equal within float noise
+  (tests/test_lora_speed.py);
+- ``packed`` cannot pay on these batches: length bucketing leaves 1.8% padding (20,397 real
+  of 20,768 padded tokens over 30 batches), while the packed row's block mask makes
+  attention quadratic in the row (640 tokens instead of 8 x 80); kept as an option, off;
+- ``chunked-ce``: peak RSS 3,762 vs 3,954 MiB on the 8 longest long-answer rows (80 answer
+  tokens, 156 tokens; -5%): the vocabulary at answer positions is not where the memory
+  goes; off until its speed is measured;
+- splitting the micro-batch (``max_tokens``): 2,449 vs 3,954 MiB on the same rows, same
+  loss to 1e-12. The default budget, 768 padded tokens, leaves this benchmark's 8 x 80-token
+  batches whole and splits long-answer ones;
+- ``compile`` and the thread settings: not measured (a single step took minutes here).
 """
 
 from __future__ import annotations

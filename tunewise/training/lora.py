@@ -51,8 +51,9 @@ StepHook = Callable[["LoraTrainer"], None]
 @dataclass(frozen=True)
 class Speed:
     """How the loop computes, never what: every option leaves the loss and gradients equal
-    within float noise (tests/test_lora_speed.py). The defaults are the options that paid
-    in ``benchmarks/lora_vs_trl.py --variants`` (its docstring gives the measurements).
+    within float noise (tests/test_lora_speed.py). ``benchmarks/lora_vs_trl.py --variants``
+    measures each against TRL (its docstring says what each gave); only ``max_tokens`` is
+    on by default, for memory.
 
     Attributes:
         ce_chunk: fuse the output layer with the loss over this many answer positions at a
