@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tunewise.errors import redact
+from tunewise.errors import TunewiseError, redact
 
 Status = Literal["ok", "warn", "fail"]  # fail: required and broken; warn: optional
 INSTALL = "bash scripts/install.sh"
@@ -240,6 +240,82 @@ def check_server(task: Any) -> list[Check]:
     return out
 
 
+def check_fine_tuning(task: Any | None = None) -> list[Check]:
+    """What this machine can fine-tune, in the planner's numbers (nothing is loaded).
+
+    Without a task: the bundled model at a typical workload. With one: each of the task's
+    local models at the task's sequence length, batch size and number of training
+    examples. No GPU: the CPU time of a LoRA epoch and its RAM, and that a 7B model is
+    out; with a GPU: which methods fit its memory. A predicted peak above the memory
+    available is a warning (training would be refused before loading).
+    """
+    from tunewise import planner
+
+    if task is None:
+        models, work = ["smollm2-135m"], None
+    else:
+        models = [m.model for m in task.model_entries().values() if m.kind == "local"]
+        if not models:
+            return [Check("fine-tuning", "ok", "the task has no local model: nothing to "
+                          "fine-tune here (fine-tuning rungs need kind: local)")]
+        try:
+            work = planner.workload_for_task(task, tokenize=False)
+        except TunewiseError as exc:  # the task's data: `tunewise run` would say the same
+            return [Check("fine-tuning", "warn", f"cannot size the training data: {exc}",
+                          "fix the task's data (tunewise run reports it the same way)")]
+    gpu = planner.has_gpu()
+    out = []
+    for model in models:
+        shape = planner.quick_shape(model)
+        if shape is None:
+            out.append(Check(f"fine-tuning {model}", "warn", "no config to plan from (no "
+                             "weights are downloaded to find out)",
+                             "tunewise plan --model SIZE, e.g. --model 7b"))
+            continue
+        w = work or planner.Workload(seq_len=128, batch_size=8, examples=500, mean_len=80)
+        out.append(_gpu_check(shape, w) if gpu else _cpu_check(model, shape, w))
+    return out
+
+
+def _cpu_check(model: str, shape: Any, w: Any) -> Check:
+    """The advisor's sentence for this model, and whether its LoRA peak fits the RAM."""
+    from tunewise import planner
+
+    est = planner.estimate(shape, "lora", w, "cpu")
+    free = planner.available_bytes("cpu")
+    detail = planner.cpu_training_line(model, workload=w) or ""
+    if est.total > free:
+        return Check(f"fine-tuning {model}", "warn", f"{detail}; only {free / planner.GB:.1f} "
+                     "GB RAM is available: training would be refused",
+                     "lower lora.batch_size or lora.max_length, or pick a smaller model")
+    return Check(f"fine-tuning {model}", "ok", detail)
+
+
+def _gpu_check(shape: Any, w: Any) -> Check:
+    """Which methods fit the GPU's memory, for this model and for a 7B model."""
+    from tunewise import planner
+
+    try:
+        import torch
+
+        total = float(torch.cuda.mem_get_info()[1])
+    except Exception:  # no usable CUDA (check_torch says why)
+        return Check(f"fine-tuning {shape.name}", "warn", "an NVIDIA GPU is present but "
+                     "torch cannot use it: fine-tuning would run on the CPU",
+                     "see the torch check above")
+    parts = []
+    for label, s in ((f"{shape.name} ({planner.size_label(shape.params)})", shape),
+                     ("a 7B model", planner.KNOWN["llama-2-7b"])):
+        fits = []
+        for method in ("full", "lora", "qlora"):
+            need = planner.estimate(s, method, w, "gpu").total
+            fits.append(f"{method} ~{need / planner.GB:.0f} GB "
+                        f"{'fits' if need <= total else 'does not fit'}")
+        parts.append(f"{label}: " + ", ".join(fits))
+    return Check(f"fine-tuning {shape.name}", "ok",
+                 f"GPU with {total / planner.GB:.0f} GB: " + "; ".join(parts))
+
+
 def check_browser() -> Check:
     """Chromium for the web UI's browser tests (optional)."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -294,8 +370,7 @@ def run_checks(store_path: Path, task: Any | None = None) -> list[Check]:
     ]
     if task is not None:
         steps.append(lambda: check_server(task))
-    steps.append(check_plugins)
-    steps.append(check_browser)
+    steps += [lambda: check_fine_tuning(task), check_plugins, check_browser]
     checks: list[Check] = []
     for step in steps:
         try:

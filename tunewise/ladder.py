@@ -120,8 +120,10 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
     peers: dict[str, RunContext] = {}
     models: list[ModelPlan] = []
     for i, (name, spec) in enumerate(task.model_entries().items()):
-        inner = (backends or {}).get(name) or (backend if i == 0 else None) \
-            or make_backend(spec.backend_spec())
+        inner = (backends or {}).get(name) or (backend if i == 0 else None)
+        if inner is None:
+            inner = make_backend(spec.backend_spec())
+            _check_serving(task, name, spec)
         sub_task = task if i == 0 else task.model_copy(
             update={"backend": spec.backend_spec(), "backends": None})
         if task.kind != "classification":  # notes from the first model only
@@ -148,6 +150,18 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
     found = model_free_baseline([e.output for e in split.train], [e.output for e in split.test],
                                 task.metric or "", task.kind == "classification")
     return Plan(task, first.ctx, report, first.rungs, first.skipped, found, models)
+
+
+def _check_serving(task: TaskSpec, name: str, spec: ModelSpec) -> None:
+    """A local model too large to answer in this memory is refused before its weights are
+    loaded (they load lazily, on the first call), in one line naming its task file line."""
+    if spec.kind != "local":
+        return
+    from tunewise.planner import check_serving
+    from tunewise.rungs.lora import naming_model_line
+
+    with naming_model_line(task, name):
+        check_serving(spec.model, spec.batch_size)
 
 
 Rows = dict[str, dict[str, Any]]  # example id -> {"prediction", "gold", "score"}
@@ -205,6 +219,34 @@ def resolve_max_tokens(task: TaskSpec, report: DataReport, train: list[Example],
                 f"it or remove it to use {default_max_tokens(stats)}")
 
 
+def _check_calls(task: TaskSpec, names: list[str], n_test: int, n_train: int, tag: str
+                 ) -> dict[str, int]:
+    """Calls of one model's checks after the ladder: learning curve, forgetting, preference
+    accuracy (keys end with the model's ``tag``, none for the first model)."""
+    out: dict[str, int] = {}
+    tuned = [n for n in names if family(n) == "fine_tuning"]
+    if "lora" in names and task.lora.curve:
+        from tunewise.training.curve import curve_sizes
+
+        out["learning_curve" + tag] = len(curve_sizes(task.lora.curve, n_train)) * n_test
+    if not tuned:
+        return out
+    from tunewise.training.forgetting import load_general
+
+    try:
+        general = len(load_general(task.lora.general))
+    except TunewiseError:
+        general = 0  # the check reports its own error and makes no call
+    # the base model, the lora adapter (also dpo's start), each model of its own
+    sft = any(n.startswith("lora") for n in tuned) or (
+        "dpo" in tuned and task.dpo.start_from == "sft")
+    models = sft + sum(n in tuned for n in ("full_ft", "dpo"))
+    out["forgetting" + tag] = (1 + models) * general
+    if "dpo" in names:  # preference accuracy: base, supervised (if any) and dpo models
+        out["preference_check" + tag] = (2 + sft) * n_test
+    return out
+
+
 def estimate_breakdown(plan: Plan) -> dict[str, int]:
     """Model calls the run will ask for (made or cached), per rung and per check.
 
@@ -226,26 +268,10 @@ def estimate_breakdown(plan: Plan) -> dict[str, int]:
             out[name + tag] = n_test + timing + (
                 n_dev * task.few_shot.best_candidates if name == "few_shot_best" else 0) + (
                 len(split.train) + 2 * n_dev if name == "distill" else 0)
-    tuned = [n for n in plan.rungs if family(n) == "fine_tuning"]
-    if "lora" in plan.rungs and task.lora.curve:
-        from tunewise.training.curve import curve_sizes
-
-        out["learning_curve"] = len(curve_sizes(task.lora.curve, len(split.train))) * n_test
-    if tuned:
-        from tunewise.errors import TunewiseError
-        from tunewise.training.forgetting import load_general
-
-        try:
-            general = len(load_general(task.lora.general))
-        except TunewiseError:
-            general = 0  # the check reports its own error and makes no call
-        # the base model, the lora adapter (also dpo's start), each model of its own
-        sft = any(n.startswith("lora") for n in tuned) or (
-            "dpo" in tuned and task.dpo.start_from == "sft")
-        models = sft + sum(n in tuned for n in ("full_ft", "dpo"))
-        out["forgetting"] = (1 + models) * general
-    if "dpo" in plan.rungs:  # preference accuracy: base, supervised (if any) and dpo models
-        out["preference_check"] = (2 + sft) * n_test
+    # the checks after the ladder, for every model that trains (the first: plan.rungs)
+    trains = [("", plan.rungs)] + [(m.tag, m.rungs) for m in plan.models[1:]]
+    for tag, names in trains:
+        out.update(_check_calls(task, names, n_test, len(split.train), tag))
     if task.freshness.run and task.freshness.rung in plan.rungs and plan.ctx.corpus:
         out["freshness"] = _freshness_calls(plan)
     return out
@@ -533,6 +559,8 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     from tunewise.training.checks import after_ladder, verdict_notes
 
     result.update(after_ladder(plan.ctx, results))  # learning curve, forgetting (lora only)
+    for i, model in enumerate(plan.models[1:], start=1):  # every other model that trained
+        result["models"][i].update(after_ladder(model.ctx, per_model[i], model.tag))
     if task.freshness.run:  # edit corpus facts, re-ask: does the rung follow? (issue 5)
         from tunewise.freshness import ladder_freshness
 
@@ -547,6 +575,9 @@ def run_ladder(task: TaskSpec, store: Store, *, backend: Backend | None = None,
     from tunewise.cells import add_cells
 
     add_cells(result, task, store)  # cells, cost matrix, verdict across models
+    from tunewise.training.checks import further_model_notes
+
+    result["verdict"].setdefault("reasons", []).extend(further_model_notes(result))
     try:
         result = check_result(result)  # typed and versioned (tunewise.results) before it is kept
     except ValidationError as exc:  # a bug: say so, but never lose a finished run

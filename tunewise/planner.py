@@ -273,25 +273,28 @@ def activation_bytes(shape: ModelShape, w: Workload, method: str, dtype_bytes: f
     return kept * dtype_bytes + logits
 
 
-def estimate(shape: ModelShape, method: str, w: Workload, device: str = "gpu") -> Estimate:
+def estimate(shape: ModelShape, method: str, w: Workload, device: str = "gpu",
+             fp32: bool = False) -> Estimate:
     """Memory and time of ``method`` (full | lora | qlora | serve) on ``device`` (cpu | gpu).
 
     The precisions are the trainer's: float32 on CPU; bfloat16 weights on a GPU, with AdamW
     keeping its moments in the parameters' dtype (so a full bf16 fine-tune needs 8 bytes a
     parameter: weights 2, gradients 2, moments 4) and LoRA's adapter weights in float32
-    (peft upcasts them). QLoRA stores the frozen linear layers in 4-bit NF4.
+    (peft upcasts them). QLoRA stores the frozen linear layers in 4-bit NF4. ``fp32``
+    plans a float32 run on a GPU too (16 bytes a parameter for a full fine-tune), the
+    setting of the PEFT README's memory table.
     """
     if method not in METHODS:
         raise TunewiseError(f"unknown method '{method}' (one of {', '.join(METHODS)})")
     if method == "qlora" and device == "cpu":
         raise TunewiseError("QLoRA needs CUDA (bitsandbytes)", field="lora.qlora")
-    wb = 4.0 if device == "cpu" else 2.0
-    precision = "fp32" if device == "cpu" else "bf16"
+    wb = 4.0 if device == "cpu" or fp32 else 2.0
+    precision = "fp32" if wb == 4.0 else "bf16"
     p = shape.params
     if method == "qlora":
         linear = shape.layers * (shape.layer_params - 2 * shape.hidden)
         weights = linear * NF4_BITS / 8 + (p - linear) * wb
-        precision = "nf4+bf16"
+        precision = f"nf4+{precision}"
     else:
         weights = p * wb
     if method == "full":
@@ -366,11 +369,13 @@ def assumptions(shape: ModelShape, w: Workload) -> list[str]:
     ]
 
 
-def workload_for_task(task: Any, shape_model: str | None = None) -> Workload:
+def workload_for_task(task: Any, shape_model: str | None = None,
+                      tokenize: bool = True) -> Workload:
     """Sequence length, batch size and epoch size from a task and its training data.
 
-    Token counts come from the local model's tokenizer when the task's model is local,
-    else from characters / 4 (said in the assumptions through ``mean_len``).
+    Token counts come from the local model's tokenizer when the task's model is local
+    (and ``tokenize``), else from characters / 4 (said in the assumptions through
+    ``mean_len``). ``tokenize=False`` keeps ``doctor`` fast: no tokenizer, no conversion.
     """
     from tunewise.dataset import load_examples, make_split
 
@@ -378,7 +383,7 @@ def workload_for_task(task: Any, shape_model: str | None = None) -> Workload:
     split = make_split(examples, task)
     texts = [e.input + " " + e.output for e in split.train] or ["x"]
     lengths = [len(t) / 4 + 20 for t in texts]  # +20: chat template around the turn
-    if task.backend.kind == "local":
+    if tokenize and task.backend.kind == "local":
         try:
             from transformers import AutoTokenizer
 
@@ -430,13 +435,42 @@ def check_fits(model_path: str, method: str, w: Workload, device: str,
     free = available_bytes(device) if available is None else available
     if est.total > free:
         raise TunewiseError(
-            f"{shape.name} ({shape.params / 1e9:.2f}B parameters) needs about "
+            f"{shape.name} ({size_label(shape.params)} parameters) needs about "
             f"{est.total / GB:.1f} GB to {method} fine-tune on {device} (weights "
             f"{est.weights / GB:.1f}, gradients {est.gradients / GB:.1f}, optimizer "
             f"{est.optimizer / GB:.1f}, activations {est.activations / GB:.1f} GB at batch "
             f"{w.batch_size} x {w.seq_len} tokens) but only {free / GB:.1f} GB is available: "
             f"use a smaller model, LoRA/QLoRA, or a smaller lora.batch_size "
             f"(tunewise plan --model ...)", field="backend.model")
+    return est
+
+
+def check_serving(model: str, batch_size: int, seq_len: int = 1024,
+                  available: float | None = None) -> Estimate | None:
+    """Refuse, before its weights are loaded, a local model that cannot even answer in this
+    memory (the local backend loads float32 weights; a 7B model needs ~28 GB of them).
+
+    Returns the estimate (None when nothing describes the model: then nothing is refused).
+
+    Raises:
+        TunewiseError: the predicted peak exceeds what is available.
+    """
+    try:
+        shape = resolve_shape(model, convert=False)  # a bundled model is small: no check
+    except (TunewiseError, OSError, ValueError):
+        return None
+    device = "gpu" if has_gpu() else "cpu"
+    w = Workload(seq_len=seq_len, batch_size=batch_size)
+    est = estimate(shape, "serve", w, device, fp32=True)
+    free = available_bytes(device) if available is None else available
+    if est.total > free:
+        raise TunewiseError(
+            f"{shape.name} ({size_label(shape.params)} parameters) needs about "
+            f"{est.total / GB:.1f} GB to answer on {device} (fp32 weights "
+            f"{est.weights / GB:.1f}, key/value cache and logits {est.activations / GB:.1f} "
+            f"GB at batch {batch_size} x {seq_len} tokens) but only {free / GB:.1f} GB is "
+            f"available: use a smaller model, or serve a quantized one through a server "
+            f"(kind: openai, e.g. llama.cpp) (tunewise plan --model ...)", field="backend.model")
     return est
 
 
@@ -458,21 +492,39 @@ def fmt_duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def cpu_training_line(model: str = "smollm2-135m", examples: int = 500) -> str | None:
-    """One advisor sentence: how long the bundled model takes to LoRA-tune on CPU."""
+def size_label(params: float) -> str:
+    """``135M``, ``0.49B``, ``7B``: a parameter count the way model cards write it."""
+    return f"{params / 1e6:.0f}M" if params < 1e9 else f"{params / 1e9:.3g}B"
+
+
+def quick_shape(model: str) -> ModelShape | None:
+    """The model's shape without converting or downloading anything (the advisor and the
+    doctor must stay fast): the bundled model, never converted here, is planned by its size."""
     try:
-        shape = resolve_shape(model, convert=False)
-    except TunewiseError:  # the bundled model was never converted here: plan by its size
-        shape = replace(shape_from_size(135e6), name=model)
+        return resolve_shape(model, convert=False)
+    except TunewiseError:
+        from tunewise.backends.local import BUNDLED
+
+        return replace(shape_from_size(135e6), name=model) if model in BUNDLED else None
     except (OSError, ValueError):
         return None
-    w = Workload(seq_len=128, batch_size=8, examples=examples, mean_len=80)
+
+
+def cpu_training_line(model: str = "smollm2-135m", examples: int = 500,
+                      workload: Workload | None = None) -> str | None:
+    """One advisor sentence: how long the bundled model (or ``model``) takes to LoRA-tune
+    on CPU, at ``workload`` (default: ``examples`` short examples, batch 8)."""
+    shape = quick_shape(model)
+    if shape is None:
+        return None
+    w = workload or Workload(seq_len=128, batch_size=8, examples=examples, mean_len=80)
+    examples = w.examples
     est = estimate(shape, "lora", w, "cpu")
     big = estimate(KNOWN["llama-2-7b"], "full", w, "gpu")
     return (f"no GPU: fine-tuning a 7B model is out (a full fine-tune needs ~"
             f"{big.total / GB:.0f} GB of GPU memory, LoRA ~"
             f"{estimate(KNOWN['llama-2-7b'], 'lora', w, 'gpu').total / GB:.0f} GB); "
-            f"the {shape.params / 1e6:.0f}M model ({shape.name}) LoRA-trains on CPU in about "
+            f"the {size_label(shape.params)} model ({shape.name}) LoRA-trains on CPU in about "
             f"{fmt_duration(est.epoch_seconds['cpu'])} an epoch on {examples} examples "
             f"(~{est.total / GB:.1f} GB RAM; tunewise plan --model SIZE)")
 

@@ -226,11 +226,13 @@ class Cell(Model):
 
 
 class ModelRuns(Model):
-    """Prompting rungs re-run on a further backend (``models``)."""
+    """The rungs of a further model (``models``), and its forgetting check when it trained
+    (the first model's is the run's own ``forgetting``)."""
 
     model: str
     backend: str = ""
     rungs: list[RungResult] = Field(default_factory=list)
+    forgetting: Forgetting | None = None
 
 
 # ---- cost --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from tunewise.rungs.lora import (
     Tuned,
     check_examples,
     local_backend,
+    naming_the_model_line,
     train_prompt,
     tuned_model,
 )
@@ -88,8 +89,9 @@ def dpo_model(ctx: RunContext) -> Tuned:
     spec = ctx.task.lora.model_copy(update={"lr": settings.lr, "epochs": settings.epochs,
                                             "max_steps": settings.max_steps})
     base = local_backend(ctx)
-    adapter = train_or_load_dpo(base.id, resolve_model(base.name), spec, settings.beta, train,
-                                dev, base.tok.pad_token_id, sft, log=ctx.log)
+    with naming_the_model_line(ctx):
+        adapter = train_or_load_dpo(base.id, resolve_model(base.name), spec, settings.beta,
+                                    train, dev, base.tok.pad_token_id, sft, log=ctx.log)
     ctx.shared["dpo"] = Tuned(adapter, load_dpo_model(ctx, adapter, sft), skipped)
     return ctx.shared["dpo"]
 

@@ -13,7 +13,9 @@ the combinations reuse it and never retrain.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +120,34 @@ def training_stop(log: dict[str, Any], max_steps: int | None) -> dict[str, Any]:
             "max_steps": max_steps}
 
 
+@contextlib.contextmanager
+def naming_the_model_line(ctx: RunContext) -> Iterator[None]:
+    """Errors about the model itself (the planner refusing a model too large for the
+    memory, raised deep in the trainer with no file) name the task file's line of the
+    model that was to be trained: ``models.NAME.model`` or ``backend.model``."""
+    with naming_model_line(ctx.task, ctx.model):
+        yield
+
+
+@contextlib.contextmanager
+def naming_model_line(task: Any, model: str) -> Iterator[None]:
+    """:func:`naming_the_model_line` for a task and one of its model names."""
+    try:
+        yield
+    except TunewiseError as exc:
+        if exc.path is not None or exc.field != "backend.model":
+            raise
+        field, line = "backend.model", task.line_of("backend.model") or task.line_of("backend")
+        if task.models and model in task.models:
+            field = f"models.{model}.model"
+            dotted = "." in model  # line_of splits on dots: such a name is not found
+            line = (None if dotted else task.line_of(field) or task.line_of(
+                f"models.{model}")) or task.line_of("models")
+        elif task.backends:
+            field, line = "backends", task.line_of("backends")
+        raise TunewiseError(exc.message, path=task.source, line=line, field=field) from None
+
+
 def train_adapter(ctx: RunContext, train: list[Example], label: str = "lora",
                   on_step: Any = None, spec: Any = None, full: bool = False
                   ) -> tuple[Any, int]:
@@ -149,9 +179,10 @@ def train_adapter(ctx: RunContext, train: list[Example], label: str = "lora",
     if skipped:
         ctx.log(f"{label}: {skipped} training examples are longer than lora.max_length="
                 f"{spec.max_length} tokens and were skipped")
-    adapter = train_or_load(base.id, resolve_model(base.name), spec, feats, dev,
-                            base.tok.pad_token_id, label=label, log=ctx.log, on_step=on_step,
-                            full=full, before=base.unload)
+    with naming_the_model_line(ctx):
+        adapter = train_or_load(base.id, resolve_model(base.name), spec, feats, dev,
+                                base.tok.pad_token_id, label=label, log=ctx.log,
+                                on_step=on_step, full=full, before=base.unload)
     remember(key, adapter, skipped)
     return adapter, skipped
 

@@ -1,8 +1,8 @@
 """What the ladder does after a fine-tuning rung ran: the curve, forgetting, verdict notes.
 
 Fine-tuning is judged twice (DESIGN.md): the task gain, with its learning curve, and the
-regression on a general set against the base model. Both run once per run, after the
-rungs, on the adapter the lora rungs shared.
+regression on a general set against the base model. Both run once per run and model that
+trained, after the rungs, on the adapter the lora rungs of that model shared.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from tunewise.errors import TunewiseError
 from tunewise.rungs.base import RunContext
 
 
-def after_ladder(ctx: RunContext, results: list[dict[str, Any]]) -> dict[str, Any]:
+def after_ladder(ctx: RunContext, results: list[dict[str, Any]], tag: str = ""
+                 ) -> dict[str, Any]:
     """Add the learning curve to the ``lora`` result; return ``{"forgetting": ...}``.
 
+    Runs once per model that trained (``ctx`` and ``results`` of that model; ``tag`` is
+    the suffix of its rung names in the store, ``""`` for the first model).
     Does nothing (returns ``{}``) when no fine-tuning rung trained or loaded an adapter.
     A check that cannot run (e.g. a broken general-set file) is reported, not fatal:
     the rungs' results are already measured and stored.
@@ -41,7 +44,7 @@ def after_ladder(ctx: RunContext, results: list[dict[str, Any]]) -> dict[str, An
 
         done["dpo"]["info"]["preference"] = preference_check(ctx)
     if "full_ft" in done and "lora" in done:
-        done["full_ft"]["info"]["vs_lora"] = paired(ctx, "lora", "full_ft")
+        done["full_ft"]["info"]["vs_lora"] = paired(ctx, "lora" + tag, "full_ft" + tag)
     tuned = ctx.shared.get("lora")
     if tuned is None:
         return {}
@@ -117,6 +120,17 @@ def verdict_notes(result: dict[str, Any]) -> list[str]:
                          f"{length['tuned_mean_tokens']:.1f} tokens over {length['n']} "
                          "questions); ability above is scored independently of length")
     return notes
+
+
+def further_model_notes(result: dict[str, Any]) -> list[str]:
+    """:func:`verdict_notes` for every model after the first (its learning curve, its
+    forgetting check, full_ft and dpo beside lora), each line prefixed ``on MODEL:``."""
+    out: list[str] = []
+    for model in (result.get("models") or [])[1:]:
+        view = {**result, "rungs": model.get("rungs") or [],
+                "forgetting": model.get("forgetting"), "verdict": {}}
+        out += [f"on {model['model']}: {line}" for line in verdict_notes(view)]
+    return out
 
 
 def _mb(n: Any) -> str:

@@ -220,10 +220,22 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    """This process's peak resident memory so far, in MiB.
+
+    On Linux this is ``VmHWM`` from ``/proc/self/status``: the high-water mark of this
+    process's own address space. ``ru_maxrss`` is not used there because Linux carries it
+    across ``fork`` + ``exec``, so a trainer started from a large parent (pytest after other
+    tests, a notebook) would report the parent's peak instead of its own.
+    """
     import resource
     import sys
 
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
 
