@@ -14,6 +14,39 @@ rounds (TRL, tunewise, then tunewise, TRL, ...) so load drift on a shared machin
 both. Printed per side: non-padding train tokens per second and peak RSS as median [min, max]
 over the rounds, the final train loss (mean of the last 5 steps), and the ratios tunewise /
 TRL paired round by round. Model loading is outside the timed part.
+
+``--variants a,b,...`` runs several tunewise variants (tunewise.training.lora.Speed options
+and thread counts), each its own row against the same TRL rounds; each row also gives the
+first step's extra time over the median step (torch.compile compiles there) and the rate
+after it:
+
+- ``default``: the trainer as shipped (``Speed()``).
+- ``answer-logits``: logits only at answer positions, one forward pass per micro-batch
+  (about 85% of the gain over TRL); no option below.
+- ``chunked-ce``: the output layer fused with the loss over 128 answer positions at a time,
+  gradients made in the forward pass (Liger-Kernel's method): the answer positions' logits
+  over the 49k vocabulary never exist at once.
+- ``max-tokens-384``: each micro-batch of 8 split in two forward passes; same step, half
+  the activations.
+- ``packed``: the 8 sequences in one row, position ids restarting per sequence, attention
+  kept inside each (transformers builds the block-diagonal mask from the position ids).
+- ``compile``: ``torch.compile(dynamic=True)`` of the loss module.
+- ``1-thread`` / ``2-threads``: torch threads for that variant.
+
+What each gave so far (2026-12-07, a machine loaded 7-15 on 2 cores by other jobs, where
+our processes ran at a few tokens/s; the quiet-machine rounds are still to be run):
+- every option leaves the loss and gradients equal within float noise
+  (tests/test_lora_speed.py);
+- ``packed`` cannot pay on these batches: length bucketing leaves 1.8% padding (20,397 real
+  of 20,768 padded tokens over 30 batches), while the packed row's block mask makes
+  attention quadratic in the row (640 tokens instead of 8 x 80); kept as an option, off;
+- ``chunked-ce``: peak RSS 3,762 vs 3,954 MiB on the 8 longest long-answer rows (80 answer
+  tokens, 156 tokens; -5%): the vocabulary at answer positions is not where the memory
+  goes; off until its speed is measured;
+- splitting the micro-batch (``max_tokens``): 2,449 vs 3,954 MiB on the same rows, same
+  loss to 1e-12. The default budget, 768 padded tokens, leaves this benchmark's 8 x 80-token
+  batches whole and splits long-answer ones;
+- ``compile`` and the thread settings: not measured (a single step took minutes here).
 """
 
 from __future__ import annotations
@@ -23,6 +56,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,30 +98,52 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_tunewise(out: Path) -> dict:
+# tunewise variants: name -> (Speed options, torch threads or None for --threads)
+VARIANTS = {
+    "default": ({}, None),
+    "answer-logits": ({"ce_chunk": None, "compile": False, "pack": False,
+                       "max_tokens": None}, None),
+    "chunked-ce": ({"ce_chunk": 128}, None),
+    "max-tokens-384": ({"max_tokens": 384}, None),
+    "compile": ({"compile": True}, None),
+    "packed": ({"pack": True}, None),
+    "1-thread": ({}, 1),
+    "2-threads": ({}, 2),
+}
+
+
+def run_tunewise(out: Path, variant: str = "default") -> dict:
+    import dataclasses
+
     import torch
 
     from tunewise.backends.local import resolve_model
-    from tunewise.training.lora import LoraTrainer
+    from tunewise.training.lora import LoraTrainer, Speed
 
+    options, threads = VARIANTS[variant]
+    if threads:
+        torch.set_num_threads(threads)
     backend, groups = batches()
     flat = [f for g in groups for f in g]
     trainer = LoraTrainer(resolve_model("smollm2-135m"), spec(), flat, [], out,
-                          backend.tok.pad_token_id, progress=False)
+                          backend.tok.pad_token_id, progress=False,
+                          speed=dataclasses.replace(Speed(), **options))
     del backend
     trainer._load()
     trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda _: 1.0)
     trainer.train_feats = flat
     trainer.module.train()
-    losses, tokens = [], 0
-    start = time.perf_counter()
+    losses, tokens, step_s = [], [], []
     for i in range(STEPS):
         idx = list(range(i * BATCH, (i + 1) * BATCH))
+        start = time.perf_counter()
         loss, n_tokens, _ = trainer._train_step([idx])
+        step_s.append(time.perf_counter() - start)
         losses.append(loss)
-        tokens += n_tokens
-    wall = time.perf_counter() - start
-    return {"tokens": tokens, "seconds": wall, "losses": losses, "rss_mb": peak_rss_mb()}
+        tokens.append(n_tokens)
+    return {"tokens": sum(tokens), "seconds": sum(step_s), "losses": losses,
+            "rss_mb": peak_rss_mb(), "step_s": step_s, "step_tokens": tokens,
+            "threads": torch.get_num_threads()}
 
 
 def run_trl(out: Path) -> dict:
@@ -149,53 +205,78 @@ def run_trl(out: Path) -> dict:
             "rss_mb": peak_rss_mb()}
 
 
-def child(impl: str, args: argparse.Namespace) -> dict:
+def child(impl: str, args: argparse.Namespace, variant: str = "default") -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, __file__, "--impl", impl, "--steps", str(args.steps)]
+    cmd = [sys.executable, __file__, "--impl", impl, "--steps", str(args.steps),
+           "--variants", variant]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
-        sys.exit(f"{impl} failed:\n{done.stderr[-3000:]}")
+        sys.exit(f"{impl} {variant} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     global STEPS
     ap = parser(__doc__, steps=30)
+    ap.add_argument("--variants", default="default",
+                    help="comma-separated tunewise variants, each its own row against the same "
+                         f"TRL rounds: {', '.join(VARIANTS)} (default: default)")
     ap.add_argument("--impl", choices=["tunewise", "trl"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     STEPS = args.steps
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     if args.impl:
         import torch
 
         if args.threads:
             torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory() as tmp:
-            run = run_tunewise if args.impl == "tunewise" else run_trl
-            print(json.dumps(run(Path(tmp))))
+            if args.impl == "tunewise":
+                print(json.dumps(run_tunewise(Path(tmp), variants[0])))
+            else:
+                print(json.dumps(run_trl(Path(tmp))))
         return
     with session(args):
-        compare_trainers(args)
+        compare_trainers(args, variants)
 
 
-def compare_trainers(args: argparse.Namespace) -> None:
-    runs: dict[str, list[dict]] = {"trl": [], "tunewise": []}
+def compare_trainers(args: argparse.Namespace, variants: list[str]) -> None:
+    sides = ["trl", *variants]
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for r in range(args.rounds):
-        for impl in ("trl", "tunewise") if r % 2 == 0 else ("tunewise", "trl"):
-            runs[impl].append(child(impl, args))
+        for side in sides if r % 2 == 0 else reversed(sides):
+            runs[side].append(child("trl", args) if side == "trl"
+                              else child("tunewise", args, side))
     print(f"{STEPS} steps x {BATCH} e2e examples, SmolLM2-135M, LoRA r=8 q/k/v/o, fp32 CPU, "
           f"{runs['trl'][0]['tokens']} non-padding tokens, {args.rounds} rounds")
     rates = {k: [x["tokens"] / x["seconds"] for x in v] for k, v in runs.items()}
     rss = {k: [x["rss_mb"] for x in v] for k, v in runs.items()}
-    for impl in ("trl", "tunewise"):
-        last = [sum(x["losses"][-5:]) / len(x["losses"][-5:]) for x in runs[impl]]
-        print(f"  {impl:<8} tokens/s {spread(rates[impl])}, peak RSS MiB {spread(rss[impl])}, "
-              f"loss (last 5) {spread(last)}, loss (step 1) {runs[impl][0]['losses'][0]:.4f}")
-    speed = [a / b for a, b in zip(rates["tunewise"], rates["trl"], strict=True)]
-    mem = [a / b for a, b in zip(rss["tunewise"], rss["trl"], strict=True)]
-    print(f"  ratio tunewise / TRL: tokens/s {spread(speed)}x (goal >= 2x), "
-          f"peak RSS {spread(mem)}x (goal <= 0.8x)")
+    width = max(len(s) for s in sides)
+    for side in sides:
+        last = [sum(x["losses"][-5:]) / len(x["losses"][-5:]) for x in runs[side]]
+        line = (f"  {side:<{width}} tokens/s {spread(rates[side])}, peak RSS MiB "
+                f"{spread(rss[side])}, loss (last 5) {spread(last)}, loss (step 1) "
+                f"{runs[side][0]['losses'][0]:.4f}")
+        if side != "trl":
+            speed = [a / b for a, b in zip(rates[side], rates["trl"], strict=True)]
+            mem = [a / b for a, b in zip(rss[side], rss["trl"], strict=True)]
+            line += (f"\n  {'':<{width}} / TRL: tokens/s {spread(speed)}x (goal >= 2x), "
+                     f"peak RSS {spread(mem)}x (goal <= 0.8x); threads {runs[side][0]['threads']}")
+            line += first_step(runs[side])
+        print(line)
+
+
+def first_step(runs: list[dict]) -> str:
+    """The first step's extra time (torch.compile compiles there) and the steady rate."""
+    extra = [x["step_s"][0] - statistics.median(x["step_s"][1:]) for x in runs]
+    steady = [sum(x["step_tokens"][1:]) / sum(x["step_s"][1:]) for x in runs]
+    return (f"; first step +{spread(extra)} s over the median step, tokens/s after it "
+            f"{spread(steady)}")
 
 
 if __name__ == "__main__":

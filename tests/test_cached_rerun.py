@@ -35,7 +35,8 @@ def run_cli(tmp: Path, task: Path) -> tuple[bool, dict]:
     """Run ``tunewise run TASK --all --json`` in a new process: (torch imported?, result)."""
     probe = tmp / "probe.py"
     probe.write_text(PROBE, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}  # tiny models: two threads only wait on each other
     done = subprocess.run([sys.executable, str(probe), "run", str(task), "--all", "--json",
                            "--out", str(tmp / "out")], capture_output=True, text=True,
                           env=env, timeout=600, cwd=tmp)
@@ -124,3 +125,35 @@ def test_cached_rerun_with_the_server_down_uses_its_remembered_identity(caplog) 
     assert len(said) == 1 and url in said[0]
     # Another store never saw the server: the id falls back to URL and name, and differs.
     assert backend(url, Store(store.path.with_name("other.db"))).id != first.id
+
+
+def test_cached_rerun_of_fine_tuning_rungs_loads_no_model(tmp_path: Path, tiny_model: Path,
+                                                          monkeypatch) -> None:
+    """lora (with its learning curve and forgetting check) and full_ft on the tiny Llama:
+    the re-run finds each adapter from the training text alone (no tokenizer), and the
+    tuned models, merged lazily, are never loaded because every answer is in the store."""
+    monkeypatch.setenv("TUNEWISE_ADAPTERS", str(tmp_path / "adapters"))
+    task = write_task(tmp_path, {"kind": "local", "model": str(tiny_model), "batch_size": 4,
+                                 "max_new_tokens": 4, "threads": 1},
+                      ["zero_shot", "lora", "full_ft"])
+    spec = yaml.safe_load(task.read_text(encoding="utf-8"))
+    spec["lora"] = {"epochs": 1, "max_steps": 2, "batch_size": 4, "curve": [12],
+                    "min_examples": 20, "warn_examples": 20}
+    task.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    torch_first, first = run_cli(tmp_path, task)
+    torch_again, again = run_cli(tmp_path, task)
+    assert torch_first
+    assert [r["status"] for r in first["rungs"]] == ["done"] * 3, first["rungs"]
+    made, hits = made_and_hits(first)
+    assert made >= 18 and hits == 0
+    assert made_and_hits(again) == (0, made)
+    assert not torch_again
+    tuned = {r["name"]: r for r in again["rungs"]}
+    assert tuned["lora"]["info"]["trained_now"] is False
+    assert tuned["full_ft"]["info"]["trained_now"] is False
+    for a, b in zip(first["rungs"], again["rungs"], strict=True):
+        assert a["value"] == b["value"]
+        assert a["tokens"] == b["tokens"]
+    curve = [p["value"] for p in again["rungs"][1]["info"]["learning_curve"]["points"]]
+    assert curve == [p["value"] for p in first["rungs"][1]["info"]["learning_curve"]["points"]]
+    assert again["forgetting"] == first["forgetting"]

@@ -95,6 +95,10 @@ def after_ladder(ctx: RunContext, results: list[dict[str, Any]], tag: str = ""
         return {}
     lora = done.get("lora")
     if lora is not None and ctx.task.lora.curve:
+        # Each curve point trains and loads a model of its own: the tuned models kept for
+        # the rungs are dropped meanwhile (reloaded lazily if the forgetting check misses).
+        for kept in ctx.shared.values():
+            release(getattr(kept, "backend", None))
         lora["info"]["learning_curve"] = learning_curve(ctx, lora)
     return {"forgetting": forgetting(tuned.backend)}
 

@@ -11,6 +11,7 @@ fixed shots) is computed once and reused, instead of being recomputed per item a
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -161,6 +162,19 @@ def set_threads(threads: int | None) -> int:
 _WARNED: list[bool] = []
 
 
+def free_memory() -> None:
+    """Collect garbage now and hand freed heap pages back to the system (glibc's
+    ``malloc_trim``), so the next model or training batch reuses them rather than the
+    process growing: freed tensors otherwise stay in the process's resident memory."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def fit_context(ids: list[int], room: int) -> list[int]:
     """``ids`` cut to at most ``room`` tokens by dropping the middle: the head (system
     prompt, instructions, shots) and the tail (the end of the question and the assistant
@@ -191,8 +205,12 @@ class LocalBackend:
 
     def __init__(self, model: str = "smollm2-135m", batch_size: int = 8,
                  adapter: str | Path | None = None, reuse_prefix: bool = True,
-                 score_end_of_turn: bool = True, threads: int | None = None) -> None:
+                 score_end_of_turn: bool = True, threads: int | None = None,
+                 merge_adapter: bool = False) -> None:
         """Name the model; nothing is loaded until a call needs the tokenizer or weights.
+
+        ``merge_adapter``: merge the adapter into the weights when they load (no extra
+        matmuls per step; the id still names the adapter).
 
         A re-run answered from the store needs only ``id``, so it never imports torch nor
         reads the weights (loading them is most of a cached run's time otherwise).
@@ -203,12 +221,14 @@ class LocalBackend:
         self.adapter = adapter
         self.score_end_of_turn = score_end_of_turn
         self.threads = threads
+        self.merge_adapter = merge_adapter
         suffix = f":adapter={Path(adapter).name}" if adapter is not None else ""
         if not score_end_of_turn:
             suffix += ":label-only"
         self.id = f"local:{model}:fp32:{SCORING_VERSION}{suffix}"
         self._tok: Any = None
         self._model: Any = None
+        self._given = False
         self.device = "cpu"
         if model in BUNDLED and not (cache_dir() / model / "config.json").is_file():
             bundled_model_file(model)  # a missing package is said now, not at the first call
@@ -254,12 +274,23 @@ class LocalBackend:
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(model, str(self.adapter))
+                if self.merge_adapter:
+                    model = model.merge_and_unload()
             self._model = model.to(self.device).eval()
         return self._model
 
     @model.setter
     def model(self, value: Any) -> None:
         self._model = value
+        self._given = value is not None  # built by the caller: this backend cannot rebuild it
+
+    def unload(self) -> None:
+        """Drop the weights (the next call that needs them loads them again): a model
+        kept loaded while another trains or answers is memory nobody uses. A model the
+        caller set (``backend.model = ...``) is kept: loading again would not rebuild it."""
+        if self._model is not None and not self._given:
+            self._model = None
+            free_memory()
 
     @property
     def end_of_turn(self) -> str:

@@ -158,7 +158,7 @@ def train_adapter(ctx: RunContext, train: list[Example], label: str = "lora",
     too long to train on.
     """
     from tunewise.backends.local import resolve_model
-    from tunewise.training.adapters import train_or_load
+    from tunewise.training.adapters import recall, remember, text_key, train_or_load
     from tunewise.training.features import encode_all
 
     base = local_backend(ctx)
@@ -166,17 +166,24 @@ def train_adapter(ctx: RunContext, train: list[Example], label: str = "lora",
         raise TunewiseError("fine-tuning needs the local backend (the model's weights)",
                             field="backend.kind")
     spec = spec or ctx.task.lora
-    feats, skipped = encode_all(base, [train_prompt(ctx, e) for e in train],
-                                [e.output for e in train], spec.max_length)
-    dev, _ = encode_all(base, [train_prompt(ctx, e) for e in ctx.split.dev],
-                        [e.output for e in ctx.split.dev], spec.max_length)
+    pairs = [(train_prompt(ctx, e), e.output) for e in train]
+    dev_pairs = [(train_prompt(ctx, e), e.output) for e in ctx.split.dev]
+    key = text_key(base.id, spec, pairs, dev_pairs, full)
+    known = recall(key)
+    if known is not None:  # trained before: no tokenizer, no torch
+        return known
+    feats, skipped = encode_all(base, [m for m, _ in pairs], [a for _, a in pairs],
+                                spec.max_length)
+    dev, _ = encode_all(base, [m for m, _ in dev_pairs], [a for _, a in dev_pairs],
+                        spec.max_length)
     if skipped:
         ctx.log(f"{label}: {skipped} training examples are longer than lora.max_length="
                 f"{spec.max_length} tokens and were skipped")
     with naming_the_model_line(ctx):
         adapter = train_or_load(base.id, resolve_model(base.name), spec, feats, dev,
                                 base.tok.pad_token_id, label=label, log=ctx.log,
-                                on_step=on_step, full=full)
+                                on_step=on_step, full=full, before=base.unload)
+    remember(key, adapter, skipped)
     return adapter, skipped
 
 
@@ -184,15 +191,16 @@ def load_tuned(ctx: RunContext, adapter: Any) -> Any:
     """A local backend answering with ``adapter`` merged into the base weights.
 
     Merging removes the adapter's extra matmuls from every decoding step; the backend id
-    still names the adapter, so its cache entries never mix with the base model's.
+    still names the adapter, so its cache entries never mix with the base model's. Nothing
+    is loaded until a call misses the cache (a re-run answered from the store loads no
+    weights).
     """
     from tunewise.backends.local import LocalBackend
 
     base = local_backend(ctx)
-    backend = LocalBackend(base.name, batch_size=base.batch_size, adapter=adapter.path,
-                           score_end_of_turn=base.score_end_of_turn)
-    backend.model = backend.model.merge_and_unload().eval()
-    return backend
+    return LocalBackend(base.name, batch_size=base.batch_size, adapter=adapter.path,
+                        score_end_of_turn=base.score_end_of_turn, threads=base.threads,
+                        merge_adapter=True)
 
 
 def check_examples(ctx: RunContext, label: str = "lora") -> None:
@@ -230,8 +238,11 @@ def tuned_model(ctx: RunContext) -> Tuned:
 
 
 def release(backend: Any) -> None:
-    """Free a model's memory now rather than whenever the collector runs."""
-    del backend
+    """Free a backend's weights now (a lazy local backend reloads them if called again)
+    rather than whenever the collector runs and the caller's references go."""
+    unload = getattr(backend, "unload", None)
+    if unload is not None:
+        unload()
     gc.collect()
 
 

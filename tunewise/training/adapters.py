@@ -75,26 +75,31 @@ def train_or_load(base_id: str, base_path: str, spec: LoraSpec, train: Sequence[
                   dev: Sequence[Feature], pad_id: int, *, label: str = "lora",
                   progress: bool = True, log: Callable[[str], None] = print,
                   on_step: Callable[[LoraTrainer], None] | None = None,
-                  full: bool = False) -> Adapter:
+                  full: bool = False, before: Callable[[], None] | None = None) -> Adapter:
     """The cached adapter for this data and these settings, training (or resuming) if needed.
 
     A file lock keeps two processes from training the same adapter at once; the second
     waits and then loads what the first trained. ``full`` trains every weight instead of an
-    adapter (the folder then holds a whole model).
+    adapter (the folder then holds a whole model). ``before`` runs only when training
+    will start (the caller frees its own copy of the model there).
     """
     key = adapter_key(base_id, spec, train, dev, full)
     return cached_training(key, lambda path: LoraTrainer(
         base_path, spec, train, dev, path, pad_id, label=label, progress=progress, log=log,
-        on_step=on_step, full=full))
+        on_step=on_step, full=full), before)
 
 
-def cached_training(key: str, make_trainer: Callable[[Path], LoraTrainer]) -> Adapter:
+def cached_training(key: str, make_trainer: Callable[[Path], LoraTrainer],
+                    before: Callable[[], None] | None = None) -> Adapter:
     """The finished training under ``key``, or a new one by ``make_trainer(path).train()``.
 
     A file lock keeps two processes from training the same key at once; the second waits
-    and then loads what the first trained.
+    and then loads what the first trained. ``before`` is called just before training;
+    the trainer (its model copy, optimizer, activations) is freed as soon as it is done.
     """
     from filelock import FileLock
+
+    from tunewise.backends.local import free_memory
 
     path = adapter_root() / key
     done = finished(path)
@@ -105,8 +110,56 @@ def cached_training(key: str, make_trainer: Callable[[Path], LoraTrainer]) -> Ad
         done = finished(path)
         if done is not None:
             return Adapter(path, key, done, False)
-        history = make_trainer(path).train()
+        if before is not None:
+            before()
+        trainer = make_trainer(path)
+        try:
+            history = trainer.train()
+        finally:
+            del trainer
+            free_memory()
     return Adapter(path, key, history, True)
+
+
+# ---- the same training, recognised from its text alone -----------------------------------
+MEMO_DIR = "by-text"
+
+
+def text_key(base_id: str, spec: LoraSpec, train: Sequence[tuple[Any, str]],
+             dev: Sequence[tuple[Any, str]], full: bool = False) -> str:
+    """Key of a training from what it is made of before tokenizing: the base model id,
+    the settings and the (prompt messages, answer) pairs. The token ids the adapter key
+    hashes are a function of these and the model's tokenizer (named by ``base_id``), so
+    equal text keys mean equal adapter keys, and a re-run can find its adapter without
+    loading the tokenizer (which would import torch)."""
+    settings = spec.model_dump(mode="json", include=TRAINING_FIELDS)
+    blob = json.dumps([TRAINER_VERSION, base_id, settings, list(train), list(dev), full],
+                      sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def recall(key: str) -> tuple[Adapter, int] | None:
+    """The finished adapter remembered under a text key, with its count of examples skipped
+    as too long; None when unknown or no longer finished (then train_or_load decides)."""
+    memo = adapter_root() / MEMO_DIR / f"{key}.json"
+    try:
+        data = json.loads(memo.read_text(encoding="utf-8"))
+        path = adapter_root() / data["adapter_key"]
+        skipped = int(data["skipped"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    log = finished(path)
+    return None if log is None else (Adapter(path, data["adapter_key"], log, False), skipped)
+
+
+def remember(key: str, adapter: Adapter, skipped: int) -> None:
+    """Note which adapter the text key ``key`` tokenized to (written atomically)."""
+    folder = adapter_root() / MEMO_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{key}.json.tmp"
+    tmp.write_text(json.dumps({"adapter_key": adapter.key, "skipped": skipped}),
+                   encoding="utf-8")
+    os.replace(tmp, folder / f"{key}.json")
 
 
 def copy_adapter(adapter: Adapter, dest: Path) -> Path:

@@ -127,3 +127,19 @@ def collate(features: Sequence[Feature], pad_id: int) -> dict[str, Any]:
         labels[i, :n] = torch.tensor(f.labels)
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def collate_packed(features: Sequence[Feature]) -> dict[str, Any]:
+    """All features in one row, no padding: input_ids, position_ids (restarting at 0 for
+    each feature), labels, and no attention mask, which is what makes transformers build a
+    block-diagonal causal mask from the position ids (attention stays inside each feature).
+    The first label of each feature is masked so no position predicts across a boundary."""
+    import torch
+
+    ids, pos, labels = [], [], []
+    for f in features:
+        ids.extend(f.input_ids)
+        pos.extend(range(len(f.input_ids)))
+        labels.extend([IGNORE, *f.labels[1:]])
+    return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]),
+            "attention_mask": None, "labels": torch.tensor([labels])}

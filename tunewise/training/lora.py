@@ -23,12 +23,20 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunewise.errors import TunewiseError
 from tunewise.task import LoraSpec
-from tunewise.training.features import IGNORE, Feature, collate, length_batches, shard_batches
+from tunewise.training.features import (
+    IGNORE,
+    Feature,
+    collate,
+    collate_packed,
+    length_batches,
+    shard_batches,
+)
 
 TRAINER_VERSION = "1"  # bump when training semantics change: part of the adapter cache key
 CHECKPOINT = "checkpoint.pt"
@@ -40,8 +48,35 @@ PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gr
 StepHook = Callable[["LoraTrainer"], None]
 
 
-def answer_logits(module: Any, input_ids: Any, attention_mask: Any, labels: Any
-                  ) -> tuple[Any, Any, Any]:
+@dataclass(frozen=True)
+class Speed:
+    """How the loop computes, never what: every option leaves the loss and gradients equal
+    within float noise (tests/test_lora_speed.py). ``benchmarks/lora_vs_trl.py --variants``
+    measures each against TRL (its docstring says what each gave); only ``max_tokens`` is
+    on by default, for memory.
+
+    Attributes:
+        ce_chunk: fuse the output layer with the loss over this many answer positions at a
+            time (None: project all answer positions at once, then the loss).
+        compile: ``torch.compile`` the loss module (dynamic shapes).
+        pack: put each micro-batch's sequences in one row without padding; position ids
+            restart per sequence and attention stays inside each sequence (transformers
+            builds the block-diagonal mask from the position ids).
+        max_tokens: split a micro-batch whose padded tokens exceed this into equal parts
+            run one after the other (None: never). The step's loss and gradient are the
+            same (the loss is the mean over the step's answer tokens however it is split),
+            but the activations kept for the backward pass, which grow with the tokens of
+            one forward pass (about 1.8 MB per token for SmolLM2-135M), are bounded.
+    """
+
+    ce_chunk: int | None = None
+    compile: bool = False
+    pack: bool = False
+    max_tokens: int | None = 768
+
+
+def answer_logits(module: Any, input_ids: Any, attention_mask: Any, labels: Any,
+                  position_ids: Any = None) -> tuple[Any, Any, Any]:
     """Logits only at the positions that predict an answer token, with the shifted targets
     and their mask: ``(logits[selected], target, selected)``.
 
@@ -52,16 +87,72 @@ def answer_logits(module: Any, input_ids: Any, attention_mask: Any, labels: Any
     target = labels[:, 1:]
     sel = target != IGNORE
     if module.fast:
-        hidden = module.base.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return module.base.get_output_embeddings()(hidden[:, :-1][sel]), target, sel
-    logits = module.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+        hidden = answer_hidden(module, input_ids, attention_mask, sel, position_ids)
+        return module.base.get_output_embeddings()(hidden), target, sel
+    logits = module.inner(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids).logits
     return logits[:, :-1][sel], target, sel
 
 
-def _loss_module(model: Any) -> Any:
+def answer_hidden(module: Any, input_ids: Any, attention_mask: Any, sel: Any,
+                  position_ids: Any = None) -> Any:
+    """The decoder's last hidden states at the positions ``sel`` selects (fast path only)."""
+    hidden = module.base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                       position_ids=position_ids).last_hidden_state
+    return hidden[:, :-1][sel]
+
+
+def head_cross_entropy(hidden: Any, weight: Any, target: Any, chunk: int) -> Any:
+    """Sum of ``cross_entropy(hidden @ weight.T, target)``, ``chunk`` rows at a time.
+
+    The output layer and the loss fused, as Liger-Kernel's fused linear cross-entropy does:
+    each chunk's logits (chunk x vocabulary) are made, turned into the loss and into the
+    gradients of ``hidden`` (and of ``weight`` when it trains), and dropped, so the
+    answer-position logits over the whole vocabulary never exist at once. Gradients are
+    computed in the forward pass (no second projection in backward), so the work is the
+    same as the unfused head + loss while the peak memory is one chunk's logits.
+    """
+    import torch
+
+    class FusedHeadLoss(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, h: Any, w: Any, y: Any) -> Any:  # type: ignore[override]
+            want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            grad_h = torch.empty_like(h) if want_h else None
+            grad_w = torch.zeros_like(w) if want_w else None
+            total = h.new_zeros((), dtype=torch.float32)
+            for start in range(0, h.shape[0], chunk):
+                hc, yc = h[start : start + chunk], y[start : start + chunk]
+                logits = (hc @ w.t()).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
+                if want_h or want_w:
+                    # d loss / d logits = softmax - one_hot, computed in place
+                    g = logits.sub_(lse[:, None]).exp_()
+                    g[torch.arange(len(yc), device=g.device), yc] -= 1
+                    g = g.to(h.dtype)
+                    if want_h:
+                        grad_h[start : start + chunk] = g @ w
+                    if want_w:
+                        grad_w.addmm_(g.t(), hc)
+            ctx.save_for_backward(*(t for t in (grad_h, grad_w) if t is not None))
+            ctx.want = (want_h, want_w)
+            return total
+
+        @staticmethod
+        def backward(ctx: Any, grad_out: Any) -> Any:  # type: ignore[override]
+            saved = iter(ctx.saved_tensors)
+            grad_h = next(saved) * grad_out if ctx.want[0] else None
+            grad_w = next(saved) * grad_out if ctx.want[1] else None
+            return grad_h, grad_w, None
+
+    return FusedHeadLoss.apply(hidden, weight, target)
+
+
+def _loss_module(model: Any, ce_chunk: int | None = None) -> Any:
     """Wrap a model (peft, or plain for a full fine-tune) so forward returns (sum of
-    answer-token losses, answer tokens)."""
+    answer-token losses, answer tokens). ``ce_chunk``: fuse the output layer with the loss
+    over chunks of that many answer positions (plain heads only; see head_cross_entropy)."""
     import torch
     import torch.nn.functional as F
 
@@ -74,9 +165,19 @@ def _loss_module(model: Any) -> Any:
             base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
             self.fast = getattr(base.config, "model_type", "") in PLAIN_HEAD
             self.base = base
+            head = base.get_output_embeddings()
+            self.fused = bool(ce_chunk) and self.fast and getattr(head, "bias", None) is None
 
-        def forward(self, input_ids: Any, attention_mask: Any, labels: Any) -> Any:
-            logits, target, sel = answer_logits(self, input_ids, attention_mask, labels)
+        def forward(self, input_ids: Any, attention_mask: Any, labels: Any,
+                    position_ids: Any = None) -> Any:
+            if self.fused:
+                target = labels[:, 1:]
+                sel = target != IGNORE
+                hidden = answer_hidden(self, input_ids, attention_mask, sel, position_ids)
+                weight = self.base.get_output_embeddings().weight
+                return head_cross_entropy(hidden, weight, target[sel], ce_chunk), sel.sum()
+            logits, target, sel = answer_logits(self, input_ids, attention_mask, labels,
+                                                position_ids)
             loss = F.cross_entropy(logits.float(), target[sel], reduction="sum")
             return loss, sel.sum()
 
@@ -157,6 +258,7 @@ class LoraTrainer:
         on_step: called after every optimizer step (tests use it to interrupt).
         full: train all weights (a full fine-tune) rather than a LoRA adapter.
         check_memory: refuse, before loading, a model the planner says will not fit.
+        speed: how the loop computes (see Speed); never changes the result.
     """
 
     sequences_per_item = 1  # sequences one training item puts in a batch (a DPO pair: 2)
@@ -165,7 +267,7 @@ class LoraTrainer:
                  dev: Sequence[Feature], out_dir: Path, pad_id: int, *, label: str = "lora",
                  progress: bool = True, log: Callable[[str], None] = print,
                  on_step: StepHook | None = None, full: bool = False,
-                 check_memory: bool = True) -> None:
+                 check_memory: bool = True, speed: Speed = Speed()) -> None:
         if not train:
             raise TunewiseError("no training examples left to train on", field="lora")
         self.base_model = base_model
@@ -180,6 +282,7 @@ class LoraTrainer:
         self.on_step = on_step
         self.full = full
         self.check_memory = check_memory
+        self.speed = speed
         self.stop_requested = False
         self.step = 0
         self.last_loss = math.nan
@@ -234,7 +337,7 @@ class LoraTrainer:
             self.peft_model = model
             self.params = [p for p in model.parameters() if p.requires_grad]
             self.optimizer = torch.optim.AdamW(self.params, lr=self.spec.lr, weight_decay=0.0)
-            self.module = self.accelerator.prepare(self._make_module(model))
+            self.module = self._prepare_module(model)
             return
         torch.manual_seed(self.spec.seed)  # the adapter's initial weights
         config = LoraConfig(r=self.spec.r, lora_alpha=self.spec.alpha,
@@ -247,7 +350,16 @@ class LoraTrainer:
             raise TunewiseError(f"{exc}".splitlines()[0], field="lora.target_modules") from None
         self.params = [p for p in self.peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.spec.lr, weight_decay=0.0)
-        self.module = self.accelerator.prepare(self._make_module(self.peft_model))
+        self.module = self._prepare_module(self.peft_model)
+
+    def _prepare_module(self, model: Any) -> Any:
+        """The loss module, through accelerate, compiled when ``speed.compile`` says so."""
+        module = self.accelerator.prepare(self._make_module(model))
+        if self.speed.compile:
+            import torch
+
+            module = torch.compile(module, dynamic=True)
+        return module
 
     def _prepare_base(self, model: Any) -> Any:
         """The model the adapter is trained on (the DPO trainer merges an SFT adapter in)."""
@@ -255,7 +367,7 @@ class LoraTrainer:
 
     def _make_module(self, model: Any) -> Any:
         """The module the loop calls: forward gives (loss sum, count) for the features."""
-        return _loss_module(model)
+        return _loss_module(model, self.speed.ce_chunk)
 
     def _check_fits(self, method: str, cuda: bool) -> None:
         """The planner's peak-memory estimate against what is free, before any loading."""
@@ -390,14 +502,28 @@ class LoraTrainer:
             stop = bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
         return stop
 
+    def _split(self, mb: list[int]) -> list[list[int]]:
+        """``mb`` in equal consecutive parts of at most ``speed.max_tokens`` padded tokens."""
+        budget = self.speed.max_tokens
+        lengths = [len(self.train_feats[i].input_ids) for i in mb]
+        tokens = sum(lengths) if self.speed.pack else max(lengths) * len(mb)
+        if not budget or tokens <= budget or len(mb) == 1:
+            return [mb]
+        parts = min(len(mb), math.ceil(tokens / budget))
+        size = math.ceil(len(mb) / parts)
+        return [mb[i : i + size] for i in range(0, len(mb), size)]
+
     def _train_step(self, group: list[list[int]]) -> tuple[float, int, int]:
         """One optimizer step over micro-batches; returns (mean loss, tokens, answer tokens)."""
+        group = [part for mb in group for part in self._split(mb)]
         feats = [[self.train_feats[i] for i in mb] for mb in group]
         answer_tokens = sum(f.answer_tokens for mb in feats for f in mb)
         tokens = sum(len(f.input_ids) for mb in feats for f in mb)
         loss_sum = 0.0
         for j, mb in enumerate(feats):
-            batch = {k: v.to(self.accelerator.device) for k, v in collate(mb, self.pad_id).items()}
+            tensors = collate_packed(mb) if self.speed.pack else collate(mb, self.pad_id)
+            batch = {k: v if v is None else v.to(self.accelerator.device)
+                     for k, v in tensors.items()}
             sync = j == len(feats) - 1
             ctx = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.module)
             with ctx:
