@@ -24,6 +24,14 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 
 
+def bullets(out: Any, *groups: tuple[str, list[str]]) -> None:
+    """Print each group's lines indented under its marker (markup in the marker only: the
+    lines are user-facing text and printed literally)."""
+    for marker, lines in groups:
+        for line in lines:
+            out.print(f"  {marker} {safe(line)}")
+
+
 def print_error(line: str) -> None:
     """One line on stderr, secrets masked, never wrapped or marked up by Rich; control
     characters from user text shown as escapes."""
@@ -161,12 +169,7 @@ def print_verdict(result: Any) -> None:
     if v is None:
         return
     console.print(f"\n[bold]Verdict:[/bold] {safe(v.summary)}")
-    for reason in v.reasons:
-        console.print(f"  • {safe(reason)}")
-    for line in v.rejected:
-        console.print(f"  ✗ {safe(line)}")
-    for line in v.next:
-        console.print(f"  → {safe(line)}")
+    bullets(console, ("•", v.reasons), ("✗", v.rejected), ("→", v.next))
     if res.decision:
         console.print("  [dim]thresholds: " + safe(", ".join(
             f"{k} {val:g}" if isinstance(val, int | float) else f"{k} {val}"
@@ -365,14 +368,8 @@ def print_advice(advice: Any) -> None:
     """The advisor's recommendation, reasons, what to avoid and next steps."""
     console.print(f"\n[bold]Recommendation:[/bold] {safe(advice.headline)}  "
                   f"[dim]({safe(advice.recommendation)})[/dim]")
-    for line in advice.measured:
-        console.print(f"  [cyan]measured[/cyan] {safe(line)}")
-    for line in advice.reasons:
-        console.print(f"  • {safe(line)}")
-    for line in advice.avoid:
-        console.print(f"  ✗ avoid {safe(line)}")
-    for line in advice.next_steps:
-        console.print(f"  → {safe(line)}")
+    bullets(console, ("[cyan]measured[/cyan]", advice.measured), ("•", advice.reasons),
+            ("✗ avoid", advice.avoid), ("→", advice.next_steps))
 
 
 def print_init(path: Any, found: Any, report: Any) -> None:
