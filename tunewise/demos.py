@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.errors import TunewiseError
+from tunewise.verdict import tried_text
 
 DEMOS: dict[str, str] = {"symptoms": "demo/symptoms/task.yaml",
                          "clinic": "demo/clinic/task.yaml"}
@@ -87,8 +88,7 @@ def closing(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "demo": name, "task": result["task"]["name"], "question": QUESTION.get(name, ""),
             "summary": verdict.get("summary", ""), "rung": rung, "score": score,
-            "gap": gap, "diagnosis": GAP.get(gap, gap).format(
-                tried=" and ".join(diag.get("tried") or ["retrieval", "fine-tuning"])),
+            "gap": gap, "diagnosis": GAP.get(gap, gap).format(tried=tried_text(diag)),
             "evidence": (diag.get("knowledge") or []) + (diag.get("behaviour") or [])
             + (diag.get("reader") or []) or (diag.get("evidence") or [])[:2],
             "cost": cost_line(result, rung) if rung else "",

@@ -61,8 +61,7 @@ GAP_TEXT = {
 
 def tried_text(diag: dict[str, Any]) -> str:
     """What the run tried beyond prompting, as words ("retrieval and fine-tuning")."""
-    tried = diag.get("tried") or ["retrieval", "fine-tuning"]
-    return " and ".join(tried) if len(tried) > 1 else tried[0]
+    return " and ".join(diag.get("tried") or ["retrieval", "fine-tuning"])
 
 
 def gap_text(diag: dict[str, Any]) -> str:
