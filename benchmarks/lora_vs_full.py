@@ -50,8 +50,10 @@ def main() -> None:
             "train_seconds": info["train_seconds"], "peak_rss_mb": info["peak_rss_mb"],
             "artefact_mb": round(info["artefact_bytes"] / 2**20, 1),
             "trainable_params": info["trainable_params"],
-            "forgetting_diff": (info.get("forgetting") or result.get("forgetting") or {}
-                                ).get("diff"),
+            # lora's check is the run's; full_ft's is its own (None when it did not run,
+            # never lora's number under full_ft's name)
+            "forgetting_diff": ((result.get("forgetting") if name == "lora"
+                                 else info.get("forgetting")) or {}).get("diff"),
         }
     out = {"rungs": rows, "full_ft_vs_lora": by["full_ft"]["info"].get("vs_lora"),
            "verdict": [x for x in result["verdict"]["reasons"] if "full fine-tune" in x]}
