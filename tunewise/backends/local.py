@@ -218,6 +218,9 @@ class LocalBackend:
         self.name = model
         self.batch_size = batch_size
         self.reuse_prefix = reuse_prefix
+        # attend over the shared prefix as one tensor (prefix_attention) instead of a
+        # per-batch copy appended to by every row; off only to measure the difference
+        self.share_prefix_attention = True
         self.adapter = adapter
         self.score_end_of_turn = score_end_of_turn
         self.threads = threads
@@ -408,6 +411,18 @@ class LocalBackend:
         new = "cache" in inspect.signature(type(base).forward).parameters
         return {"cache" if new else "past_key_values": cache}
 
+    def _prefix_attention(self) -> bool:
+        """Whether the loaded model attends over the shared prefix without copying it
+        (``prefix_attention``); decided once per model."""
+        model = self.model
+        if getattr(self, "_prefix_attention_for", None) is not model:
+            from tunewise.backends import prefix_attention
+
+            self._prefix_attention_on = (self.share_prefix_attention
+                                         and prefix_attention.enable(model))
+            self._prefix_attention_for = model
+        return self._prefix_attention_on
+
     @staticmethod
     def _shared_cache(prefix_cache: Any, batch: int) -> Any:
         """A cache for ``batch`` rows whose prefix keys and values are views of the shared
@@ -445,7 +460,9 @@ class LocalBackend:
         padded on the left, so items with the same choices have them at the same columns:
         the vocabulary projection and log-softmax then run only at those columns (most of
         the logits a full pass computes are never read). The shared prefix's key/value cache
-        is given to the batch as views, never copied per batch or per label.
+        is attended as one tensor by every row (``prefix_attention``), never copied per
+        batch or per label; a model that attention cannot serve (sliding windows) gets it
+        as views that the forward pass appends each row's keys to, one copy per batch.
         """
         import torch
 
@@ -481,15 +498,23 @@ class LocalBackend:
                     allowed[i, :off, 0] = True
                 else:
                     allowed[i, :off, :off] = causal[:off, :off]
+        shared = prefix_cache is not None and self._prefix_attention()
+        if shared:  # the prefix is attended as one shared tensor: the mask covers the rows
+            allowed = allowed[:, :, p:]
         mask = torch.zeros(allowed.shape, dtype=torch.float32)
         mask.masked_fill_(~allowed, torch.finfo(torch.float32).min)
         cols = sorted({col for row in reads for choice in row for col, _ in choice})
         keep = {col: k for k, col in enumerate(cols)}
-        cache = self._shared_cache(prefix_cache, B) if prefix_cache is not None else None
+        if shared:
+            extra = {"use_cache": False, "shared_prefix": [(layer.keys, layer.values)
+                                                           for layer in prefix_cache.layers]}
+        elif prefix_cache is not None:
+            extra = {"use_cache": True, **self._cache_kw(self._shared_cache(prefix_cache, B))}
+        else:
+            extra = {"use_cache": False}
         logits = self.model(input_ids=x.to(self.device),
                             attention_mask=mask[:, None].to(self.device),
-                            position_ids=pos.to(self.device), **self._cache_kw(cache),
-                            use_cache=prefix_cache is not None,
+                            position_ids=pos.to(self.device), **extra,
                             logits_to_keep=torch.tensor(cols, device=self.device)).logits
         logp = torch.log_softmax(logits.float(), -1)
         flat = [(i, keep[col], tok) for i, row in enumerate(reads) for choice in row
