@@ -27,8 +27,8 @@ main()
 
 def rows(n: int) -> list[dict]:
     labels = ["billing", "shipping", "returns", "account"]
-    return [{"input": f"question {i} about my {labels[i % 4]} please", "output": labels[i % 4]}
-            for i in range(n)]
+    return [{"input": f"question {i} about my {labels[i % 4]} please", "output": labels[i % 4],
+             "rejected": labels[(i + 1) % 4]} for i in range(n)]
 
 
 def run_cli(tmp: Path, task: Path) -> tuple[bool, dict]:
@@ -129,21 +129,24 @@ def test_cached_rerun_with_the_server_down_uses_its_remembered_identity(caplog) 
 
 def test_cached_rerun_of_fine_tuning_rungs_loads_no_model(tmp_path: Path, tiny_model: Path,
                                                           monkeypatch) -> None:
-    """lora (with its learning curve and forgetting check) and full_ft on the tiny Llama:
-    the re-run finds each adapter from the training text alone (no tokenizer), and the
-    tuned models, merged lazily, are never loaded because every answer is in the store."""
+    """lora (with its learning curve and forgetting check), full_ft and dpo (on top of the
+    lora adapter) on the tiny Llama: the re-run finds each adapter from the training text
+    alone (no tokenizer), and the tuned models, merged lazily, are never loaded because
+    every answer is in the store."""
     monkeypatch.setenv("TUNEWISE_ADAPTERS", str(tmp_path / "adapters"))
     task = write_task(tmp_path, {"kind": "local", "model": str(tiny_model), "batch_size": 4,
                                  "max_new_tokens": 4, "threads": 1},
-                      ["zero_shot", "lora", "full_ft"])
+                      ["zero_shot", "lora", "full_ft", "dpo"])
     spec = yaml.safe_load(task.read_text(encoding="utf-8"))
+    spec["data"]["rejected"] = "rejected"
+    spec["dpo"] = {"epochs": 1, "max_steps": 2}
     spec["lora"] = {"epochs": 1, "max_steps": 2, "batch_size": 4, "curve": [12],
                     "min_examples": 20, "warn_examples": 20}
     task.write_text(yaml.safe_dump(spec), encoding="utf-8")
     torch_first, first = run_cli(tmp_path, task)
     torch_again, again = run_cli(tmp_path, task)
     assert torch_first
-    assert [r["status"] for r in first["rungs"]] == ["done"] * 3, first["rungs"]
+    assert [r["status"] for r in first["rungs"]] == ["done"] * 4, first["rungs"]
     made, hits = made_and_hits(first)
     assert made >= 18 and hits == 0
     assert made_and_hits(again) == (0, made)
@@ -151,6 +154,8 @@ def test_cached_rerun_of_fine_tuning_rungs_loads_no_model(tmp_path: Path, tiny_m
     tuned = {r["name"]: r for r in again["rungs"]}
     assert tuned["lora"]["info"]["trained_now"] is False
     assert tuned["full_ft"]["info"]["trained_now"] is False
+    assert tuned["dpo"]["info"]["trained_now"] is False
+    assert tuned["dpo"]["info"]["preference"] == first["rungs"][3]["info"]["preference"]
     for a, b in zip(first["rungs"], again["rungs"], strict=True):
         assert a["value"] == b["value"]
         assert a["tokens"] == b["tokens"]

@@ -206,11 +206,15 @@ class LocalBackend:
     def __init__(self, model: str = "smollm2-135m", batch_size: int = 8,
                  adapter: str | Path | None = None, reuse_prefix: bool = True,
                  score_end_of_turn: bool = True, threads: int | None = None,
-                 merge_adapter: bool = False) -> None:
+                 merge_adapter: bool = False,
+                 then_adapter: tuple[str, str | Path] | None = None) -> None:
         """Name the model; nothing is loaded until a call needs the tokenizer or weights.
 
         ``merge_adapter``: merge the adapter into the weights when they load (no extra
         matmuls per step; the id still names the adapter).
+
+        ``then_adapter``: (label, path) of a second adapter trained on top of the first
+        (DPO after supervised tuning), merged after it; the id names it as ``:label=name``.
 
         A re-run answered from the store needs only ``id``, so it never imports torch nor
         reads the weights (loading them is most of a cached run's time otherwise).
@@ -228,6 +232,9 @@ class LocalBackend:
         suffix = f":adapter={Path(adapter).name}" if adapter is not None else ""
         if not score_end_of_turn:
             suffix += ":label-only"
+        self.then_adapter = then_adapter
+        if then_adapter is not None:
+            suffix += f":{then_adapter[0]}={Path(then_adapter[1]).name}"
         self.id = f"local:{model}:fp32:{SCORING_VERSION}{suffix}"
         self._tok: Any = None
         self._model: Any = None
@@ -277,8 +284,13 @@ class LocalBackend:
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(model, str(self.adapter))
-                if self.merge_adapter:
+                if self.merge_adapter or self.then_adapter is not None:
                     model = model.merge_and_unload()
+            if self.then_adapter is not None:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, str(self.then_adapter[1]))
+                model = model.merge_and_unload()
             self._model = model.to(self.device).eval()
         return self._model
 

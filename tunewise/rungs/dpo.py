@@ -55,24 +55,28 @@ def encode_pairs(ctx: RunContext, examples: list[Example]) -> tuple[list[Any], i
 
 def load_dpo_model(ctx: RunContext, adapter: Any, sft: Any | None) -> Any:
     """A local backend answering with the SFT adapter (if any) and then the DPO adapter
-    merged in; its id names both, so its cache entries are its own."""
-    from peft import PeftModel
-
+    merged in; its id names both, so its cache entries are its own. Nothing loads until
+    a call misses the cache (a re-run answered from the store imports no torch)."""
     from tunewise.backends.local import LocalBackend
 
     base = local_backend(ctx)
-    backend = LocalBackend(base.name, batch_size=base.batch_size,
-                           adapter=sft.path if sft else None,
-                           score_end_of_turn=base.score_end_of_turn)
-    model = backend.model.merge_and_unload() if sft else backend.model
-    backend.model = PeftModel.from_pretrained(model, str(adapter.path)).merge_and_unload().eval()
-    backend.id += f":dpo={adapter.path.name}"
-    return backend
+    return LocalBackend(base.name, batch_size=base.batch_size,
+                        adapter=sft.path if sft else None, merge_adapter=True,
+                        score_end_of_turn=base.score_end_of_turn, threads=base.threads,
+                        then_adapter=("dpo", adapter.path))
+
+
+def pair_texts(ctx: RunContext, examples: list[Example]) -> list[tuple[Any, Any]]:
+    """(prompt, [chosen, rejected]) of each row: what a DPO training is made of before
+    tokenizing (its text key)."""
+    return [(train_prompt(ctx, e), [e.output, rejected_of(ctx, e)]) for e in examples]
 
 
 def dpo_model(ctx: RunContext) -> Tuned:
-    """The task's DPO-tuned model, trained (or loaded from the cache) once per run."""
+    """The task's DPO-tuned model, trained (or loaded from the cache) once per run. A
+    training done before is found again from its text (no tokenizer, no torch)."""
     from tunewise.backends.local import resolve_model
+    from tunewise.training.adapters import recall, remember, text_key
     from tunewise.training.dpo import train_or_load_dpo
 
     if "dpo" in ctx.shared:
@@ -82,16 +86,24 @@ def dpo_model(ctx: RunContext) -> Tuned:
     check_examples(ctx, "dpo")
     settings = ctx.task.dpo
     sft = tuned_model(ctx).adapter if settings.start_from == "sft" else None
-    train, skipped = encode_pairs(ctx, ctx.split.train)
-    dev, _ = encode_pairs(ctx, ctx.split.dev)
-    if skipped:
-        ctx.log(f"dpo: {skipped} pairs are longer than lora.max_length and were skipped")
     spec = ctx.task.lora.model_copy(update={"lr": settings.lr, "epochs": settings.epochs,
                                             "max_steps": settings.max_steps})
     base = local_backend(ctx)
-    with naming_the_model_line(ctx):
-        adapter = train_or_load_dpo(base.id, resolve_model(base.name), spec, settings.beta,
-                                    train, dev, base.tok.pad_token_id, sft, log=ctx.log)
+    key = text_key(f"{base.id}|dpo|beta={settings.beta}|sft={sft.key if sft else None}",
+                   spec, pair_texts(ctx, ctx.split.train), pair_texts(ctx, ctx.split.dev))
+    known = recall(key)
+    if known is None:
+        train, skipped = encode_pairs(ctx, ctx.split.train)
+        dev, _ = encode_pairs(ctx, ctx.split.dev)
+        with naming_the_model_line(ctx):
+            adapter = train_or_load_dpo(base.id, resolve_model(base.name), spec,
+                                        settings.beta, train, dev, base.tok.pad_token_id,
+                                        sft, log=ctx.log)
+        remember(key, adapter, skipped)
+    else:
+        adapter, skipped = known
+    if skipped:
+        ctx.log(f"dpo: {skipped} pairs are longer than lora.max_length and were skipped")
     ctx.shared["dpo"] = Tuned(adapter, load_dpo_model(ctx, adapter, sft), skipped)
     return ctx.shared["dpo"]
 

@@ -125,8 +125,8 @@ def cached_training(key: str, make_trainer: Callable[[Path], LoraTrainer],
 MEMO_DIR = "by-text"
 
 
-def text_key(base_id: str, spec: LoraSpec, train: Sequence[tuple[Any, str]],
-             dev: Sequence[tuple[Any, str]], full: bool = False) -> str:
+def text_key(base_id: str, spec: LoraSpec, train: Sequence[tuple[Any, Any]],
+             dev: Sequence[tuple[Any, Any]], full: bool = False) -> str:
     """Key of a training from what it is made of before tokenizing: the base model id,
     the settings and the (prompt messages, answer) pairs. The token ids the adapter key
     hashes are a function of these and the model's tokenizer (named by ``base_id``), so
