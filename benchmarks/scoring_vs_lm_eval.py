@@ -8,7 +8,8 @@ chat-rendered prompt with the same model in float32 on CPU. lm-eval's HFLM is us
 library (``loglikelihood`` requests), batch 8. The two run in interleaved rounds in this
 process; printed: items/s of each (median [min, max]), the ratio, and both accuracies (goal:
 >= 3x, within 1 point). Second figure: 20-shot scoring with vs without shared-prefix reuse,
-interleaved the same way (goal >= 5x). ``--skip-lm-eval`` runs only the second.
+interleaved the same way (goal >= 5x), and reuse with the prefix attended as one tensor vs
+copied into each batch's cache. ``--skip-lm-eval`` runs only the second.
 """
 
 from __future__ import annotations
@@ -88,17 +89,21 @@ def run(args) -> None:
     few = [build_messages(task, labels, r["input"], shots=shots)
            for r in rows[: args.shot_items]]
 
-    def scorer(reuse: bool):
+    def scorer(reuse: bool, shared: bool = True):
         def go() -> int:
             backend.reuse_prefix = reuse
+            backend.share_prefix_attention = shared
+            backend._prefix_attention_for = None  # decide again with the new setting
             backend.score(few, [labels] * len(few))
             return len(few)
         return go
 
-    a, b = interleave([Side("reuse", scorer(True)), Side("no reuse", scorer(False))],
-                      args.rounds)
+    a, b, c = interleave([Side("reuse", scorer(True)), Side("no reuse", scorer(False)),
+                          Side("reuse, prefix copied per batch", scorer(True, False))],
+                         args.rounds)
     compare(f"{args.shots}-shot scoring, {len(few)} items, batch {bs}: shared-prefix reuse",
             a, b, ">= 5x")
+    compare("the same, prefix attended as one tensor vs appended to per batch", a, c)
 
 
 if __name__ == "__main__":
