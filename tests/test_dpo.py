@@ -96,10 +96,24 @@ def test_dpo_trainer_starts_at_log2_and_widens_the_margin(tiny_model: Path, tiny
     trainer.module.eval()
     with torch.no_grad():
         pc, pr = trainer._logps(pairs)
-    ref = trainer.ref_train
+    assert sorted(trainer.ref_known) == list(range(len(pairs)))  # every pair was trained on
+    ref = trainer._train_reference(list(range(len(pairs))))
     margin_after = (pc - pr).cpu()
     margin_before = ref[:, 0] - ref[:, 1]
     assert float((margin_after - margin_before).mean()) > 0
+
+
+def test_a_capped_dpo_run_computes_reference_log_probs_only_for_pairs_it_trains_on(
+        tiny_model: Path, tiny_backend, tmp_path: Path) -> None:
+    from tunewise.training.dpo import DpoTrainer
+
+    pairs = _pairs(tiny_backend, 24)
+    trainer = DpoTrainer(str(tiny_model), spec(epochs=1, max_steps=1, batch_size=8), pairs, [],
+                         tmp_path / "dpo", tiny_backend.tok.pad_token_id, beta=0.1,
+                         progress=False)
+    log = trainer.train()
+    assert len(log["steps"]) == 1
+    assert len(trainer.ref_known) == 8
 
 
 def dpo_task(folder: Path, model: Path, rows: list[dict], **fields) -> Path:

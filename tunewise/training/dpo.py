@@ -125,8 +125,20 @@ class DpoTrainer(LoraTrainer):
 
     def _plan(self) -> None:
         super()._plan()
-        self.ref_train = self._reference(self.train_feats)
-        self.ref_dev = self._reference(self.dev_feats)
+        # The reference log-probs of a pair are computed when a step first needs it: a
+        # capped run (max_steps) pays for the pairs it trains on, not for every pair.
+        self.ref_known: dict[int, Any] = {}
+        self.ref_dev: Any = None
+
+    def _train_reference(self, indices: list[int]) -> Any:
+        """Reference log-probs (len(indices), 2) of these training pairs."""
+        import torch
+
+        missing = [i for i in indices if i not in self.ref_known]
+        if missing:
+            rows = self._reference([self.train_feats[i] for i in missing])
+            self.ref_known.update(zip(missing, rows, strict=True))
+        return torch.stack([self.ref_known[i] for i in indices])
 
     def _logps(self, pairs: Sequence[Pair]) -> tuple[Any, Any]:
         """Summed answer log-probs of the chosen and the rejected answers, one per pair."""
@@ -163,8 +175,9 @@ class DpoTrainer(LoraTrainer):
             sync = j == len(group) - 1
             ctx = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.module)
             with ctx:
+                ref = self._train_reference(list(mb))
                 pc, pr = self._logps([self.train_feats[i] for i in mb])
-                ref = self.ref_train[mb].to(pc.device)
+                ref = ref.to(pc.device)
                 losses, _, _ = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], self.beta)
                 self.accelerator.backward(losses.sum() / n)
             loss_sum += float(losses.detach().sum())
@@ -180,6 +193,8 @@ class DpoTrainer(LoraTrainer):
 
         if not self.dev_feats:
             return None
+        if self.ref_dev is None:
+            self.ref_dev = self._reference(self.dev_feats)
         self.module.eval()
         total = 0.0
         bs = self.spec.batch_size
