@@ -143,7 +143,9 @@ def test_ctrl_c_prints_the_resume_hint(make_task, tmp_path: Path) -> None:
     task = make_task(limit=200, target=0.99, split={"test": 48, "dev": 8, "seed": 2},
                      backend={"kind": "dummy", "batch_size": 4}, rungs=["zero_shot"])
     db = tmp_path / "interrupted.db"
-    proc = _start(task, db, tmp_path, delay=0.05)
+    # 0.2 s per prompt: after the 16th call the run still has ~10 s of work, so a loaded
+    # machine's slow polling cannot let it finish before the signal (0.05 s once did)
+    proc = _start(task, db, tmp_path, delay=0.2)
     deadline = time.monotonic() + 120
     while _count(db, "SELECT COUNT(*) FROM calls") < 16:
         assert proc.poll() is None and time.monotonic() < deadline
