@@ -185,7 +185,7 @@ def test_smollm2_lora_full_ft_and_dpo_side_by_side(tmp_path: Path) -> None:
             "target": 0.5, "split": {"test": 8, "dev": 8, "seed": 0},
             "backend": {"kind": "local", "model": "smollm2-135m", "max_new_tokens": 24},
             "lora": {"max_steps": 3, "batch_size": 8, "curve": [], "general": "general.jsonl"},
-            "dpo": {"max_steps": 2}}
+            "dpo": {"max_steps": 2}, "decision": {"latency_sample": 2}}
     (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
     result = run_ladder(load_task(tmp_path / "task.yaml"), Store(tmp_path / "store.db"),
                         out_dir=tmp_path / "out", climb_all=True,

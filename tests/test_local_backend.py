@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.integration
 
@@ -87,6 +88,11 @@ def test_snips_few_shot_beats_zero_shot_significantly(runner, tmp_path):
     from tunewise.cli import app
 
     example = Path(__file__).resolve().parents[1] / "examples" / "snips" / "task.yaml"
+    spec = yaml.safe_load(example.read_text(encoding="utf-8"))
+    spec["data"]["path"] = str((example.parent / spec["data"]["path"]).resolve())
+    spec["decision"] = {**spec.get("decision", {}), "latency_sample": 2}  # not under test
+    example = tmp_path / "task.yaml"
+    example.write_text(yaml.safe_dump(spec), encoding="utf-8")
     res = runner.invoke(app, ["run", str(example), "--all", "--json", "--out", str(tmp_path),
                               "--rungs", "zero_shot,few_shot_random,few_shot_knn"])
     assert res.exit_code == 0, res.output

@@ -430,7 +430,8 @@ def test_llama_cpp_server_and_local_side_by_side(llama_server: list[str], make_t
     from tunewise.cli import app
 
     rungs = ["zero_shot", "few_shot_random"]
-    path = snips_task(make_task, rungs=rungs, few_shot={"k": 4}, backends=[
+    path = snips_task(make_task, rungs=rungs, few_shot={"k": 4},
+                      decision={"latency_sample": 2}, backends=[
         {"kind": "local"},
         {"kind": "openai", "model": "smollm2-135m", "base_url": llama_server,
          "tokenizer": "smollm2-135m", "score_method": "forced", "concurrency": 4}])
