@@ -91,6 +91,24 @@ def test_cached_rerun_of_the_local_backend_loads_no_model(tmp_path: Path,
         assert a["tokens"] == b["tokens"]
 
 
+def test_cached_rerun_of_a_generation_task_counts_answer_tokens_from_the_store(
+        tmp_path: Path, tiny_model: Path) -> None:
+    """A task with free-text answers sizes max_new_tokens from the training answers' token
+    counts: the re-run reads them from the store's memo instead of loading the tokenizer
+    (which imports torch; the cached demo re-run did so through this path)."""
+    task = write_task(tmp_path, {"kind": "local", "model": str(tiny_model), "batch_size": 4},
+                      ["zero_shot"])
+    spec = yaml.safe_load(task.read_text(encoding="utf-8"))
+    spec.update(kind="extraction", metric="exact_match")
+    task.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    torch_first, first = run_cli(tmp_path, task)
+    torch_again, again = run_cli(tmp_path, task)
+    assert torch_first and not torch_again
+    assert made_and_hits(again) == (0, made_and_hits(first)[0])
+    assert again["data"]["answer_tokens"] == first["data"]["answer_tokens"]
+    assert again["data"]["answer_tokens"]["n"] > 0
+
+
 def test_cached_rerun_with_the_server_down_uses_its_remembered_identity(caplog) -> None:
     """The openai backend's id names the server's weights, probed on first use. With the
     server down, the last identity it gave (kept in the store) keys the cache lookups."""

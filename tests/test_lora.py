@@ -274,8 +274,8 @@ def test_e2e_lora_beats_few_shot_on_new_records_and_reports_forgetting(tmp_path)
     shots. Measured: 0.244 vs 0.073 exact match (p = 0.015; 2 epochs gave 0.488 in twice
     the training time). With 200 examples the adapter only ties nearest-neighbour shots
     (0.49 vs 0.49 at 2 epochs); the full example (827 training records) beats them 0.807
-    vs 0.339, p = 0.0005, as the README records. The learning curve is checked on a tiny model above and
-    on the full example; here the real model's forgetting check runs.
+    vs 0.339, p = 0.0005, as the README records. The learning curve is checked on a tiny
+    model above and on the full example; here the real model's forgetting check runs.
     """
     from tunewise.evaluate import compare
     from tunewise.ladder import run_ladder

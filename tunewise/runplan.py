@@ -103,12 +103,14 @@ def plan_run(task: TaskSpec, store: Store, backend: Backend | None = None,
             _check_serving(task, name, spec)
         sub_task = task if i == 0 else task.model_copy(
             update={"backend": spec.backend_spec(), "backends": None})
+        cached = CachedBackend(inner, store, run_id or None)
         if task.kind != "classification":  # notes from the first model only
+            # counted through the store's memo: a re-run needs no tokenizer (nor torch)
             resolve_max_tokens(sub_task, report if i == 0 else replace(report, notes=[]),
-                               split.train, inner.count_tokens)
+                               split.train, cached.count_tokens)
         ctx = RunContext(
             task=sub_task, examples=examples, split=split, labels=labels,
-            backend=CachedBackend(inner, store, run_id or None), store=store,
+            backend=cached, store=store,
             run_id=run_id, work_dir=out_dir or Path("runs") / (run_id or "preview"),
             corpus=corpus, model=name, peers=peers,
         )
