@@ -33,20 +33,25 @@ after it:
 - ``compile``: ``torch.compile(dynamic=True)`` of the loss module.
 - ``1-thread`` / ``2-threads``: torch threads for that variant.
 
-What each gave so far (2026-12-07, a machine loaded 7-15 on 2 cores by other jobs, where
-our processes ran at a few tokens/s; the quiet-machine rounds are still to be run):
-- every option leaves the loss and gradients equal within float noise
-  (tests/test_lora_speed.py);
-- ``packed`` cannot pay on these batches: length bucketing leaves 1.8% padding (20,397 real
-  of 20,768 padded tokens over 30 batches), while the packed row's block mask makes
+What each gave (2026-12-07, 2 cores, load 1.2-1.9, ``--rounds 3 --steps 20``, TRL 1.16.0;
+median [min, max] of tunewise / TRL, paired by round):
+- ``default``: tokens/s 1.36x [1.34, 1.43], peak RSS 0.77x [0.73, 0.81]; same loss;
+- ``answer-logits``: 1.48x [1.34, 1.51], RSS 0.84x: on these batches (under the 768-token
+  budget) this is the default's computation, so the gap is round-to-round noise. Nearly all
+  of the gain over TRL is computing logits only at answer positions;
+- ``chunked-ce``: 1.36x [1.30, 1.41], RSS 0.78x: no speed gain; on the 8 longest
+  long-answer rows (80 answer tokens, 156 tokens) peak RSS 3,762 vs 3,954 MiB (-5%): the
+  vocabulary at answer positions is not where the memory goes; off;
+- ``1-thread``: 0.86x: both cores pay on an idle machine (on a loaded one, fewer threads
+  can be faster: tunewise warns when the load exceeds the cores);
+- ``max-tokens-384`` (splitting the micro-batch): on the long-answer rows 2,449 vs 3,954
+  MiB, same loss to 1e-12; the default budget, 768 padded tokens, splits only long batches;
+- ``packed``: cannot pay on these batches: length bucketing leaves 1.8% padding (20,397
+  real of 20,768 padded tokens over 30 batches), while the packed row's block mask makes
   attention quadratic in the row (640 tokens instead of 8 x 80); kept as an option, off;
-- ``chunked-ce``: peak RSS 3,762 vs 3,954 MiB on the 8 longest long-answer rows (80 answer
-  tokens, 156 tokens; -5%): the vocabulary at answer positions is not where the memory
-  goes; off until its speed is measured;
-- splitting the micro-batch (``max_tokens``): 2,449 vs 3,954 MiB on the same rows, same
-  loss to 1e-12. The default budget, 768 padded tokens, leaves this benchmark's 8 x 80-token
-  batches whole and splits long-answer ones;
-- ``compile`` and the thread settings: not measured (a single step took minutes here).
+- ``compile``: not measured in rounds (compiling dominates a 20-step run);
+- every option leaves the loss and gradients equal within float noise
+  (tests/test_lora_speed.py). The goal of >= 2x TRL's tokens/s is not reached.
 """
 
 from __future__ import annotations
