@@ -33,10 +33,14 @@ def _count(db: Path, sql: str, args: tuple = ()) -> int:
 def _start(task: Path, db: Path, cwd: Path, delay: float) -> subprocess.Popen[str]:
     """``tunewise run TASK --all --json`` in its own process (the rungs come from the task)."""
     env = {**os.environ, "TUNEWISE_DB": str(db), "TUNEWISE_DUMMY_DELAY_S": str(delay)}
+    # A shell without job control starts background jobs with SIGINT ignored, and Python
+    # keeps an inherited SIG_IGN: the run would ignore the test's Ctrl-C and finish (exit 0).
+    # The child gets the default disposition, as in a terminal.
     return subprocess.Popen(
         [sys.executable, "-m", "tunewise.cli", "run", str(task), "--all", "--json",
          "--out", str(cwd / f"out-{db.stem}-{time.monotonic_ns()}")],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _kill_when(proc: subprocess.Popen[str], ready: Callable[[], bool], timeout: float) -> None:
@@ -143,9 +147,7 @@ def test_ctrl_c_prints_the_resume_hint(make_task, tmp_path: Path) -> None:
     task = make_task(limit=200, target=0.99, split={"test": 48, "dev": 8, "seed": 2},
                      backend={"kind": "dummy", "batch_size": 4}, rungs=["zero_shot"])
     db = tmp_path / "interrupted.db"
-    # 0.2 s per prompt: after the 16th call the run still has ~10 s of work, so a loaded
-    # machine's slow polling cannot let it finish before the signal (0.05 s once did)
-    proc = _start(task, db, tmp_path, delay=0.2)
+    proc = _start(task, db, tmp_path, delay=0.05)
     deadline = time.monotonic() + 120
     while _count(db, "SELECT COUNT(*) FROM calls") < 16:
         assert proc.poll() is None and time.monotonic() < deadline
