@@ -93,7 +93,6 @@ def run(args) -> None:
         def go() -> int:
             backend.reuse_prefix = reuse
             backend.share_prefix_attention = shared
-            backend._prefix_attention_for = None  # decide again with the new setting
             backend.score(few, [labels] * len(few))
             return len(few)
         return go

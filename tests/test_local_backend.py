@@ -34,7 +34,7 @@ def test_prefix_reuse_equals_naive_per_label_logprobs(backend):
         assert len(f.logprobs) == len(LABELS)
         for a, b in zip(f.logprobs, n, strict=True):
             assert abs(a - b) < 1e-4
-    assert backend._prefix_attention_on  # SmolLM2 attends over the prefix without copying it
+    assert backend._prefix_attention()  # SmolLM2 attends over the prefix without copying it
     # The scores are real: different labels get different log-probs.
     assert len({round(x, 3) for x in fast[0].logprobs}) == len(LABELS)
 

@@ -51,11 +51,10 @@ def test_tiny_model_scores_equal_with_shared_or_copied_prefix(tiny_backend):
                for x in ("a rash", "a cough that will not stop", "blurred vision", "tinnitus")]
     labels = [["skin", "lungs", "eyes and vision"]] * len(prompts)
     shared = tiny_backend.score(prompts, labels)
-    assert tiny_backend._prefix_attention_on is True
+    assert tiny_backend._prefix_attention() is True
     tiny_backend.share_prefix_attention = False
-    tiny_backend._prefix_attention_for = None
     copied = tiny_backend.score(prompts, labels)
-    assert tiny_backend._prefix_attention_on is False
+    assert tiny_backend._prefix_attention() is False
     naive = tiny_backend.score_naive(prompts, labels)
     for s, c, n in zip(shared, copied, naive, strict=True):
         assert max(abs(a - b) for a, b in zip(s.logprobs, c.logprobs, strict=True)) < 1e-4

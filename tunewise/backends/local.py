@@ -225,6 +225,8 @@ class LocalBackend:
         # attend over the shared prefix as one tensor (prefix_attention) instead of a
         # per-batch copy appended to by every row; off only to measure the difference
         self.share_prefix_attention = True
+        self._prefix_attention_for: Any = None  # the model _prefix_attention_ok is about
+        self._prefix_attention_ok = False
         self.adapter = adapter
         self.score_end_of_turn = score_end_of_turn
         self.threads = threads
@@ -424,16 +426,17 @@ class LocalBackend:
         return {"cache" if new else "past_key_values": cache}
 
     def _prefix_attention(self) -> bool:
-        """Whether the loaded model attends over the shared prefix without copying it
-        (``prefix_attention``); decided once per model."""
+        """Whether scoring attends over the shared prefix without copying it
+        (``prefix_attention``): asked for, and the loaded model can (decided once per model)."""
+        if not self.share_prefix_attention:
+            return False
         model = self.model
-        if getattr(self, "_prefix_attention_for", None) is not model:
+        if self._prefix_attention_for is not model:
             from tunewise.backends import prefix_attention
 
-            self._prefix_attention_on = (self.share_prefix_attention
-                                         and prefix_attention.enable(model))
+            self._prefix_attention_ok = prefix_attention.enable(model)
             self._prefix_attention_for = model
-        return self._prefix_attention_on
+        return self._prefix_attention_ok
 
     @staticmethod
     def _shared_cache(prefix_cache: Any, batch: int) -> Any:
