@@ -76,7 +76,7 @@ def dpo_model(ctx: RunContext) -> Tuned:
     """The task's DPO-tuned model, trained (or loaded from the cache) once per run. A
     training done before is found again from its text (no tokenizer, no torch)."""
     from tunewise.backends.local import resolve_model
-    from tunewise.training.adapters import recall, remember, text_key
+    from tunewise.training.adapters import remembered, text_key
     from tunewise.training.dpo import train_or_load_dpo
 
     if "dpo" in ctx.shared:
@@ -89,19 +89,19 @@ def dpo_model(ctx: RunContext) -> Tuned:
     spec = ctx.task.lora.model_copy(update={"lr": settings.lr, "epochs": settings.epochs,
                                             "max_steps": settings.max_steps})
     base = local_backend(ctx)
-    key = text_key(f"{base.id}|dpo|beta={settings.beta}|sft={sft.key if sft else None}",
-                   spec, pair_texts(ctx, ctx.split.train), pair_texts(ctx, ctx.split.dev))
-    known = recall(key)
-    if known is None:
+
+    def train_now() -> tuple[Any, int]:
         train, skipped = encode_pairs(ctx, ctx.split.train)
         dev, _ = encode_pairs(ctx, ctx.split.dev)
         with naming_the_model_line(ctx):
             adapter = train_or_load_dpo(base.id, resolve_model(base.name), spec,
                                         settings.beta, train, dev, base.tok.pad_token_id,
                                         sft, log=ctx.log)
-        remember(key, adapter, skipped)
-    else:
-        adapter, skipped = known
+        return adapter, skipped
+
+    key = text_key(f"{base.id}|dpo|beta={settings.beta}|sft={sft.key if sft else None}",
+                   spec, pair_texts(ctx, ctx.split.train), pair_texts(ctx, ctx.split.dev))
+    adapter, skipped = remembered(key, train_now)
     if skipped:
         ctx.log(f"dpo: {skipped} pairs are longer than lora.max_length and were skipped")
     ctx.shared["dpo"] = Tuned(adapter, load_dpo_model(ctx, adapter, sft), skipped)

@@ -158,7 +158,7 @@ def train_adapter(ctx: RunContext, train: list[Example], label: str = "lora",
     too long to train on.
     """
     from tunewise.backends.local import resolve_model
-    from tunewise.training.adapters import recall, remember, text_key, train_or_load
+    from tunewise.training.adapters import remembered, text_key, train_or_load
     from tunewise.training.features import encode_all
 
     base = local_backend(ctx)
@@ -168,23 +168,22 @@ def train_adapter(ctx: RunContext, train: list[Example], label: str = "lora",
     spec = spec or ctx.task.lora
     pairs = [(train_prompt(ctx, e), e.output) for e in train]
     dev_pairs = [(train_prompt(ctx, e), e.output) for e in ctx.split.dev]
-    key = text_key(base.id, spec, pairs, dev_pairs, full)
-    known = recall(key)
-    if known is not None:  # trained before: no tokenizer, no torch
-        return known
-    feats, skipped = encode_all(base, [m for m, _ in pairs], [a for _, a in pairs],
-                                spec.max_length)
-    dev, _ = encode_all(base, [m for m, _ in dev_pairs], [a for _, a in dev_pairs],
-                        spec.max_length)
-    if skipped:
-        ctx.log(f"{label}: {skipped} training examples are longer than lora.max_length="
-                f"{spec.max_length} tokens and were skipped")
-    with naming_the_model_line(ctx):
-        adapter = train_or_load(base.id, resolve_model(base.name), spec, feats, dev,
-                                base.tok.pad_token_id, label=label, log=ctx.log,
-                                on_step=on_step, full=full, before=base.unload)
-    remember(key, adapter, skipped)
-    return adapter, skipped
+
+    def train_now() -> tuple[Any, int]:
+        feats, skipped = encode_all(base, [m for m, _ in pairs], [a for _, a in pairs],
+                                    spec.max_length)
+        dev, _ = encode_all(base, [m for m, _ in dev_pairs], [a for _, a in dev_pairs],
+                            spec.max_length)
+        if skipped:
+            ctx.log(f"{label}: {skipped} training examples are longer than lora.max_length="
+                    f"{spec.max_length} tokens and were skipped")
+        with naming_the_model_line(ctx):
+            adapter = train_or_load(base.id, resolve_model(base.name), spec, feats, dev,
+                                    base.tok.pad_token_id, label=label, log=ctx.log,
+                                    on_step=on_step, full=full, before=base.unload)
+        return adapter, skipped
+
+    return remembered(text_key(base.id, spec, pairs, dev_pairs, full), train_now)
 
 
 def load_tuned(ctx: RunContext, adapter: Any) -> Any:

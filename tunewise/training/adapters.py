@@ -162,6 +162,17 @@ def remember(key: str, adapter: Adapter, skipped: int) -> None:
     os.replace(tmp, folder / f"{key}.json")
 
 
+def remembered(key: str, train: Callable[[], tuple[Adapter, int]]) -> tuple[Adapter, int]:
+    """The training found again from its text key ``key`` (no tokenizer, no torch), else
+    ``train()`` (tokenize, then train or load by token key), noted under ``key``."""
+    known = recall(key)
+    if known is not None:
+        return known
+    adapter, skipped = train()
+    remember(key, adapter, skipped)
+    return adapter, skipped
+
+
 def copy_adapter(adapter: Adapter, dest: Path) -> Path:
     """Copy a finished adapter and its log into a run's folder (the per-run record).
 
